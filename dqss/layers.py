@@ -1,0 +1,165 @@
+"""Quantized layers by module swapping: BN folding, layer selection, the per-layer plan.
+
+Every selected ``Conv2d``/``Linear`` of a model is replaced in place by a
+:class:`QuantLayer` that fake-quantizes the layer's input activation and its weight.
+No FX tracing and no ``torch.ao.quantization``: this works for any timm model.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quant import QuantSpec
+
+log = logging.getLogger(__name__)
+
+LAYER_TYPES = {"conv2d": nn.Conv2d, "linear": nn.Linear}
+
+
+class QuantLayer(nn.Module):
+    """A Conv2d or Linear whose input and weight pass through quantizers."""
+
+    def __init__(self, layer: nn.Module, weight_quant: nn.Module | None = None,
+                 act_quant: nn.Module | None = None):
+        super().__init__()
+        self.layer = layer
+        self.weight_quant = weight_quant if weight_quant is not None else nn.Identity()
+        self.act_quant = act_quant if act_quant is not None else nn.Identity()
+
+    def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        m = self.layer
+        if isinstance(m, nn.Conv2d):
+            return m._conv_forward(x, weight, m.bias)
+        return F.linear(x, weight, m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compute(self.act_quant(x), self.weight_quant(self.layer.weight))
+
+
+@dataclass
+class QuantPolicy:
+    """Which layers are quantized and on which grids (the ``quant:`` config section)."""
+
+    layer_types: list[str] = field(default_factory=lambda: ["conv2d", "linear"])
+    first_last_bits: int | None = 8
+    keep_fp: list[str] = field(default_factory=list)
+    weight_per_channel: bool = True
+    weight_symmetric: bool = True
+    act_symmetric: bool = True
+
+    def __post_init__(self):
+        unknown = [t for t in self.layer_types if t not in LAYER_TYPES]
+        if unknown or not self.layer_types:
+            raise ValueError(f"quant.layer_types: unknown {unknown}; valid values are {sorted(LAYER_TYPES)}")
+        if self.first_last_bits is not None and not (isinstance(self.first_last_bits, int)
+                                                     and 2 <= self.first_last_bits <= 8):
+            raise ValueError(f"quant.first_last_bits must be an integer in 2..8 or null, "
+                             f"got {self.first_last_bits!r}")
+
+    def weight_spec(self, bits: int) -> QuantSpec:
+        return QuantSpec(bits, symmetric=self.weight_symmetric, signed=True, per_channel=self.weight_per_channel)
+
+    def act_spec(self, bits: int) -> QuantSpec:
+        return QuantSpec(bits, symmetric=self.act_symmetric, signed=None, per_channel=False)
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    w_spec: QuantSpec
+    a_spec: QuantSpec
+
+
+def execution_order(model: nn.Module, example: torch.Tensor, types=(nn.Conv2d, nn.Linear)) -> list[str]:
+    """Names of the modules of ``types`` in the order a forward pass calls them."""
+    order: list[str] = []
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: order.append(n))
+               for n, m in model.named_modules() if isinstance(m, types)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    seen = set()
+    return [n for n in order if not (n in seen or seen.add(n))]
+
+
+def plan_layers(model: nn.Module, policy: QuantPolicy, w_bits: int, a_bits: int,
+                example: torch.Tensor) -> dict[str, LayerPlan]:
+    """The quantized layers in execution order with their weight and activation grids."""
+    types = tuple(LAYER_TYPES[t] for t in policy.layer_types)
+    names = [n for n in execution_order(model, example, types)
+             if not any(fnmatch.fnmatch(n, pat) for pat in policy.keep_fp)]
+    if not names:
+        raise ValueError("no layer to quantize: check quant.layer_types and quant.keep_fp")
+    plans = {}
+    for i, n in enumerate(names):
+        edge = i in (0, len(names) - 1) and policy.first_last_bits is not None
+        wb, ab = (policy.first_last_bits, policy.first_last_bits) if edge else (w_bits, a_bits)
+        plans[n] = LayerPlan(n, policy.weight_spec(wb), policy.act_spec(ab))
+    return plans
+
+
+def swap_layers(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
+    for name, module in new.items():
+        model.set_submodule(name, module)
+    return model
+
+
+# -- batch-norm folding -----------------------------------------------------------------
+class _ActAfterBN(nn.Sequential):
+    """What remains of timm's BatchNormAct2d once its BN is folded: drop and activation."""
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Return a copy of ``model`` with every BN that directly follows a conv folded into it.
+
+    Pairs are found by running ``example`` and matching each BN's input tensor with a
+    conv's output tensor, so any module structure works (timm's ``BatchNormAct2d``
+    keeps its activation).
+    """
+    model = copy.deepcopy(model).eval()
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}
+    pairs: list[tuple[str, str]] = []
+    consumers: dict[str, int] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(
+                lambda _m, _a, out, n=name: outputs.__setitem__(id(out), (n, out))))
+        elif isinstance(m, nn.BatchNorm2d):
+            def pre(_m, args, n=name):
+                hit = outputs.get(id(args[0]))
+                if hit is not None and hit[1] is args[0]:
+                    pairs.append((hit[0], n))
+                    consumers[hit[0]] = consumers.get(hit[0], 0) + 1
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        model(example)
+    finally:
+        for h in handles:
+            h.remove()
+        outputs.clear()
+    for conv_name, bn_name in dict.fromkeys(pairs):
+        if consumers[conv_name] != 1:
+            continue  # a conv feeding several BNs cannot be folded
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(std)
+        beta = bn.bias if bn.affine else torch.zeros_like(std)
+        factor = gamma / std
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
+        rest = [getattr(bn, k) for k in ("drop", "act") if isinstance(getattr(bn, k, None), nn.Module)]
+        model.set_submodule(bn_name, _ActAfterBN(*rest) if rest else nn.Identity())
+    log.info("folded %d batch-norm layers", len(set(pairs)))
+    return model

@@ -1,0 +1,100 @@
+"""DQSS mixed layers: a softmax relaxation over quantization strategies per layer.
+
+For candidate activation quantizers A_i with weights alpha = softmax(a) and weight
+quantizers W_j with beta = softmax(b):
+
+* naive:      y = sum_i sum_j alpha_i beta_j conv(A_i(x), W_j(w))    (N_A x N_W convs)
+* efficient:  y = conv(sum_i alpha_i A_i(x), sum_j beta_j W_j(w))     (one conv)
+
+The two are equal because convolution is bilinear; the efficient form is simply a
+:class:`~dqss.layers.QuantLayer` whose two quantizers are :class:`MixedQuantizer`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import QuantLayer
+
+MODES = ("efficient", "naive")
+
+
+class MixedQuantizer(nn.Module):
+    """sum_i softmax(logits / tau)_i * candidate_i(x)."""
+
+    def __init__(self, candidates: dict[str, nn.Module]):
+        super().__init__()
+        self.names = list(candidates)
+        self.candidates = nn.ModuleList(candidates.values())
+        self.logits = nn.Parameter(torch.zeros(len(self.names)))
+        self.tau = 1.0
+
+    def probs(self) -> torch.Tensor:
+        return torch.softmax(self.logits / self.tau, dim=0)
+
+    def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [q(x) for q in self.candidates]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.probs()
+        out = p[0] * self.candidates[0](x)
+        for i in range(1, len(self.candidates)):
+            out = out + p[i] * self.candidates[i](x)
+        return out
+
+    def choice(self) -> str:
+        return self.names[int(torch.argmax(self.logits))]
+
+    def extra_repr(self) -> str:
+        return f"candidates={self.names}"
+
+
+class MixedQuantLayer(QuantLayer):
+    """A layer whose weight and activation quantizers are mixtures, in either mode."""
+
+    def __init__(self, layer: nn.Module, weight_quant: MixedQuantizer, act_quant: MixedQuantizer,
+                 mode: str = "efficient"):
+        super().__init__(layer, weight_quant, act_quant)
+        self.mode = mode
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mixture mode must be one of {MODES}, got {value!r}")
+        self._mode = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "efficient":
+            return super().forward(x)
+        alpha, beta = self.act_quant.probs(), self.weight_quant.probs()
+        acts = self.act_quant.outputs(x)
+        weights = self.weight_quant.outputs(self.layer.weight)
+        out = None
+        for i, a in enumerate(acts):
+            for j, w in enumerate(weights):
+                term = (alpha[i] * beta[j]) * self.compute(a, w)
+                out = term if out is None else out + term
+        return out
+
+
+def mixed_layers(model: nn.Module) -> dict[str, MixedQuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, MixedQuantLayer)}
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    for m in mixed_layers(model).values():
+        m.mode = mode
+
+
+def set_temperature(model: nn.Module, tau: float) -> None:
+    for m in mixed_layers(model).values():
+        m.weight_quant.tau = tau
+        m.act_quant.tau = tau
+
+
+def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for m in mixed_layers(model).values() for p in (m.weight_quant.logits, m.act_quant.logits)]

@@ -1,0 +1,120 @@
+"""Building post-training-quantized models: uniform, mixed (DQSS search) and from an assignment."""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layers import LayerPlan, QuantLayer, swap_layers
+from .mixed import MixedQuantizer, MixedQuantLayer, mixed_layers
+from .stats import ActStats
+from .strategy import LayerContext, Strategy
+
+log = logging.getLogger(__name__)
+
+ASSIGNMENT_FORMAT = "dqss-assignment/1"
+
+
+def _context(model: nn.Module, plan: LayerPlan, stats: dict[str, ActStats]) -> LayerContext:
+    st = stats.get(plan.name)
+    if st is None:
+        raise KeyError(f"no calibration statistics for layer '{plan.name}'; the statistics file was computed "
+                       "for another model or quantization policy: rerun the calibration")
+    samples = torch.cat(st.samples) if st.samples else None
+    return LayerContext(plan.name, model.get_submodule(plan.name), samples)
+
+
+def _quantizers(strategy: Strategy, plan: LayerPlan, st: ActStats, ctx: LayerContext):
+    return (strategy.build_weight_quantizer(plan.w_spec, ctx),
+            strategy.build_act_quantizer(plan.a_spec, st, ctx))
+
+
+def quantize_uniform(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
+                     strategy: Strategy) -> nn.Module:
+    """Every planned layer quantized by the same strategy (a uniform baseline)."""
+    return quantize_per_layer(model, plans, stats, {n: (strategy, strategy) for n in plans})
+
+
+def quantize_per_layer(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
+                       choice: dict[str, tuple[Strategy, Strategy]]) -> nn.Module:
+    """Each layer quantized by its own (weight strategy, activation strategy)."""
+    qmodel = copy.deepcopy(model).eval()
+    new = {}
+    for name, plan in tqdm(plans.items(), desc="quantizers", leave=False):
+        ctx = _context(qmodel, plan, stats)
+        w_strat, a_strat = choice[name]
+        wq = w_strat.build_weight_quantizer(plan.w_spec, ctx)
+        aq = a_strat.build_act_quantizer(plan.a_spec, stats[name], ctx)
+        new[name] = QuantLayer(ctx.module, wq, aq)
+    return swap_layers(qmodel, new).requires_grad_(False)
+
+
+def quantize_mixed(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
+                   strategies: dict[str, Strategy], mode: str = "efficient") -> nn.Module:
+    """Every planned layer becomes a mixed layer over all ``strategies``; only logits train."""
+    qmodel = copy.deepcopy(model).eval().requires_grad_(False)
+    new = {}
+    for name, plan in tqdm(plans.items(), desc="candidates", leave=False):
+        ctx = _context(qmodel, plan, stats)
+        pairs = {s: _quantizers(strat, plan, stats[name], ctx) for s, strat in strategies.items()}
+        wq = MixedQuantizer({s: p[0] for s, p in pairs.items()})
+        aq = MixedQuantizer({s: p[1] for s, p in pairs.items()})
+        new[name] = MixedQuantLayer(ctx.module, wq, aq, mode)
+    return swap_layers(qmodel, new)
+
+
+# -- assignments ------------------------------------------------------------------------
+def export_assignment(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: dict) -> dict:
+    """The per-layer choice (argmax) and softmax weights of a searched model."""
+    layers = []
+    mixed = mixed_layers(qmodel)
+    for name, plan in plans.items():
+        m = mixed[name]
+        entry = {"name": name, "w_bits": plan.w_spec.bits, "a_bits": plan.a_spec.bits}
+        for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
+            p = torch.softmax(q.logits.detach(), 0)
+            entry[role] = q.choice()
+            entry[f"{role}_probs"] = {n: round(float(v), 6) for n, v in zip(q.names, p)}
+        layers.append(entry)
+    return {"format": ASSIGNMENT_FORMAT, **meta, "layers": layers}
+
+
+def save_assignment(assignment: dict, path) -> None:
+    Path(path).write_text(yaml.safe_dump(assignment, sort_keys=False))
+
+
+def load_assignment(path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read assignment file {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != ASSIGNMENT_FORMAT or "layers" not in data:
+        raise ValueError(f"{path} is not a DQSS assignment file (expected format: {ASSIGNMENT_FORMAT})")
+    return data
+
+
+def quantize_from_assignment(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
+                             assignment: dict, strategies: dict[str, Strategy]) -> nn.Module:
+    """Rebuild the discrete quantized model of a search without searching again."""
+    chosen = {e["name"]: e for e in assignment["layers"]}
+    if list(chosen) != list(plans):
+        missing = sorted(set(plans) ^ set(chosen))
+        raise ValueError(f"assignment layers do not match the model's quantized layers (differing: "
+                         f"{missing[:5]}...); it was searched for another backbone or quant policy")
+    choice = {}
+    for name, plan in plans.items():
+        e = chosen[name]
+        if (e["w_bits"], e["a_bits"]) != (plan.w_spec.bits, plan.a_spec.bits):
+            raise ValueError(f"assignment of layer '{name}' is for W{e['w_bits']}A{e['a_bits']}, "
+                             f"the plan asks W{plan.w_spec.bits}A{plan.a_spec.bits}")
+        for role in ("weight", "act"):
+            if e[role] not in strategies:
+                raise KeyError(f"assignment uses strategy '{e[role]}' for layer '{name}', which is not "
+                               f"among the configured strategies {sorted(strategies)}")
+        choice[name] = (strategies[e["weight"]], strategies[e["act"]])
+    return quantize_per_layer(model, plans, stats, choice)

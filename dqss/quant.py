@@ -1,0 +1,126 @@
+"""Uniform affine fake quantization with a straight-through gradient.
+
+A tensor ``x`` is mapped to the integer grid ``q = clamp(round(x / s) + z, qmin, qmax)``
+and back to ``(q - z) * s``.  The gradient is the clipped straight-through estimator:
+1 inside the representable range, 0 outside (Bengio et al. 2013; the rule every
+quantizer in ``baselines/`` inherits unless its paper says otherwise).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ROLES = ("weight", "act")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized: bit width, grid shape and granularity.
+
+    ``signed`` is ``None`` for activations until calibration has seen whether the
+    tensor is non-negative (after a ReLU) and can use the unsigned grid.
+    """
+
+    bits: int
+    symmetric: bool = True
+    signed: bool | None = True
+    per_channel: bool = False
+    channel_axis: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ValueError(f"bit width must be an integer in 2..8, got {self.bits!r}; "
+                             "fix the w_bits/a_bits (or first_last_bits) entry in the config")
+        if not self.symmetric and self.signed is False:
+            # an asymmetric grid places its own zero point, signedness is meaningless
+            object.__setattr__(self, "signed", True)
+
+    @property
+    def qmin(self) -> int:
+        if self.symmetric and self.signed:
+            return -(2 ** (self.bits - 1))
+        return 0
+
+    @property
+    def qmax(self) -> int:
+        if self.symmetric and self.signed:
+            return 2 ** (self.bits - 1) - 1
+        return 2 ** self.bits - 1
+
+    def resolved(self, nonnegative: bool) -> QuantSpec:
+        """Fix the sign of an activation spec once calibration saw its range."""
+        if self.signed is not None:
+            return self
+        return QuantSpec(self.bits, self.symmetric, not nonnegative, self.per_channel, self.channel_axis)
+
+
+def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
+                     eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point that represent the clipping range ``[lo, hi]`` on ``spec``'s grid."""
+    lo = torch.as_tensor(lo, dtype=torch.float32)
+    hi = torch.as_tensor(hi, dtype=torch.float32)
+    lo = torch.minimum(lo, torch.zeros_like(lo))  # the grid always holds an exact zero
+    hi = torch.maximum(hi, torch.zeros_like(hi))
+    if spec.symmetric and spec.signed:
+        bound = torch.maximum(-lo, hi)
+        scale = (bound / spec.qmax).clamp_min(eps)
+        zero = torch.zeros_like(scale)
+    elif spec.symmetric:  # unsigned: [0, hi]
+        scale = (hi / spec.qmax).clamp_min(eps)
+        zero = torch.zeros_like(scale)
+    else:
+        scale = ((hi - lo) / (spec.qmax - spec.qmin)).clamp_min(eps)
+        zero = torch.round(-lo / scale).clamp(spec.qmin, spec.qmax)
+    return scale, zero
+
+
+def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if t.dim() == 0:
+        return t
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                  qmin: int, qmax: int, channel_axis: int = 0) -> torch.Tensor:
+    """Quantize-dequantize ``x``; gradient 1 inside the grid's range, 0 outside."""
+    s = _broadcast(scale, x, channel_axis).to(x.dtype)
+    z = _broadcast(zero, x, channel_axis).to(x.dtype)
+    lo = (qmin - z) * s
+    hi = (qmax - z) * s
+    clipped = torch.maximum(torch.minimum(x, hi), lo)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    xq = (q - z) * s
+    return clipped + (xq - clipped).detach()
+
+
+class FakeQuantizer(nn.Module):
+    """A fixed-range quantizer: what a PTQ range strategy builds for one tensor."""
+
+    def __init__(self, spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor, strategy: str = ""):
+        super().__init__()
+        if spec.signed is None:
+            raise ValueError("activation spec must be resolved (signed or unsigned) before building a quantizer")
+        self.spec = spec
+        self.strategy = strategy
+        scale, zero = range_to_qparams(lo, hi, spec)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zero)
+
+    @property
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return ((self.spec.qmin - self.zero_point) * self.scale,
+                (self.spec.qmax - self.zero_point) * self.scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax,
+                             self.spec.channel_axis)
+
+    def extra_repr(self) -> str:
+        g = "per-channel" if self.spec.per_channel else "per-tensor"
+        kind = "symmetric" if self.spec.symmetric else "asymmetric"
+        sign = "signed" if self.spec.signed else "unsigned"
+        return f"{self.strategy}, {self.spec.bits} bit, {kind} {sign} {g}"
