@@ -56,6 +56,18 @@ class MixedQuantLayer(QuantLayer):
                  mode: str = "efficient"):
         super().__init__(layer, weight_quant, act_quant)
         self.mode = mode
+        self._weight_cache: torch.Tensor | None = None
+
+    def weight_candidates(self) -> torch.Tensor:
+        """Stacked ``W_j``; cached while the weight is frozen (PTQ), recomputed in QAT."""
+        w = self.layer.weight
+        if w.requires_grad:
+            return torch.stack(self.weight_quant.outputs(w))
+        c = self._weight_cache
+        if c is None or c.device != w.device or c.dtype != w.dtype:
+            with torch.no_grad():
+                c = self._weight_cache = torch.stack(self.weight_quant.outputs(w))
+        return c
 
     @property
     def mode(self) -> str:
@@ -68,11 +80,13 @@ class MixedQuantLayer(QuantLayer):
         self._mode = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.weight_candidates()
+        beta = self.weight_quant.probs()
         if self.mode == "efficient":
-            return super().forward(x)
-        alpha, beta = self.act_quant.probs(), self.weight_quant.probs()
+            w_mix = torch.tensordot(beta, weights, dims=1)
+            return self.compute(self.act_quant(x), w_mix)
+        alpha = self.act_quant.probs()
         acts = self.act_quant.outputs(x)
-        weights = self.weight_quant.outputs(self.layer.weight)
         out = None
         for i, a in enumerate(acts):
             for j, w in enumerate(weights):

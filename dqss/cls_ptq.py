@@ -1,0 +1,253 @@
+"""Classification PTQ track: the jobs the workflow runs, as plain functions.
+
+Each function reads its inputs from files, writes its outputs, and is called by a
+short shim in ``workflow/scripts``; tests call them directly.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import DataConfig, load_classification
+from .evaluate import classification_metrics, predict
+from .layers import QuantPolicy, fold_batchnorm, plan_layers
+from .models import create_backbone, data_config, save_checkpoint
+from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
+                  quantize_uniform, save_assignment)
+from .results import FP_METHOD, provenance, write_json, write_metrics
+from .search import SearchConfig, search
+from .stats import collect_act_stats, load_stats, save_stats
+from .strategy import get_strategy, strategy_names
+from .train import TrainConfig, train_classifier
+
+log = logging.getLogger(__name__)
+
+TASK = "cls_ptq"
+
+
+def _build(cls, section: dict | None, key: str):
+    section = dict(section or {})
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - valid)
+    if unknown:
+        raise ValueError(f"{key}: unknown option(s) {unknown}; valid options are {sorted(valid)}")
+    return cls(**section)
+
+
+@dataclass
+class CalibConfig:
+    size: int = 256
+    batch_size: int = 64
+    bins: int = 2048
+    samples: int = 16
+
+    def __post_init__(self):
+        if self.size < 1 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
+            raise ValueError("calibration: size and batch_size must be >= 1, bins >= 256, samples >= 0")
+
+
+@dataclass
+class ClsPTQConfig:
+    dataset: str
+    data: DataConfig
+    backbones: dict[str, dict]
+    train: TrainConfig
+    bits: list[tuple[int, int]]
+    calibration: CalibConfig
+    strategies: list[str]
+    strategy_options: dict[str, dict]
+    quant: QuantPolicy
+    dqss: SearchConfig
+    eval_batch_size: int = 256
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict, key: str = TASK) -> ClsPTQConfig:
+        known = strategy_names("ptq")
+        strategies = list(d["strategies"])
+        bad = [s for s in strategies if s not in known]
+        if bad:
+            raise ValueError(f"{key}.strategies: unknown {bad}; registered PTQ strategies are {known}")
+        opts = d.get("strategy_options") or {}
+        for name, o in opts.items():
+            get_strategy(name, o)  # validates the options now, before any work
+        dq = _build(SearchConfig, d.get("dqss"), f"{key}.dqss")
+        cands = dq.candidates or strategies
+        bad = [s for s in cands if s not in known]
+        if bad:
+            raise ValueError(f"{key}.dqss.candidates: unknown {bad}; registered PTQ strategies are {known}")
+        dq.candidates = list(cands)
+        bits = []
+        for b in d["bits"]:
+            w, a = int(b["w"]), int(b["a"])
+            if not (2 <= w <= 8 and 2 <= a <= 8):
+                raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
+            bits.append((w, a))
+        return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
+                   backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
+                   train=_build(TrainConfig, d.get("train"), f"{key}.train"), bits=bits,
+                   calibration=_build(CalibConfig, d.get("calibration"), f"{key}.calibration"),
+                   strategies=strategies, strategy_options=opts,
+                   quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"), dqss=dq,
+                   eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
+
+    def strategy(self, name: str):
+        return get_strategy(name, self.strategy_options.get(name))
+
+    def weights(self, backbone: str) -> str:
+        return str(self.backbones[backbone].get("weights", "train"))
+
+    def num_classes(self) -> int | None:
+        return 10 if self.data.name == "digits" else self.raw.get("num_classes")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' requested but CUDA is not available; set device: auto or cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Prepared:
+    model: torch.nn.Module
+    data: object
+    data_config: dict
+
+
+def prepare(cfg: ClsPTQConfig, backbone: str, checkpoint=None) -> Prepared:
+    """The FP model and the data it is evaluated on."""
+    weights = cfg.weights(backbone)
+    model = create_backbone(backbone, weights, cfg.num_classes(), f"{TASK}.backbones.{backbone}.weights",
+                            checkpoint if weights == "train" else None)
+    dcfg = data_config(model, cfg.data.input_size if cfg.data.name == "digits" else None)
+    data = load_classification(cfg.data, dcfg)
+    if getattr(model, "num_classes", data.num_classes) != data.num_classes:
+        raise ValueError(f"{backbone} predicts {model.num_classes} classes but the data has {data.num_classes}")
+    return Prepared(model, data, dcfg)
+
+
+def example_input(prep: Prepared) -> torch.Tensor:
+    return prep.data.test[0][0][None]
+
+
+# -- jobs -----------------------------------------------------------------------------------
+def run_train(cfg: ClsPTQConfig, backbone: str, out_ckpt, out_history, device) -> None:
+    """Train the FP backbone on the embedded data (only for weights: train)."""
+    import timm
+
+    if cfg.weights(backbone) != "train":
+        raise ValueError(f"{TASK}.backbones.{backbone}.weights is '{cfg.weights(backbone)}': nothing to train")
+    torch.manual_seed(cfg.train.seed)
+    model = timm.create_model(backbone, pretrained=False, num_classes=cfg.num_classes())
+    dcfg = data_config(model, cfg.data.input_size)
+    data = load_classification(cfg.data, dcfg)
+    history = train_classifier(model, data.train, cfg.train, device)
+    save_checkpoint(model.cpu(), backbone, out_ckpt, num_classes=cfg.num_classes(), train_seed=cfg.train.seed)
+    with open(out_history, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "loss"])
+        w.writeheader()
+        w.writerows(history)
+
+
+def run_evaluate_fp(cfg: ClsPTQConfig, backbone: str, checkpoint, out_metrics, out_logits, device) -> None:
+    prep = prepare(cfg, backbone, checkpoint)
+    loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
+    logits, labels = predict(prep.model, loader, device, desc=f"FP {backbone}")
+    torch.save({"logits": logits, "labels": labels}, out_logits)
+    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
+                  a_bits=32, seed=cfg.train.seed, metrics=classification_metrics(logits, labels, logits),
+                  prov=provenance(device, cfg.raw), extra={"n_test": len(labels)})
+
+
+def _calibration_tensors(prep: Prepared, cfg: ClsPTQConfig, seed: int):
+    subset, ids = prep.data.calibration(cfg.calibration.size, seed)
+    xs, ys = zip(*(subset[i] for i in range(len(subset))))
+    return torch.stack(xs), torch.as_tensor(ys), ids
+
+
+def run_calibrate(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, out_stats, out_list, device) -> None:
+    """One pass over the calibration draw; statistics shared by every strategy and bit width."""
+    prep = prepare(cfg, backbone, checkpoint)
+    folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
+    plans = plan_layers(folded, cfg.quant, 8, 8, example_input(prep).to(device))
+    layers = {n: folded.get_submodule(n) for n in plans}
+    x, _, ids = _calibration_tensors(prep, cfg, seed)
+    needs = any(cfg.strategy(s).needs_samples for s in set(cfg.strategies) | set(cfg.dqss.candidates))
+    stats = collect_act_stats(folded, layers, torch.split(x, cfg.calibration.batch_size),
+                              bins=cfg.calibration.bins, n_samples=cfg.calibration.samples if needs else 0,
+                              device=device, desc=f"calibrate {backbone} seed {seed}")
+    save_stats(stats, out_stats)
+    Path(out_list).write_text("\n".join(ids) + "\n")
+
+
+def _load_fp_logits(path):
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return d["logits"], d["labels"]
+
+
+def _evaluate(qmodel, prep, cfg, fp_logits, device, desc):
+    loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
+    logits, labels = predict(qmodel, loader, device, desc=desc)
+    return classification_metrics(logits, labels, fp_logits)
+
+
+def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_path, fp_logits_path,
+                outputs: dict[tuple[str, int, int], str], device) -> None:
+    """Every (strategy, bit width) applied uniformly to all layers; one metrics file each."""
+    prep = prepare(cfg, backbone, checkpoint)
+    folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
+    stats = load_stats(stats_path)
+    fp_logits, _ = _load_fp_logits(fp_logits_path)
+    prov = provenance(device, cfg.raw)
+    for (method, w, a), path in outputs.items():
+        plans = plan_layers(folded, cfg.quant, w, a, example_input(prep).to(device))
+        qmodel = quantize_uniform(folded, plans, stats, cfg.strategy(method))
+        metrics = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
+        write_metrics(path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
+                      seed=seed, metrics=metrics, prov=prov,
+                      extra={"calib_size": cfg.calibration.size, "first_last_bits": cfg.quant.first_last_bits})
+
+
+def _assignment_meta(cfg, backbone, seed, w, a):
+    return {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
+            "candidates": cfg.dqss.candidates,
+            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates}}
+
+
+def run_dqss(cfg: ClsPTQConfig, backbone: str, seed: int, w: int, a: int, checkpoint, stats_path, fp_logits_path,
+             out_metrics, out_assignment, out_history, device) -> None:
+    """Search the per-layer strategies, rebuild the discrete model from the assignment, evaluate."""
+    torch.manual_seed(seed)
+    prep = prepare(cfg, backbone, checkpoint)
+    ex = example_input(prep).to(device)
+    folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
+    stats = load_stats(stats_path)
+    plans = plan_layers(folded, cfg.quant, w, a, ex)
+    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    qmodel = quantize_mixed(folded, plans, stats, strategies, cfg.dqss.mode)
+    x, y, _ = _calibration_tensors(prep, cfg, seed)
+    with torch.no_grad():
+        teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
+    history = search(qmodel, x, teacher, cfg.dqss, seed, device, labels=y)
+    assignment = export_assignment(qmodel, plans, _assignment_meta(cfg, backbone, seed, w, a))
+    save_assignment(assignment, out_assignment)
+    final = quantize_from_assignment(folded, plans, stats, load_assignment(out_assignment), strategies)
+    fp_logits, _ = _load_fp_logits(fp_logits_path)
+    metrics = _evaluate(final, prep, cfg, fp_logits, device, f"dqss W{w}A{a}")
+    log.info("%s dqss W%dA%d seed %d: %s", backbone, w, a, seed, metrics)
+    with open(out_history, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["step", "loss", "tau"])
+        wr.writeheader()
+        wr.writerows(history)
+    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method="dqss", w_bits=w,
+                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw),
+                  extra={"calib_size": cfg.calibration.size, "iterations": cfg.dqss.iterations,
+                         "candidates": cfg.dqss.candidates, "final_loss": history[-1]["loss"]})

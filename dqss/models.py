@@ -1,0 +1,88 @@
+"""Backbones by timm name, with weights trained here, from timm, or from a local file."""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SOURCES = ("train", "timm")  # or a path to a local file
+
+
+def check_backbone(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5)
+        raise ValueError(f"unknown backbone '{name}': not a timm model name. Close matches: {close}; "
+                         "all valid names: timm.list_models()")
+
+
+def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
+                    checkpoint: str | os.PathLike | None = None) -> nn.Module:
+    """Build ``name`` with ``weights``: 'train' (``checkpoint`` written by the workflow),
+    'timm' (timm's pretrained weights) or the path of a local weight file.
+
+    ``key`` is the config key that chose the weights, for error messages.
+    """
+    import timm
+
+    check_backbone(name)
+    extra = {} if num_classes is None else {"num_classes": num_classes}
+    if weights == "train":
+        if checkpoint is None:
+            raise ValueError(f"{key}: 'train' weights need the checkpoint written by the train rule")
+        model = timm.create_model(name, pretrained=False, **extra)
+        model.load_state_dict(load_checkpoint(checkpoint, name)["state_dict"])
+    elif weights == "timm":
+        try:
+            model = timm.create_model(name, pretrained=True, **extra)
+        except Exception as exc:  # no network, no cache, or no pretrained tag
+            raise RuntimeError(f"{key}: timm could not load pretrained weights for '{name}' ({exc}). On an "
+                               "offline machine set HF_HUB_OFFLINE=1 with the weights in the Hugging Face "
+                               "cache, or set the key to a local weight file") from exc
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{key}: weight file {path} not found; set it to an existing .pth/.bin/"
+                                    ".safetensors file for '{name}', or to 'timm' or 'train'")
+        try:
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **extra)
+        except Exception as exc:
+            raise RuntimeError(f"{key}: cannot load weight file {path} into '{name}' ({exc}); is it the "
+                               "state dict of that architecture?") from exc
+    return model.eval()
+
+
+def save_checkpoint(model: nn.Module, name: str, path, **meta) -> None:
+    torch.save({"arch": name, "state_dict": model.state_dict(), **meta}, path)
+
+
+def load_checkpoint(path, name: str) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise RuntimeError(f"checkpoint {path} is corrupt or not a checkpoint of this suite ({exc}); delete it "
+                           "and rerun the workflow to retrain") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise RuntimeError(f"checkpoint {path} holds no state_dict; delete it and rerun the workflow")
+    if ckpt.get("arch") != name:
+        raise RuntimeError(f"checkpoint {path} is for '{ckpt.get('arch')}', not '{name}'")
+    return ckpt
+
+
+def data_config(model: nn.Module, input_size: int | None = None) -> dict:
+    """timm's preprocessing for ``model``; ``input_size`` overrides the resolution."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    if input_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], input_size, input_size)
+    return cfg

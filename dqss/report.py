@@ -1,0 +1,637 @@
+"""Reporting: summary statistics, Markdown/LaTeX tables, figures and ``report.md``.
+
+Input is the tidy long table written by :func:`dqss.results.gather` (``results/metrics.csv``)
+and, optionally, the per-layer assignment files of DQSS searches
+(:func:`dqss.ptq.export_assignment` / :func:`dqss.ptq.save_assignment`).
+
+Everything written here is deterministic: no timestamps, a fixed plotting style, a fixed colour
+per method, and figure metadata stripped, so rerunning the report on the same results gives
+byte-identical files.  Plots use the Agg canvas directly (no pyplot, no global backend switch).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FP_METHOD = "fp32"
+BICUBIC_METHOD = "bicubic"
+REFERENCE_METHODS = frozenset({FP_METHOD, BICUBIC_METHOD})  # reference rows: shown, never ranked
+DQSS_METHODS = ("dqss_nofix", "dqss")  # always last, in this order
+LOWER_IS_BETTER = frozenset({"kl_fp"})
+GROUP_KEYS = ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "metric"]
+REQUIRED_COLUMNS = GROUP_KEYS + ["seed", "value"]
+PROVENANCE_COLUMNS = ["git_rev", "device", "torch", "torchvision", "timm", "python", "config_hash"]
+
+DECIMALS = {"top1": 2, "top5": 2, "agree_fp": 2, "kl_fp": 4, "psnr": 2, "ssim": 3}
+DEFAULT_DECIMALS = 2
+SR_PSNR_DECIMALS = 2
+SR_SSIM_DECIMALS = 4  # the SR cell reads "32.45/0.9012", as SR papers report SSIM
+METRIC_ORDER = ["top1", "top5", "agree_fp", "kl_fp", "psnr", "ssim"]
+METRIC_LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "agree_fp": "agreement with FP",
+                 "kl_fp": "KL(FP || quantized)", "psnr": "PSNR", "ssim": "SSIM"}
+METRIC_UNITS = {"top1": "%", "top5": "%", "agree_fp": "%", "psnr": "dB"}
+SR_DATASET_ORDER = ["set5", "set14", "b100", "urban100"]
+DROP_METRICS = ("top1", "agree_fp")  # accuracy-drop figures written by write_report
+
+# Fixed palette (tab10, then the light tab20 shades); a method's colour is the palette entry at its
+# position in method_order over all methods present, so it is the same in every figure of a report.
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+           "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]
+
+# The project plot style (rcParams); applied with rc_context around figure creation and saving.
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "figure.titlesize": 11,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.grid.axis": "y",
+    "axes.axisbelow": True,
+    "grid.alpha": 0.35,
+    "grid.linewidth": 0.6,
+    "errorbar.capsize": 2,
+    "figure.dpi": 100,
+    "savefig.dpi": 150,
+    "savefig.facecolor": "white",
+    "pdf.fonttype": 42,
+    "svg.hashsalt": "dqss-report",
+    "svg.fonttype": "none",
+    "path.simplify": True,
+}
+PNG_METADATA = {"Software": None}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+
+
+# -- ordering and colours -------------------------------------------------------------------
+def method_order(methods) -> list[str]:
+    """fp32, bicubic, the baselines alphabetically, other ``dqss*`` variants, dqss_nofix, dqss."""
+    uniq = sorted({str(m) for m in methods})
+
+    def rank(m: str):
+        if m == FP_METHOD:
+            return (0, "")
+        if m == BICUBIC_METHOD:
+            return (1, "")
+        if m in DQSS_METHODS:
+            return (4, str(DQSS_METHODS.index(m)))
+        if m.startswith("dqss"):
+            return (3, m)
+        return (2, m)
+
+    return sorted(uniq, key=rank)
+
+
+def method_colors(methods) -> dict[str, str]:
+    """A fixed colour per method: the palette entry at its method_order position (cycling)."""
+    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(method_order(methods))}
+
+
+def _metric_order(metrics) -> list[str]:
+    ms = {str(m) for m in metrics}
+    return [m for m in METRIC_ORDER if m in ms] + sorted(ms - set(METRIC_ORDER))
+
+
+def _sr_dataset_order(datasets) -> list[str]:
+    def rank(d: str):
+        k = d.lower()
+        return (SR_DATASET_ORDER.index(k), "") if k in SR_DATASET_ORDER else (len(SR_DATASET_ORDER), k)
+
+    return sorted({str(d) for d in datasets}, key=rank)
+
+
+def _is_sr(task: str) -> bool:
+    return str(task).startswith("sr")
+
+
+# -- summary --------------------------------------------------------------------------------
+def summarize(df) -> "pandas.DataFrame":
+    """Per (task, dataset, backbone, method, w_bits, a_bits, metric): mean, std, n_seeds, delta_fp.
+
+    ``std`` is the sample std (ddof=1) over seeds, 0 for a single seed; ``delta_fp`` is the mean
+    over seeds of the per-seed difference to the FP value.
+    """
+    import pandas as pd
+
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"metrics table lacks columns {missing}; expected the dqss.results.gather layout")
+    df = df if "delta_fp" in df.columns else _with_delta_fp(df)
+    g = df.groupby(GROUP_KEYS, sort=True, dropna=False)
+    out = pd.DataFrame({"mean": g["value"].mean(), "std": g["value"].std(ddof=1),
+                        "n_seeds": g["value"].count(), "delta_fp": g["delta_fp"].mean()}).reset_index()
+    out.loc[out["n_seeds"] == 1, "std"] = 0.0
+    out["n_seeds"] = out["n_seeds"].astype("int64")
+    rank = {m: i for i, m in enumerate(method_order(out["method"].unique()))}
+    return (out.sort_values(GROUP_KEYS, key=lambda s: s.map(rank) if s.name == "method" else s,
+                            kind="stable").reset_index(drop=True))
+
+
+def _with_delta_fp(df):
+    """delta_fp as dqss.results.gather computes it, for tables that lack the column."""
+    keys = ["task", "dataset", "backbone", "metric"]
+    fp = df[df["method"] == FP_METHOD].groupby(keys)["value"].mean().rename("_fp")
+    df = df.join(fp, on=keys)
+    df["delta_fp"] = df["value"] - df.pop("_fp")
+    return df
+
+
+# -- formatting -----------------------------------------------------------------------------
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
+
+
+def _md_escape(text) -> str:
+    return str(text).replace("|", r"\|")
+
+
+def _num(x, decimals: int) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    s = f"{float(x):.{decimals}f}"
+    return s[1:] if s.startswith("-") and float(s) == 0 else s
+
+
+def _decimals(metric: str) -> int:
+    return DECIMALS.get(metric, DEFAULT_DECIMALS)
+
+
+def _metric_text(metric: str) -> str:
+    label = METRIC_LABELS.get(metric, metric)
+    unit = METRIC_UNITS.get(metric)
+    better = "lower" if metric in LOWER_IS_BETTER else "higher"
+    return f"{label} ({unit + ', ' if unit else ''}{better} is better)"
+
+
+def _seeds_text(ns) -> str:
+    ns = sorted({int(n) for n in ns})
+    if not ns:
+        return "seeds"
+    if len(ns) == 1:
+        return f"{ns[0]} seed{'s' if ns[0] != 1 else ''}"
+    return f"{ns[0]}–{ns[-1]} seeds"
+
+
+def _reference_text(methods) -> str:
+    what = {FP_METHOD: "full precision", BICUBIC_METHOD: "bicubic upsampling"}
+    refs = [m for m in method_order(methods) if m in REFERENCE_METHODS]
+    if not refs:
+        return f"no {FP_METHOD} reference row in these results."
+    if len(refs) == 1:
+        return f"the {refs[0]} row is the {what[refs[0]]} reference and is not ranked."
+    return (f"the {' and '.join(refs)} rows are references ({', '.join(what[r] for r in refs)}) "
+            f"and are not ranked.")
+
+
+def _safe_stem(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "x"
+
+
+def _best(values: dict, lower: bool) -> set:
+    """Keys whose displayed value is the best; ``values`` maps key -> displayed string."""
+    nums = {k: float(v) for k, v in values.items() if v != "—"}
+    if not nums:
+        return set()
+    best = min(nums.values()) if lower else max(nums.values())
+    return {k for k, v in nums.items() if v == best}
+
+
+def _render(caption: str, rows: list[str], cols: list[str], md_cells: dict, tex_cells: dict,
+            bold: set, n_ref: int) -> tuple[str, str]:
+    """(caption + Markdown table, booktabs LaTeX tabular) from per-(row, col) cell texts."""
+    import pandas as pd
+
+    md = [f"| Method | {' | '.join(_md_escape(c) for c in cols)} |",
+          "|:---|" + "---:|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            t = md_cells.get((r, c), "—")
+            cells.append(f"**{t}**" if (r, c) in bold else t)
+        md.append(f"| {_md_escape(r)} | {' | '.join(cells)} |")
+    md_text = f"{caption}\n\n" + "\n".join(md) + "\n"
+
+    data = {"Method": [latex_escape(r) for r in rows]}
+    for c in cols:
+        col = []
+        for r in rows:
+            t = tex_cells.get((r, c), "--")
+            col.append(rf"\textbf{{{t}}}" if (r, c) in bold else t)
+        data[latex_escape(c)] = col
+    frame = pd.DataFrame(data)
+    tex = frame.style.hide(axis="index").to_latex(hrules=True, column_format="l" + "r" * len(cols))
+    if 0 < n_ref < len(rows):  # a rule between the reference rows and the ranked methods
+        lines = tex.splitlines()
+        head = lines.index(r"\midrule")
+        lines.insert(head + 1 + n_ref, r"\midrule")
+        tex = "\n".join(lines) + "\n"
+    plain = re.sub(r"\*\*|\s+", lambda m: "" if m.group() == "**" else " ", caption)
+    comment = "% " + plain.replace("±", "+/-").replace("—", "-").replace("–", "-") + "\n"  # ASCII-only
+    return md_text, comment + tex
+
+
+# -- tables ---------------------------------------------------------------------------------
+def _stats(frame) -> dict:
+    """(method, column) -> (mean, std, n_seeds, delta_fp) from summary rows already narrowed down."""
+    out = {}
+    for row in frame.itertuples(index=False):
+        key = (row.method, row.backbone)
+        if key in out:
+            log.warning("several summary rows for %s; using the first", key)
+            continue
+        out[key] = (row.mean, row.std, int(row.n_seeds), row.delta_fp)
+    return out
+
+
+def cls_tables(summary, task: str) -> dict[str, tuple[str, str]]:
+    """One table per (dataset, W/A bits, metric) of a classification task.
+
+    Rows are methods (FP reference first), columns backbones; a cell is "mean ± std" (std only
+    with more than one seed).  The best quantized method of each column is bold, ties at the
+    displayed precision included.  Keys are file stems ``{task}_{dataset}_w{W}a{A}_{metric}``.
+    """
+    sub = summary[summary["task"] == task]
+    tables: dict[str, tuple[str, str]] = {}
+    for dataset in sorted(sub["dataset"].unique()):
+        d = sub[sub["dataset"] == dataset]
+        ref = d[d["method"].isin(REFERENCE_METHODS)]
+        quant = d[~d["method"].isin(REFERENCE_METHODS)]
+        settings = sorted({(int(w), int(a)) for w, a in zip(quant["w_bits"], quant["a_bits"])})
+        for w, a in settings:
+            qs = quant[(quant["w_bits"] == w) & (quant["a_bits"] == a)]
+            for metric in _metric_order(qs["metric"].unique()):
+                qm = qs[qs["metric"] == metric]
+                rm = ref[(ref["metric"] == metric) & ref["backbone"].isin(qm["backbone"].unique())]
+                cols = sorted(qm["backbone"].unique())
+                methods = method_order(set(rm["method"]) | set(qm["method"]))
+                n_ref = sum(m in REFERENCE_METHODS for m in methods)
+                stats = _stats(rm) | _stats(qm)
+                dec = _decimals(metric)
+                md_cells, tex_cells = {}, {}
+                for key, (mean, std, n, _) in stats.items():
+                    m = _num(mean, dec)
+                    spread = n > 1 and m != "—"
+                    md_cells[key] = f"{m} ± {_num(std, dec)}" if spread else m
+                    tex_cells[key] = rf"{m} $\pm$ {_num(std, dec)}" if spread else m
+                bold = set()
+                for c in cols:
+                    shown = {(m, c): _num(stats[(m, c)][0], dec) for m in methods
+                             if m not in REFERENCE_METHODS and (m, c) in stats}
+                    bold |= _best(shown, metric in LOWER_IS_BETTER)
+                caption = (f"**{task} — {dataset}, W{w}A{a}: {_metric_text(metric)}.** Mean ± std over "
+                           f"{_seeds_text(qm['n_seeds'])}; **bold** = best quantized method per backbone "
+                           f"(ties at the shown precision all bold); " + _reference_text(methods))
+                stem = _safe_stem(f"{task}_{dataset}_w{w}a{a}_{metric}")
+                tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
+    return tables
+
+
+def sr_tables(summary, task: str = "sr_ptq") -> dict[str, tuple[str, str]]:
+    """One table per (backbone, W/A bits) of a super-resolution task.
+
+    Rows are methods (fp32 and bicubic references first), columns the test sets (Set5, Set14,
+    B100, Urban100, then others); a cell is "PSNR/SSIM" (means over seeds).  The best quantized
+    method per test set by PSNR is bold.  Keys are file stems ``{task}_{backbone}_w{W}a{A}``.
+    """
+    sub = summary[summary["task"] == task]
+    ref = sub[sub["method"].isin(REFERENCE_METHODS)]
+    quant = sub[~sub["method"].isin(REFERENCE_METHODS)]
+    tables: dict[str, tuple[str, str]] = {}
+    for backbone in sorted(quant["backbone"].unique()):
+        qb = quant[quant["backbone"] == backbone]
+        rb = ref[ref["backbone"] == backbone]
+        if not (rb["method"] == BICUBIC_METHOD).any():
+            # bicubic does not depend on the backbone: borrow it from wherever it was recorded
+            bic = ref[ref["method"] == BICUBIC_METHOD].sort_values("backbone", kind="stable")
+            rb = _concat([rb, bic.drop_duplicates(["dataset", "metric"])])
+        for w, a in sorted({(int(w), int(a)) for w, a in zip(qb["w_bits"], qb["a_bits"])}):
+            qs = qb[(qb["w_bits"] == w) & (qb["a_bits"] == a)]
+            cols = _sr_dataset_order(qs["dataset"].unique())
+            rows_frame = _concat([rb[rb["dataset"].isin(cols)], qs])
+            methods = method_order(rows_frame["method"].unique())
+            n_ref = sum(m in REFERENCE_METHODS for m in methods)
+            cell = {}
+            for r in rows_frame.itertuples(index=False):
+                cell.setdefault((r.method, r.dataset), {}).setdefault(r.metric, r.mean)
+            rank_metric = "psnr" if (qs["metric"] == "psnr").any() else "ssim"
+            md_cells, shown = {}, {}
+            for key, vals in cell.items():
+                p, s = _num(vals.get("psnr"), SR_PSNR_DECIMALS), _num(vals.get("ssim"), SR_SSIM_DECIMALS)
+                md_cells[key] = f"{p}/{s}"
+                if key[0] not in REFERENCE_METHODS:
+                    shown[key] = p if rank_metric == "psnr" else s
+            tex_cells = {k: v.replace("—", "--") for k, v in md_cells.items()}
+            bold = set()
+            for c in cols:
+                bold |= _best({k: v for k, v in shown.items() if k[1] == c}, lower=False)
+            caption = (f"**{task} — {backbone}, W{w}A{a}: PSNR (dB) / SSIM per test set (higher is "
+                       f"better).** Mean over {_seeds_text(qs['n_seeds'])}; **bold** = best quantized "
+                       f"method per test set by {rank_metric.upper()} (ties all bold); "
+                       + _reference_text(methods))
+            stem = _safe_stem(f"{task}_{backbone}_w{w}a{a}")
+            tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
+    return tables
+
+
+def _concat(frames):
+    import pandas as pd
+
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=GROUP_KEYS + ["mean", "std", "n_seeds", "delta_fp"])
+
+
+# -- figures --------------------------------------------------------------------------------
+def _new_figure(**kwargs):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
+    written = []
+    for fmt in formats:
+        p = path.with_suffix("." + fmt)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        meta = PNG_METADATA if fmt == "png" else PDF_METADATA if fmt == "pdf" else None
+        fig.savefig(p, format=fmt, metadata=meta)
+        written.append(p)
+    return written
+
+
+def _figure_path(path) -> Path:
+    path = Path(path)
+    return path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
+
+
+def plot_accuracy_drop(summary, task: str, metric: str, path, colors: dict | None = None) -> list[Path]:
+    """Grouped bars of the mean change vs FP (std error bars) per backbone, one panel per W/A.
+
+    Writes ``path`` as PNG (dpi 150) and PDF (same stem); returns both paths.  ``colors`` maps
+    method -> colour; by default :func:`method_colors` over all methods in ``summary``.
+    """
+    import matplotlib
+    import numpy as np
+
+    colors = colors or method_colors(summary["method"].unique())
+    d = summary[(summary["task"] == task) & (summary["metric"] == metric)
+                & ~summary["method"].isin(REFERENCE_METHODS)]
+    d = d[d["delta_fp"].notna()]
+    if d.empty:
+        raise ValueError(f"no quantized results with an FP reference for task '{task}', metric '{metric}'")
+    datasets = sorted(d["dataset"].unique())
+    settings = sorted({(int(w), int(a)) for w, a in zip(d["w_bits"], d["a_bits"])})
+    methods = method_order(d["method"].unique())
+    n_bb = max(d.groupby("dataset")["backbone"].nunique())
+    panel_w = min(max(1.2 + n_bb * (0.22 * len(methods) + 0.5), 3.6), 12.0)
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(figsize=(panel_w * len(settings), 2.9 * len(datasets) + 0.9), layout="constrained")
+        axes = fig.subplots(len(datasets), len(settings), squeeze=False)
+        width = 0.8 / len(methods)
+        handles = {}
+        for i, dataset in enumerate(datasets):
+            for j, (w, a) in enumerate(settings):
+                ax = axes[i][j]
+                cell = d[(d["dataset"] == dataset) & (d["w_bits"] == w) & (d["a_bits"] == a)]
+                backbones = sorted(d[d["dataset"] == dataset]["backbone"].unique())
+                x = np.arange(len(backbones))
+                for k, m in enumerate(methods):
+                    mm = cell[cell["method"] == m].set_index("backbone")
+                    idx = [b for b in backbones if b in mm.index]
+                    if not idx:
+                        continue
+                    pos = x[[backbones.index(b) for b in idx]] - 0.4 + width * (k + 0.5)
+                    err = [s if n > 1 else 0.0 for s, n in zip(mm.loc[idx, "std"], mm.loc[idx, "n_seeds"])]
+                    bars = ax.bar(pos, mm.loc[idx, "delta_fp"].to_numpy(float), width * 0.92,
+                                  yerr=err, color=colors.get(m, "#333333"), label=m,
+                                  error_kw={"elinewidth": 0.8, "ecolor": "#222222"})
+                    handles.setdefault(m, bars)
+                ax.axhline(0.0, color="black", linewidth=0.8)
+                ax.set_xticks(x, backbones, rotation=20 if len(backbones) > 3 else 0,
+                              ha="right" if len(backbones) > 3 else "center")
+                ax.set_xlim(-0.55, len(backbones) - 0.45)
+                title = f"W{w}A{a}" + (f" — {dataset}" if len(datasets) > 1 else "")
+                ax.set_title(title)
+                if j == 0:
+                    unit = METRIC_UNITS.get(metric)
+                    unit = "pp" if unit == "%" else unit
+                    arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
+                    ax.set_ylabel(f"Δ {metric} vs FP{f' ({unit})' if unit else ''}, {arrow} better")
+        fig.suptitle(f"{task}: change in {METRIC_LABELS.get(metric, metric)} vs full precision "
+                     f"(mean ± std over seeds)")
+        fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
+                   loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+        return _save(fig, _figure_path(path), ("png", "pdf"))
+
+
+def _assignment_rows(assignments: list[dict]):
+    def key(a):
+        return (int(a.get("w_bits", 0)), int(a.get("a_bits", 0)), int(a.get("seed", 0)))
+
+    return sorted(assignments, key=key)
+
+
+def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict | None = None) -> list[Path]:
+    """Per-layer chosen strategy of DQSS assignments of one backbone, as a categorical heat map.
+
+    Columns are layers in network order; per assignment (sorted by w_bits, a_bits, seed) one row
+    for the weight and one for the activation strategy.  The cell colour is the chosen strategy;
+    its saturation is the softmax probability of that choice (pale = uncertain).  Writes a PNG
+    at ``path`` (suffix .png) and returns its path.
+    """
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from matplotlib.patches import Patch
+
+    if not assignments:
+        raise ValueError("plot_assignment_map: no assignments given")
+    backbones = sorted({str(a.get("backbone", "?")) for a in assignments})
+    if len(backbones) > 1:
+        raise ValueError(f"plot_assignment_map draws one backbone per figure; got {backbones}")
+    for a in assignments:
+        if not isinstance(a.get("layers"), list):
+            raise ValueError("an assignment lacks its 'layers' list; expected dqss.ptq.export_assignment output")
+    rows_in = _assignment_rows(assignments)
+    layers: list[str] = []
+    for a in rows_in:
+        for e in a["layers"]:
+            if e["name"] not in layers:
+                layers.append(e["name"])
+    strategies = set()
+    for a in rows_in:
+        strategies |= set(a.get("candidates") or [])
+        for e in a["layers"]:
+            strategies |= {e["weight"], e["act"]}
+    colors = colors or method_colors(strategies)
+    order = method_order(strategies)
+
+    n_rows, n_cols = 2 * len(rows_in), len(layers)
+    img = np.full((n_rows, n_cols, 3), 0.92)  # light grey: layer absent from that assignment
+    labels = []
+    col = {n: i for i, n in enumerate(layers)}
+    for r, a in enumerate(rows_in):
+        tag = f"W{a.get('w_bits', '?')}A{a.get('a_bits', '?')} s{a.get('seed', '?')}"
+        for k, role in enumerate(("weight", "act")):
+            labels.append(f"{tag} {role}")
+            for e in a["layers"]:
+                choice = e[role]
+                probs = e.get(f"{role}_probs") or {}
+                p, k_min = probs.get(choice), 1.0 / max(len(probs), 1)
+                # saturation: full for a certain choice, pale for a uniform (undecided) softmax
+                alpha = 1.0 if p is None or k_min >= 1 else 0.2 + 0.8 * max(float(p) - k_min, 0.0) / (1 - k_min)
+                rgb = np.array(to_rgb(colors.get(choice, "#333333")))
+                img[2 * r + k, col[e["name"]]] = alpha * rgb + (1 - alpha) * 1.0
+
+    step = 1 if n_cols <= 60 else math.ceil(n_cols / 60)
+    with matplotlib.rc_context(STYLE):
+        longest = max(len(n) for n in layers)
+        fig_w = min(max(3.0 + 0.16 * min(n_cols, 60 * step) / step + 0.02 * n_cols, 7.0), 24.0)
+        fig_h = 1.6 + 0.24 * n_rows + 0.055 * min(longest, 40)
+        fig = _new_figure(figsize=(fig_w, fig_h), layout="constrained")
+        ax = fig.subplots()
+        ax.imshow(img, aspect="auto", interpolation="nearest")
+        ax.grid(False)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        ticks = list(range(0, n_cols, step))
+        ax.set_xticks(ticks, [layers[i] for i in ticks], rotation=90, fontsize=5.5)
+        ax.set_yticks(range(n_rows), labels, fontsize=7)
+        ax.tick_params(length=0)
+        for r in range(1, len(rows_in)):
+            ax.axhline(2 * r - 0.5, color="white", linewidth=2.0)
+        ax.set_xlabel("layer (network order)" + (f"; one label every {step} layers" if step > 1 else ""))
+        ax.set_title(title)
+        used = [s for s in order if s in strategies]
+        fig.legend([Patch(color=colors.get(s, "#333333")) for s in used], used, loc="outside right center",
+                   title="strategy\n(pale = low prob.)", frameon=False)
+        return _save(fig, _figure_path(path), ("png",))
+
+
+# -- the report -----------------------------------------------------------------------------
+def _read_metrics(metrics_csv):
+    import pandas as pd
+
+    df = pd.read_csv(metrics_csv)
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{metrics_csv}: missing columns {missing}; is it the output of dqss.results.gather?")
+    for c in ("w_bits", "a_bits", "seed"):
+        df[c] = df[c].astype("int64")
+    for c in ("task", "dataset", "backbone", "method", "metric"):
+        df[c] = df[c].astype(str)
+    for c in PROVENANCE_COLUMNS:
+        df[c] = df[c].fillna("").astype(str) if c in df.columns else ""
+    return df
+
+
+def _load_assignments(paths, tasks: set[str]) -> dict[tuple[str, str], list[dict]]:
+    import yaml
+
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for p in sorted(Path(p) for p in paths):
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"cannot read assignment file {p}: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
+            raise ValueError(f"{p} is not a DQSS assignment file (no 'layers' list)")
+        task = data.get("task") or next((t for part in p.parts for t in sorted(tasks, key=len, reverse=True)
+                                         if t in part), "unknown")
+        grouped.setdefault((str(task), str(data.get("backbone", "unknown"))), []).append(data)
+    return grouped
+
+
+def _provenance_line(df) -> str:
+    def uniq(c):
+        vals = sorted({v for v in df[c] if v}) if c in df.columns else []
+        return ", ".join(f"`{v}`" for v in vals) if vals else "n/a"
+
+    parts = [f"git_rev {uniq('git_rev')}", f"device {uniq('device')}", f"torch {uniq('torch')}",
+             f"timm {uniq('timm')}", f"config_hash {uniq('config_hash')}"]
+    revs = {v for v in df["git_rev"] if v}
+    if len(revs) > 1:
+        log.warning("results come from %d git revisions: %s", len(revs), sorted(revs))
+    warn = f" — **warning: results mix {len(revs)} revisions**" if len(revs) > 1 else ""
+    dirty = " — **warning: uncommitted changes (-dirty)**" if any(v.endswith("-dirty") for v in revs) else ""
+    return "**Provenance:** " + " · ".join(parts) + warn + dirty
+
+
+def write_report(metrics_csv, assignment_paths: list, outdir) -> list[Path]:
+    """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``."""
+    outdir = Path(outdir)
+    tdir, fdir = outdir / "tables", outdir / "figures"
+    tdir.mkdir(parents=True, exist_ok=True)
+    fdir.mkdir(parents=True, exist_ok=True)
+    df = _read_metrics(metrics_csv)
+    summary = summarize(df)
+    written: list[Path] = []
+    summary.to_csv(outdir / "summary.csv", index=False)
+    written.append(outdir / "summary.csv")
+
+    groups = _load_assignments(assignment_paths or [], set(df["task"]) | {"cls_ptq", "cls_qat", "sr_ptq"})
+    strategies = {s for items in groups.values() for a in items for s in (a.get("candidates") or [])}
+    strategies |= {e[r] for items in groups.values() for a in items for e in a["layers"] for r in ("weight", "act")}
+    colors = method_colors(set(summary["method"]) | strategies)
+
+    lines = ["# DQSS benchmark report", "", _provenance_line(df), "",
+             f"Source: `{Path(metrics_csv).name}` — {len(df)} rows, tasks "
+             f"{', '.join(f'`{t}`' for t in sorted(df['task'].unique()))}. "
+             f"Per-group statistics: [summary.csv](summary.csv).", ""]
+    for task in sorted(summary["task"].unique()):
+        tables = sr_tables(summary, task) if _is_sr(task) else cls_tables(summary, task)
+        lines += [f"## {task}", ""]
+        if not tables:
+            lines += ["_No quantized results for this task._", ""]
+        for stem, (md, tex) in tables.items():
+            for suffix, text in ((".md", md), (".tex", tex)):
+                p = tdir / f"{stem}{suffix}"
+                p.write_text(text)
+                written.append(p)
+            lines += [f"### {stem}", "", md.rstrip("\n"), "",
+                      f"Files: [tables/{stem}.md](tables/{stem}.md), [tables/{stem}.tex](tables/{stem}.tex)", ""]
+        if _is_sr(task):
+            continue
+        for metric in DROP_METRICS:
+            sel = summary[(summary["task"] == task) & (summary["metric"] == metric)
+                          & ~summary["method"].isin(REFERENCE_METHODS)]
+            if sel["delta_fp"].notna().sum() == 0:
+                log.info("no %s results with an FP reference for %s; skipping its figure", metric, task)
+                continue
+            stem = _safe_stem(f"{task}_{metric}_drop")
+            paths = plot_accuracy_drop(summary, task, metric, fdir / stem, colors=colors)
+            written += paths
+            lines += [f"### Figure: {task}, change in {metric} vs FP", "",
+                      f"![{task} {metric} drop](figures/{stem}.png)", "",
+                      f"[PNG](figures/{stem}.png) · [PDF](figures/{stem}.pdf)", ""]
+    if groups:
+        lines += ["## DQSS strategy assignments", "",
+                  "Per layer, the strategy DQSS chose for weights and activations; paler cells had a "
+                  "lower softmax probability.", ""]
+    for (task, backbone), items in sorted(groups.items()):
+        stem = _safe_stem(f"assign_{task}_{backbone}")
+        paths = plot_assignment_map(items, fdir / stem, f"DQSS assignment — {task}, {backbone}", colors=colors)
+        written += paths
+        lines += [f"### {task}, {backbone}", "", f"![assignment {task} {backbone}](figures/{stem}.png)", ""]
+    report = outdir / "report.md"
+    report.write_text("\n".join(lines).rstrip("\n") + "\n")
+    written.append(report)
+    log.info("report: wrote %d files under %s", len(written), outdir)
+    return written

@@ -1,0 +1,125 @@
+"""DQSS-PTQ search: optimise only the strategy logits on the calibration set."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .mixed import MODES, arch_parameters, mixed_layers, set_mode, set_temperature
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("kl", "ce", "l1", "mse")
+
+
+@dataclass
+class SearchConfig:
+    """The ``dqss:`` config section (PTQ)."""
+
+    iterations: int = 200
+    batch_size: int = 32
+    lr: float = 0.05
+    loss: str = "kl"
+    tau_start: float = 1.0
+    tau_end: float = 1.0
+    mode: str = "efficient"
+    candidates: list[str] | None = None
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"dqss.loss: unknown '{self.loss}'; valid values are {list(LOSSES)}")
+        if self.mode not in MODES:
+            raise ValueError(f"dqss.mode: unknown '{self.mode}'; valid values are {list(MODES)}")
+        if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("dqss.iterations and dqss.batch_size must be >= 1 and dqss.lr > 0")
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
+
+    def tau(self, step: int) -> float:
+        """Softmax temperature, annealed geometrically from tau_start to tau_end."""
+        frac = step / max(self.iterations - 1, 1)
+        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+
+class SearchDiverged(FloatingPointError):
+    pass
+
+
+def distillation_loss(kind: str, out: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor | None):
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(out, 1), F.log_softmax(teacher, 1), reduction="batchmean", log_target=True)
+    if kind == "ce":
+        if labels is None:
+            raise ValueError("dqss.loss 'ce' needs labels on the calibration set")
+        return F.cross_entropy(out, labels)
+    if kind == "l1":
+        return F.l1_loss(out, teacher)
+    return F.mse_loss(out, teacher)
+
+
+@torch.no_grad()
+def _first_nonfinite_layer(qmodel: nn.Module, x: torch.Tensor) -> str:
+    for name, m in mixed_layers(qmodel).items():
+        for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
+            if not torch.isfinite(q.logits).all():
+                return f"{name} ({role} logits)"
+    found = []
+
+    def hook(name):
+        def fn(_m, _a, out):
+            if not found and not torch.isfinite(out).all():
+                found.append(name)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in mixed_layers(qmodel).items()]
+    try:
+        qmodel(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "none (the loss itself)"
+
+
+def search(qmodel: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: SearchConfig, seed: int,
+           device, labels: torch.Tensor | None = None) -> list[dict]:
+    """Train the logits of ``qmodel``'s mixed layers to match ``targets`` (the FP outputs).
+
+    Returns the loss history.  A non-finite loss stops with the step and the first layer
+    whose output (or logits) went non-finite.
+    """
+    params = arch_parameters(qmodel)
+    if not params:
+        raise ValueError("the model has no mixed layers to search")
+    set_mode(qmodel, cfg.mode)
+    qmodel.to(device).eval()
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    g = torch.Generator().manual_seed(seed)
+    n = len(inputs)
+    order, pos = torch.randperm(n, generator=g), 0
+    history = []
+    bar = tqdm(range(cfg.iterations), desc="search", leave=False)
+    for step in bar:
+        if pos + cfg.batch_size > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        x = inputs[idx].to(device)
+        set_temperature(qmodel, cfg.tau(step))
+        out = qmodel(x)
+        loss = distillation_loss(cfg.loss, out, targets[idx].to(device),
+                                 None if labels is None else labels[idx].to(device))
+        if not torch.isfinite(loss):
+            layer = _first_nonfinite_layer(qmodel, x)
+            raise SearchDiverged(f"DQSS search diverged: non-finite loss at step {step}, first non-finite layer: "
+                                 f"{layer}. Lower dqss.lr or check the calibration statistics")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"step": step, "loss": loss.item(), "tau": cfg.tau(step)})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    set_temperature(qmodel, 1.0)
+    return history

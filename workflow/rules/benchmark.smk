@@ -1,0 +1,21 @@
+# Not part of `all`: timings need the machine to themselves.
+#   snakemake --cores all benchmark_mixed_conv
+
+
+rule benchmark_mixed_conv:
+    """Search-step time and peak memory of the efficient vs naive mixture, N = 1..8."""
+    output:
+        "results/benchmarks/mixed_conv.csv",
+    log:
+        "logs/benchmark_mixed_conv.log",
+    benchmark:
+        "benchmarks/benchmark_mixed_conv.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        device=DEVICE,
+    shell:
+        "python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"

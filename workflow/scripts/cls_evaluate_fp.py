@@ -1,0 +1,6 @@
+from dqss.cls_ptq import run_evaluate_fp
+from dqss.workflow import cls_ptq_config, setup
+
+device = setup(snakemake)
+run_evaluate_fp(cls_ptq_config(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None,
+                snakemake.output.metrics, snakemake.output.logits, device)
