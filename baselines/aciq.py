@@ -5,7 +5,8 @@ for rapid-deployment" (NeurIPS 2019).  The tensor is modelled as Laplace(b) (or
 Gaussian(sigma)); the clip ``alpha`` minimises clipping noise + rounding noise
 ``alpha^2 / (3 * 4^M)`` for a symmetric grid of M bits (reproducing the paper's
 alpha = 2.83b, 3.89b, ..., 9.89b for M = 2..8).  A non-negative tensor (after ReLU)
-uses the one-sided model: exponential with mean b, rounding noise ``alpha^2/(12*4^M)``.
+uses the one-sided model (exponential with mean b over its non-zero values, weighted by
+their fraction; rounding noise ``alpha^2/(12*4^M)``).
 """
 from dataclasses import dataclass
 import math
@@ -16,8 +17,14 @@ from dqss.strategy import Strategy, register_strategy
 
 
 def optimal_clip(scale: torch.Tensor, bits: int, prior: str = "laplace", one_sided: bool = False,
-                 grid: int = 4000) -> torch.Tensor:
-    """alpha minimising the expected squared error, in units of ``scale`` (b or sigma)."""
+                 tail_mass: float = 1.0, grid: int = 4000) -> torch.Tensor:
+    """alpha minimising the expected squared error, in units of ``scale`` (b or sigma).
+
+    Two-sided: Laplace(b) / N(0, sigma^2) on ``[-alpha, alpha]``.  One-sided: the
+    exponential (mean b) / half-normal (sigma) on ``[0, alpha]``, whose clipping noise
+    equals the two-sided one, with a finer grid; ``tail_mass`` is the fraction of
+    values the model describes (the non-zero ones after a ReLU).
+    """
     t = torch.linspace(0.05, 20.0, grid, dtype=torch.float64)  # alpha / scale
     levels = 4.0 ** bits
     rounding = t ** 2 / ((12.0 if one_sided else 3.0) * levels)
@@ -26,8 +33,8 @@ def optimal_clip(scale: torch.Tensor, bits: int, prior: str = "laplace", one_sid
     else:  # gaussian: E[(X - alpha)^2; X > alpha] per tail
         tail = 0.5 * torch.erfc(t / math.sqrt(2.0))
         pdf = torch.exp(-t ** 2 / 2) / math.sqrt(2 * math.pi)
-        clipping = ((1 + t ** 2) * tail - t * pdf) * (1.0 if one_sided else 2.0)
-    best = t[torch.argmin(rounding + clipping)]
+        clipping = 2.0 * ((1 + t ** 2) * tail - t * pdf)
+    best = t[torch.argmin(rounding + tail_mass * clipping)]
     return scale * best.to(scale.dtype)
 
 
@@ -56,10 +63,12 @@ class ACIQ(Strategy):
         return torch.maximum(mu - alpha, lo), torch.minimum(mu + alpha, hi)
 
     def act_range(self, stats, spec, ctx):
-        if spec.symmetric and not spec.signed:  # one-sided prior for ReLU outputs
-            scale = stats.mean if self.options.prior == "laplace" else math.sqrt(stats.sum_sq / stats.count)
-            alpha = float(optimal_clip(torch.tensor(scale, dtype=torch.float64), spec.bits,
-                                       self.options.prior, one_sided=True))
+        if spec.symmetric and not spec.signed:  # one-sided prior for ReLU outputs, zeros apart
+            nonzero = max(stats.count - stats.zeros, 1)
+            scale = (stats.sum / nonzero if self.options.prior == "laplace"
+                     else math.sqrt(stats.sum_sq / nonzero))
+            alpha = float(optimal_clip(torch.tensor(scale, dtype=torch.float64), spec.bits, self.options.prior,
+                                       one_sided=True, tail_mass=nonzero / max(stats.count, 1)))
             return 0.0, min(alpha, stats.max)
         scale = self._scale(stats.mean_abs_deviation(), stats.std)
         alpha = float(optimal_clip(torch.tensor(scale, dtype=torch.float64), spec.bits, self.options.prior))

@@ -4,7 +4,8 @@ Migacz, "8-bit inference with TensorRT" (GTC 2017).  The magnitudes are histogra
 (2048 bins for activations); for every candidate threshold ``i`` the clipped
 distribution P (outliers folded into its last bin) is compared with Q, the same bins
 merged into the grid's number of levels and spread back evenly over P's non-empty bins;
-the threshold minimising KL(P || Q) wins.  Weights use a per-channel histogram with
+the threshold minimising KL(P || Q) wins.  The zero bin is flattened first (a ReLU's
+spike of exact zeros would otherwise decide the threshold).  Weights use a per-channel histogram with
 fewer bins and a coarser threshold stride (TensorRT itself keeps weights at max).
 """
 from dataclasses import dataclass
@@ -64,6 +65,15 @@ def _kl_best(hist: torch.Tensor, cand: torch.Tensor, levels: int) -> torch.Tenso
     return cand[kl.argmin(1)]
 
 
+def without_zero_spike(hist: torch.Tensor) -> torch.Tensor:
+    """Replace the first bin by the second: the spike of exact zeros after a ReLU would
+    otherwise dominate KL and push the threshold to its minimum (NVIDIA's
+    pytorch-quantization entropy calibrator does the same)."""
+    hist = hist.clone()
+    hist[..., 0] = hist[..., 1]
+    return hist
+
+
 def levels_for(spec) -> int:
     """Grid steps between 0 and the threshold (TensorRT: 128 for signed int8)."""
     if spec.symmetric and not spec.signed:
@@ -89,14 +99,14 @@ class KL(Strategy):
         nb = self.options.weight_bins
         idx = (mag / amax[:, None] * nb).long().clamp(max=nb - 1)
         hist = torch.zeros(w.shape[0], nb, dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(mag).double())
-        i = kl_threshold_bins(hist, levels_for(spec), self.options.weight_stride)
+        i = kl_threshold_bins(without_zero_spike(hist), levels_for(spec), self.options.weight_stride)
         t = amax * i.float() / nb
         if spec.symmetric:
             return -t, t
         return torch.maximum(w.min(1).values, -t), torch.minimum(w.max(1).values, t)
 
     def act_range(self, stats, spec, ctx):
-        i = int(kl_threshold_bins(stats.abs_hist()[None], levels_for(spec))[0])
+        i = int(kl_threshold_bins(without_zero_spike(stats.abs_hist()[None]), levels_for(spec))[0])
         t = i * stats.bin_width
         if spec.symmetric:
             return -t, t

@@ -28,6 +28,7 @@ class ActStats:
     min: float = float("inf")
     max: float = float("-inf")
     count: int = 0
+    zeros: int = 0
     sum: float = 0.0
     sum_sq: float = 0.0
     samples: list[torch.Tensor] = field(default_factory=list)
@@ -40,14 +41,17 @@ class ActStats:
         self.min = min(self.min, x.min().item())
         self.max = max(self.max, x.max().item())
         self.count += x.numel()
+        self.zeros += int((x == 0).sum())
         self.sum += x.sum(dtype=torch.float64).item()
         self.sum_sq += (x.double() ** 2).sum().item()
         amax = max(abs(self.min), abs(self.max))
         if self.hist_pos is None:
-            self.hist_max = amax if amax > 0 else 1e-8
+            # strictly above every value, so no value ever sits on the right edge of a bin
+            # that a later doubling would split
+            self.hist_max = amax * (1 + 2 ** -12) if amax > 0 else 1e-8
             self.hist_pos = torch.zeros(self.bins, dtype=torch.float64)
             self.hist_neg = torch.zeros(self.bins, dtype=torch.float64)
-        while amax > self.hist_max:
+        while amax >= self.hist_max:
             self.hist_pos = _merge_pairs(self.hist_pos)
             self.hist_neg = _merge_pairs(self.hist_neg)
             self.hist_max *= 2.0
@@ -93,7 +97,7 @@ class ActStats:
 
     def state(self) -> dict:
         d = {k: getattr(self, k) for k in ("bins", "hist_max", "hist_pos", "hist_neg", "min", "max",
-                                           "count", "sum", "sum_sq")}
+                                           "count", "zeros", "sum", "sum_sq")}
         d["samples"] = torch.cat(self.samples) if self.samples else None
         return d
 

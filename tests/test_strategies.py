@@ -240,11 +240,8 @@ def kl_reference(hist, levels, stride=1):
             m = p > 0
             kl = np.inf if (q[m] == 0).any() else float(np.sum(p[m] * np.log(p[m] / q[m])))
         all_kl[i] = kl
-        if kl < best_kl or best_i is None:  # strict: first on ties
-            if kl < best_kl:
-                best_i, best_kl = i, kl
-            elif best_i is None:
-                best_i = i
+        if best_i is None or kl < best_kl:  # strict: the first candidate wins ties
+            best_i, best_kl = i, kl
     return best_i, all_kl
 
 
@@ -334,6 +331,7 @@ def test_aciq_one_sided_exponential_is_near_mse_optimal():
 @pytest.mark.parametrize("prior", ["laplace", "gaussian"])
 def test_aciq_weight_range_shrinks_with_fewer_bits(prior):
     g = _gen(10)
+    torch.manual_seed(10)
     w = torch.distributions.Laplace(0.0, 1.0).sample((4, 4096)) if prior == "laplace" else \
         torch.randn(4, 4096, generator=g)
     strat = get_strategy("aciq", {"prior": prior})
@@ -512,7 +510,8 @@ def test_histogram_doubling_keeps_all_counts():
     st = _stats(batches, bins=64)
     x = torch.cat(batches)
     assert st.hist_max >= float(x.abs().max())
-    assert st.hist_max / float(batches[0].abs().max()) in (2.0, 4.0, 8.0)  # it did double
+    ratio = st.hist_max / (float(batches[0].abs().max()) * (1 + 2 ** -12))
+    assert any(abs(ratio - k) < 1e-9 for k in (2.0, 4.0, 8.0))  # it did double
     assert float(st.abs_hist().sum()) == x.numel()
     assert float(st.hist_pos.sum()) == int((x >= 0).sum())
     assert float(st.hist_neg.sum()) == int((x < 0).sum())
@@ -522,7 +521,7 @@ def test_histogram_without_doubling_matches_numpy():
     batches = _batches(seed=16, n=3, growing=False)
     batches[0][0] = 10.0  # the first batch fixes the range, later ones stay inside
     st = _stats(batches, bins=64)
-    assert st.hist_max == 10.0
+    assert st.hist_max == pytest.approx(10.0 * (1 + 2 ** -12), rel=1e-12)
     a = torch.cat(batches).abs().double().numpy()
     ref, _ = np.histogram(a, bins=64, range=(0.0, st.hist_max))
     np.testing.assert_array_equal(st.abs_hist().numpy(), ref)
@@ -540,7 +539,11 @@ def test_histogram_doubling_close_to_numpy():
 
 
 def test_histogram_doubling_matches_numpy():
-    """After the range doubles, counts equal a histogram of all data over the final range."""
+    """After the range doubles, counts equal a histogram of all data over the final range.
+
+    Guards the edge case where a value equal to the initial range end would land in the
+    last bin and, after merging, in the wrong half of the doubled range.
+    """
     batches = _batches(seed=17, n=4)
     st = _stats(batches, bins=64)
     a = torch.cat(batches).abs().double().numpy()
