@@ -6,6 +6,8 @@ rule benchmark_mixed_conv:
     """Search-step time and peak memory of the efficient vs naive mixture, N = 1..8."""
     output:
         "results/benchmarks/mixed_conv.csv",
+    conda:
+        ENV
     log:
         "logs/benchmark_mixed_conv.log",
     benchmark:
@@ -17,5 +19,6 @@ rule benchmark_mixed_conv:
         runtime=60,
     params:
         device=DEVICE,
+        root=workflow.basedir,
     shell:
-        "python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"
+        "PYTHONPATH={params.root} python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"

@@ -1,38 +1,13 @@
 # Classification PTQ: FP model -> shared calibration -> uniform baselines and DQSS.
-CLS = "results/cls_ptq/{dataset}/{backbone}".replace("{dataset}", str(CLS_PTQ.dataset))
-
-
-def cls_checkpoint(wildcards):
-    """The trained checkpoint for 'train' weights; nothing for timm or local weights."""
-    if CLS_PTQ.weights(wildcards.backbone) == "train":
-        return CLS + "/fp32/model.pt"
-    return []
-
-
-def cls_ptq_targets():
-    out = []
-    for bb in CLS_PTQ.backbones:
-        out.append(f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/metrics.json".format(backbone=bb))
-        for seed in SEEDS:
-            for w, a in CLS_PTQ.bits:
-                for method in CLS_PTQ.strategies + ["dqss"]:
-                    out.append(f"{CLS}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
-    return out
-
-
-def uniform_outputs():
-    return {
-        (m, w, a): f"{CLS}/{m}/w{w}a{a}/seed{{seed}}/metrics.json"
-        for w, a in CLS_PTQ.bits
-        for m in CLS_PTQ.strategies
-    }
 
 
 rule cls_train:
     """Train a full-precision backbone on the embedded data."""
     output:
-        ckpt=CLS + "/fp32/model.pt",
-        history=CLS + "/fp32/train.csv",
+        ckpt=f"{CLS}/fp32/model.pt",
+        history=f"{CLS}/fp32/train.csv",
+    conda:
+        ENV
     log:
         "logs/cls_ptq/{backbone}/train.log",
     benchmark:
@@ -51,8 +26,10 @@ rule cls_evaluate_fp:
     input:
         ckpt=cls_checkpoint,
     output:
-        metrics=CLS + "/fp32/w32a32/seed{seed}/metrics.json",
-        logits=CLS + "/fp32/w32a32/seed{seed}/logits.pt",
+        metrics=f"{CLS}/fp32/w32a32/seed{{seed}}/metrics.json",
+        logits=f"{CLS}/fp32/w32a32/seed{{seed}}/logits.pt",
+    conda:
+        ENV
     log:
         "logs/cls_ptq/{backbone}/fp32_seed{seed}.log",
     benchmark:
@@ -71,8 +48,10 @@ rule cls_calibrate:
     input:
         ckpt=cls_checkpoint,
     output:
-        stats=CLS + "/calib/seed{seed}/stats.pt",
-        images=CLS + "/calib/seed{seed}/images.txt",
+        stats=f"{CLS}/calib/seed{{seed}}/stats.pt",
+        images=f"{CLS}/calib/seed{{seed}}/images.txt",
+    conda:
+        ENV
     log:
         "logs/cls_ptq/{backbone}/calibrate_seed{seed}.log",
     benchmark:
@@ -91,11 +70,13 @@ rule cls_uniform:
     input:
         ckpt=cls_checkpoint,
         stats=rules.cls_calibrate.output.stats,
-        fp=CLS + f"/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
+        fp=f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
     output:
         list(uniform_outputs().values()),
     params:
         jobs=list(uniform_outputs()),
+    conda:
+        ENV
     log:
         "logs/cls_ptq/{backbone}/uniform_seed{seed}.log",
     benchmark:
@@ -114,11 +95,13 @@ rule cls_dqss:
     input:
         ckpt=cls_checkpoint,
         stats=rules.cls_calibrate.output.stats,
-        fp=CLS + f"/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
+        fp=f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
     output:
-        metrics=CLS + "/dqss/w{w}a{a}/seed{seed}/metrics.json",
-        assignment=CLS + "/dqss/w{w}a{a}/seed{seed}/assignment.yaml",
-        history=CLS + "/dqss/w{w}a{a}/seed{seed}/search.csv",
+        metrics=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        assignment=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+        history=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
+    conda:
+        ENV
     log:
         "logs/cls_ptq/{backbone}/dqss_w{w}a{a}_seed{seed}.log",
     benchmark:

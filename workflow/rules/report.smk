@@ -1,20 +1,14 @@
 # Gather every job's metrics.json into the tidy CSV, then tables and figures.
 
 
-def all_metric_files():
-    return cls_ptq_targets()
-
-
-def all_assignments():
-    return [p.replace("metrics.json", "assignment.yaml") for p in cls_ptq_targets() if "/dqss/" in p]
-
-
 rule aggregate:
     """Gather all job metrics into results/metrics.csv (tidy, with provenance)."""
     input:
         all_metric_files(),
     output:
         "results/metrics.csv",
+    conda:
+        ENV
     log:
         "logs/aggregate.log",
     script:
@@ -28,6 +22,8 @@ rule report:
         assignments=all_assignments(),
     output:
         "results/report/report.md",
+    conda:
+        ENV
     log:
         "logs/report.log",
     script:

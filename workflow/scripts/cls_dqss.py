@@ -1,3 +1,4 @@
+import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_dqss
 from dqss.workflow import cls_ptq_config, setup
 
