@@ -19,7 +19,7 @@ from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .models import create_backbone, data_config, save_checkpoint
 from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                   quantize_uniform, save_assignment)
-from .results import FP_METHOD, provenance, write_json, write_metrics
+from .results import FP_METHOD, provenance, write_metrics
 from .search import SearchConfig, search
 from .stats import collect_act_stats, load_stats, save_stats
 from .strategy import get_strategy, strategy_names
@@ -74,6 +74,9 @@ class ClsPTQConfig:
         if bad:
             raise ValueError(f"{key}.strategies: unknown {bad}; registered PTQ strategies are {known}")
         opts = d.get("strategy_options") or {}
+        bad = [s for s in opts if s not in known]
+        if bad:
+            raise ValueError(f"{key}.strategy_options: unknown strategies {bad}; registered PTQ strategies are {known}")
         for name, o in opts.items():
             get_strategy(name, o)  # validates the options now, before any work
         dq = _build(SearchConfig, d.get("dqss"), f"{key}.dqss")

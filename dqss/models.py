@@ -52,7 +52,10 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
             raise FileNotFoundError(f"{key}: weight file {path} not found; set it to an existing .pth/.bin/"
                                     ".safetensors file for '{name}', or to 'timm' or 'train'")
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **extra)
+            # the overlay's num_classes tells timm the file's classifier matches the model,
+            # otherwise it silently drops it as a 1000-class head
+            overlay = {"file": str(path), **({} if num_classes is None else {"num_classes": num_classes})}
+            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **extra)
         except Exception as exc:
             raise RuntimeError(f"{key}: cannot load weight file {path} into '{name}' ({exc}); is it the "
                                "state dict of that architecture?") from exc

@@ -273,11 +273,9 @@ def test_create_backbone_local_file_backbone(tmp_path, suffix):
     assert differ == []
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: create_backbone loads a local weight file through timm's "
-                   "pretrained_cfg_overlay={'file': ...} only; the pretrained cfg still says 1000 classes, so "
-                   "with num_classes=10 timm drops the file's classifier (fc.*) and keeps a random one")
 @pytest.mark.parametrize("suffix", _file_suffixes())
 def test_create_backbone_local_file_classifier(tmp_path, suffix):
+    """The file's classifier is kept (timm would drop a head it believes is 1000-class)."""
     sd, path = _resnet18_file(tmp_path, suffix)
     got = create_backbone("resnet18", str(path), 10, "k").state_dict()
     assert torch.equal(got["fc.weight"], sd["fc.weight"]) and torch.equal(got["fc.bias"], sd["fc.bias"])
@@ -397,6 +395,15 @@ def test_bad_strategy_options():
     d["strategy_options"] = {"percentile": {"pct": 99.0}}
     with pytest.raises(ValueError, match="valid options"):
         ClsPTQConfig.from_dict(d)
+
+
+def test_options_for_unknown_strategy():
+    # rejected before any work, with the registered names
+    d = _cls_section()
+    d["strategy_options"] = {"nosuch": {}}
+    with pytest.raises(ValueError, match="nosuch") as e:
+        ClsPTQConfig.from_dict(d)
+    assert "minmax" in str(e.value)
 
 
 def test_bad_section_values():
