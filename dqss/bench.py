@@ -2,9 +2,11 @@
 
 For N candidate strategies per tensor, the efficient layer runs one convolution on the
 mixed activation and mixed weight; the naive one runs N x N convolutions.  Each
-(N, mode) is measured in a fresh process so that peak-memory readings do not mix:
-on CUDA the allocator's peak, on CPU the peak resident-set growth over the steps
-(sampled every 0.5 ms).  Usage::
+(N, mode) is measured in a fresh process.  Memory: on CUDA the allocator's peak over
+the steps (above what the model already held); on CPU, where no allocator peak is
+tracked, the bytes of the distinct tensors autograd saves for the backward pass of
+one step (the activation memory that grows with N; resident-set readings do not,
+because freed memory stays with the process).  Usage::
 
     python -m dqss.bench --out results/benchmarks/mixed_conv.csv
 """
@@ -17,7 +19,6 @@ import logging
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,26 +32,20 @@ _CANDIDATES = [("minmax", {}), ("percentile", {"percentile": 99.99}), ("aciq", {
                ("percentile", {"percentile": 98.0})]
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2 ** 20
+def saved_tensor_mb(forward) -> float:
+    """MB of distinct storages autograd keeps for the backward of ``forward()``."""
+    import torch
 
+    seen: dict[int, int] = {}
 
-class _PeakRSS(threading.Thread):
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak = _rss_mb()
-        self._stop = threading.Event()
+    def pack(t):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
 
-    def run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.0005)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self.join()
-        return max(self.peak, _rss_mb())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values()) / 2 ** 20
 
 
 def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size: int = 32,
@@ -81,8 +76,11 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
     target = folded.to(dev)(x.to(dev)).detach()
     x = x.to(dev)
 
+    def loss_fn():
+        return torch.nn.functional.mse_loss(qmodel(x), target)
+
     def step():
-        loss = torch.nn.functional.mse_loss(qmodel(x), target)
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,10 +91,6 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mb()
-        sampler = _PeakRSS()
-        sampler.start()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -106,11 +100,13 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
         times.append((time.perf_counter() - t0) * 1000)
     if dev.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        how = "cuda_peak_allocated"
     else:
-        peak = sampler.stop() - base
+        peak = saved_tensor_mb(loss_fn)
+        how = "autograd_saved"
     return {"n_candidates": n, "mode": mode, "ms_per_step": statistics.median(times),
             "peak_mem_mb": round(peak, 1), "backbone": backbone, "batch": batch, "input_size": size,
-            "steps": steps, "device": device}
+            "steps": steps, "device": device, "mem_measure": how}
 
 
 def run_all(out: Path, ns=(1, 2, 4, 6, 8), modes=("efficient", "naive"), device: str = "auto", **kw) -> list[dict]:
@@ -132,7 +128,7 @@ def run_all(out: Path, ns=(1, 2, 4, 6, 8), modes=("efficient", "naive"), device:
             rows.append(row)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["n_candidates", "mode", "ms_per_step", "peak_mem_mb", "backbone", "batch", "input_size", "steps",
-              "device"]
+              "device", "mem_measure"]
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
