@@ -5,8 +5,10 @@ mixed activation and mixed weight; the naive one runs N x N convolutions.  Each
 (N, mode) is measured in a fresh process.  Memory: on CUDA the allocator's peak over
 the steps (above what the model already held); on CPU, where no allocator peak is
 tracked, the bytes of the distinct tensors autograd saves for the backward pass of
-one step (the activation memory that grows with N; resident-set readings do not,
-because freed memory stays with the process).  Usage::
+one step, parameters and buffers apart (resident-set readings do not show it, because
+freed memory stays with the process).  Frozen PTQ weights are quantized once per
+candidate and cached; ``weight_cache_mb`` reports that cache (the same in both modes).
+Usage::
 
     python -m dqss.bench --out results/benchmarks/mixed_conv.csv
 """
@@ -32,15 +34,18 @@ _CANDIDATES = [("minmax", {}), ("percentile", {"percentile": 99.99}), ("aciq", {
                ("percentile", {"percentile": 98.0})]
 
 
-def saved_tensor_mb(forward) -> float:
-    """MB of distinct storages autograd keeps for the backward of ``forward()``."""
+def saved_tensor_mb(forward, persistent=()) -> float:
+    """MB of distinct storages autograd keeps for the backward of ``forward()``, apart
+    from ``persistent`` tensors (parameters, buffers, cached weights) that exist anyway."""
     import torch
 
+    skip = {t.untyped_storage().data_ptr() for t in persistent}
     seen: dict[int, int] = {}
 
     def pack(t):
         st = t.untyped_storage()
-        seen[st.data_ptr()] = st.nbytes()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -55,7 +60,7 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
     import torch
 
     from .layers import QuantPolicy, fold_batchnorm, plan_layers
-    from .mixed import arch_parameters, set_mode
+    from .mixed import arch_parameters, mixed_layers, set_mode
     from .ptq import quantize_mixed
     from .stats import collect_act_stats
     from .strategy import get_strategy
@@ -102,10 +107,13 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         how = "cuda_peak_allocated"
     else:
-        peak = saved_tensor_mb(loss_fn)
+        caches = [m._weight_cache for m in mixed_layers(qmodel).values() if m._weight_cache is not None]
+        peak = saved_tensor_mb(loss_fn, [*qmodel.parameters(), *qmodel.buffers(), *caches])
         how = "autograd_saved"
+    cache_mb = sum(m._weight_cache.numel() * m._weight_cache.element_size()
+                   for m in mixed_layers(qmodel).values() if m._weight_cache is not None) / 2 ** 20
     return {"n_candidates": n, "mode": mode, "ms_per_step": statistics.median(times),
-            "peak_mem_mb": round(peak, 1), "backbone": backbone, "batch": batch, "input_size": size,
+            "peak_mem_mb": round(peak, 1), "weight_cache_mb": round(cache_mb, 1), "backbone": backbone, "batch": batch, "input_size": size,
             "steps": steps, "device": device, "mem_measure": how}
 
 
@@ -127,7 +135,7 @@ def run_all(out: Path, ns=(1, 2, 4, 6, 8), modes=("efficient", "naive"), device:
             log.info("N=%d %-9s %.1f ms/step, peak %.1f MB", n, mode, row["ms_per_step"], row["peak_mem_mb"])
             rows.append(row)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["n_candidates", "mode", "ms_per_step", "peak_mem_mb", "backbone", "batch", "input_size", "steps",
+    fields = ["n_candidates", "mode", "ms_per_step", "peak_mem_mb", "weight_cache_mb", "backbone", "batch", "input_size", "steps",
               "device", "mem_measure"]
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

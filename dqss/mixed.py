@@ -15,8 +15,40 @@ import torch
 from torch import nn
 
 from .layers import QuantLayer
+from .quant import FakeQuantizer
 
 MODES = ("efficient", "naive")
+
+
+class _LeanMixture(torch.autograd.Function):
+    """sum_i p_i Q_i(x) for fixed-range quantizers, keeping only ``x`` for the backward.
+
+    Autograd would store every candidate output Q_i(x) to get d/dp_i; here they are
+    recomputed one at a time in the backward (with their straight-through masks), so
+    the memory of a mixed activation does not grow with the number of candidates.
+    """
+
+    @staticmethod
+    def forward(ctx, x, probs, quantizers):
+        ctx.quantizers = quantizers
+        ctx.save_for_backward(x, probs)
+        out = None
+        for p, q in zip(probs, quantizers):
+            term = p * q.values_and_mask(x)[0]
+            out = term if out is None else out.add_(term)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, probs = ctx.saved_tensors
+        grad_p = torch.empty_like(probs)
+        pass_through = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        for i, q in enumerate(ctx.quantizers):
+            values, inside = q.values_and_mask(x)
+            grad_p[i] = (grad * values).sum()
+            if pass_through is not None:
+                pass_through.add_(inside.to(x.dtype), alpha=float(probs[i]))
+        return (None if pass_through is None else grad * pass_through), grad_p, None
 
 
 class MixedQuantizer(nn.Module):
@@ -37,6 +69,8 @@ class MixedQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.probs()
+        if all(isinstance(q, FakeQuantizer) for q in self.candidates):
+            return _LeanMixture.apply(x, p, tuple(self.candidates))
         out = p[0] * self.candidates[0](x)
         for i in range(1, len(self.candidates)):
             out = out + p[i] * self.candidates[i](x)

@@ -89,12 +89,10 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     """Quantize-dequantize ``x``; gradient 1 inside the grid's range, 0 outside."""
     s = _broadcast(scale, x, channel_axis).to(x.dtype)
     z = _broadcast(zero, x, channel_axis).to(x.dtype)
-    lo = (qmin - z) * s
-    hi = (qmax - z) * s
-    clipped = torch.maximum(torch.minimum(x, hi), lo)
-    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
-    xq = (q - z) * s
-    return clipped + (xq - clipped).detach()
+    inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)
+    xq = (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
+    # value xq, gradient 1 on the closed range (ties included), 0 outside
+    return xq.detach() + (x - x.detach()) * inside
 
 
 class FakeQuantizer(nn.Module):
@@ -118,6 +116,15 @@ class FakeQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax,
                              self.spec.channel_axis)
+
+    def values_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q(x) without autograd, and the straight-through mask (x inside the range)."""
+        ax = self.spec.channel_axis
+        s = _broadcast(self.scale, x, ax).to(x.dtype)
+        z = _broadcast(self.zero_point, x, ax).to(x.dtype)
+        q = torch.clamp(torch.round(x / s) + z, self.spec.qmin, self.spec.qmax)
+        inside = (x >= (self.spec.qmin - z) * s) & (x <= (self.spec.qmax - z) * s)
+        return (q - z) * s, inside  # the same rule as fake_quantize
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.spec.per_channel else "per-tensor"
