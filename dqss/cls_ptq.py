@@ -209,8 +209,11 @@ def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_p
     stats = load_stats(stats_path)
     fp_logits, _ = _load_fp_logits(fp_logits_path)
     prov = provenance(device, cfg.raw)
+    plans_by_bits = {}
     for (method, w, a), path in outputs.items():
-        plans = plan_layers(folded, cfg.quant, w, a, example_input(prep).to(device))
+        if (w, a) not in plans_by_bits:
+            plans_by_bits[w, a] = plan_layers(folded, cfg.quant, w, a, example_input(prep).to(device))
+        plans = plans_by_bits[w, a]
         qmodel = quantize_uniform(folded, plans, stats, cfg.strategy(method))
         metrics = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
