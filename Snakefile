@@ -10,7 +10,16 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/cls_ptq.smk"
+if CLS_PTQ:
+
+    include: "workflow/rules/cls_ptq.smk"
+
+
+if CLS_QAT:
+
+    include: "workflow/rules/cls_qat.smk"
+
+
 include: "workflow/rules/report.smk"
 include: "workflow/rules/benchmark.smk"
 

@@ -9,6 +9,7 @@ import csv
 import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -65,6 +66,7 @@ class ClsPTQConfig:
     dqss: SearchConfig
     eval_batch_size: int = 256
     raw: dict = field(default_factory=dict)
+    task: ClassVar[str] = TASK
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK) -> ClsPTQConfig:
@@ -124,16 +126,21 @@ class Prepared:
     data_config: dict
 
 
-def prepare(cfg: ClsPTQConfig, backbone: str, checkpoint=None) -> Prepared:
-    """The FP model and the data it is evaluated on."""
+def prepare(cfg, backbone: str, checkpoint=None) -> Prepared:
+    """The FP model and the data it is evaluated on (``cfg``: any classification track's config)."""
     weights = cfg.weights(backbone)
-    model = create_backbone(backbone, weights, cfg.num_classes(), f"{TASK}.backbones.{backbone}.weights",
+    model = create_backbone(backbone, weights, cfg.num_classes(), f"{cfg.task}.backbones.{backbone}.weights",
                             checkpoint if weights == "train" else None)
-    dcfg = data_config(model, cfg.data.input_size if cfg.data.name == "digits" else None)
+    dcfg = data_config(model, _input_size(cfg))
     data = load_classification(cfg.data, dcfg)
     if getattr(model, "num_classes", data.num_classes) != data.num_classes:
         raise ValueError(f"{backbone} predicts {model.num_classes} classes but the data has {data.num_classes}")
     return Prepared(model, data, dcfg)
+
+
+def _input_size(cfg) -> int | None:
+    """The embedded digits are rendered at ``data.input_size``; real data keeps timm's size."""
+    return cfg.data.input_size if cfg.data.name == "digits" else None
 
 
 def example_input(prep: Prepared) -> torch.Tensor:
@@ -141,17 +148,20 @@ def example_input(prep: Prepared) -> torch.Tensor:
 
 
 # -- jobs -----------------------------------------------------------------------------------
-def run_train(cfg: ClsPTQConfig, backbone: str, out_ckpt, out_history, device) -> None:
-    """Train the FP backbone on the embedded data (only for weights: train)."""
+def run_train(cfg, backbone: str, out_ckpt, out_history, device) -> None:
+    """Train the FP backbone (only for weights: train) with the track's ``train:`` recipe."""
     import timm
 
+    from .models import register_models
+
     if cfg.weights(backbone) != "train":
-        raise ValueError(f"{TASK}.backbones.{backbone}.weights is '{cfg.weights(backbone)}': nothing to train")
+        raise ValueError(f"{cfg.task}.backbones.{backbone}.weights is '{cfg.weights(backbone)}': nothing to train")
+    register_models()
     torch.manual_seed(cfg.train.seed)
     model = timm.create_model(backbone, pretrained=False, num_classes=cfg.num_classes())
-    dcfg = data_config(model, cfg.data.input_size)
+    dcfg = data_config(model, _input_size(cfg))
     data = load_classification(cfg.data, dcfg)
-    history = train_classifier(model, data.train, cfg.train, device)
+    history = train_classifier(model, data.training_set(), cfg.train, device, workers=cfg.data.workers)
     save_checkpoint(model.cpu(), backbone, out_ckpt, num_classes=cfg.num_classes(), train_seed=cfg.train.seed)
     with open(out_history, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["epoch", "loss"])
@@ -159,12 +169,12 @@ def run_train(cfg: ClsPTQConfig, backbone: str, out_ckpt, out_history, device) -
         w.writerows(history)
 
 
-def run_evaluate_fp(cfg: ClsPTQConfig, backbone: str, checkpoint, out_metrics, out_logits, device) -> None:
+def run_evaluate_fp(cfg, backbone: str, checkpoint, out_metrics, out_logits, device) -> None:
     prep = prepare(cfg, backbone, checkpoint)
     loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
     logits, labels = predict(prep.model, loader, device, desc=f"FP {backbone}")
     torch.save({"logits": logits, "labels": labels}, out_logits)
-    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
+    write_metrics(out_metrics, task=cfg.task, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
                   a_bits=32, seed=cfg.train.seed, metrics=classification_metrics(logits, labels, logits),
                   prov=provenance(device, cfg.raw), extra={"n_test": len(labels)})
 

@@ -1,4 +1,4 @@
-"""Classification data: the embedded digits set and ImageNet-style ImageFolder trees.
+"""Classification data: the embedded digits set, ImageNet-style ImageFolder trees and CIFAR-10.
 
 Every source yields a train set (FP training and the calibration pool) and a test set,
 and names its calibration images so that the drawn list can be saved next to the
@@ -6,7 +6,10 @@ results.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +20,10 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "imagefolder")
+DATASETS = ("digits", "imagefolder", "cifar10")
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR10_LAYOUT = "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"
 
 
 @dataclass
@@ -30,6 +36,7 @@ class DataConfig:
     split_seed: int = 0
     test_fraction: float = 0.33
     workers: int = 0
+    download: bool = False  # cifar10: let torchvision fetch the archive into root (network needed)
 
     def __post_init__(self):
         if self.name not in DATASETS:
@@ -37,6 +44,10 @@ class DataConfig:
         if self.name == "imagefolder" and not self.root:
             raise ValueError("data.root must name the ImageNet directory (with train/ and val/ in "
                              "ImageFolder layout) when data.name is 'imagefolder'")
+        if self.name == "cifar10" and not self.root:
+            raise ValueError(f"data.root must name the directory holding {CIFAR10_DIR}/ when data.name is "
+                             f"'cifar10' (layout {CIFAR10_LAYOUT}); with data.download: true the archive is "
+                             "fetched into it")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
 
@@ -47,6 +58,11 @@ class ClassificationData:
     test: Dataset
     num_classes: int
     ids: list[str]  # one name per train item, for the saved calibration list
+    train_aug: Dataset | None = None  # the train items with training augmentation (train stays plain)
+
+    def training_set(self) -> Dataset:
+        """What FP/QAT training iterates over: the augmented view where the source has one."""
+        return self.train if self.train_aug is None else self.train_aug
 
     def calibration(self, size: int, seed: int) -> tuple[Subset, list[str]]:
         """``size`` train items drawn without replacement by ``seed``."""
@@ -103,7 +119,129 @@ def imagefolder(cfg: DataConfig, data_config: dict) -> ClassificationData:
     return ClassificationData(train, test, len(train.classes), ids)
 
 
+# -- CIFAR-10 ------------------------------------------------------------------------------------
+@functools.cache
+def _cifar10_class():
+    """torchvision's CIFAR10 where, without download, integrity means "every expected file exists".
+
+    torchvision compares each file with the official archive's md5 sum, which only the official files
+    pass; a copy written elsewhere in the same format is fine here. With download the md5 check stays
+    (the files then came from the official archive). Built on first use, so importing this module
+    does not import torchvision; picklable as ``dqss.data.CIFAR10Files`` (see ``__getattr__``).
+    """
+    from torchvision.datasets import CIFAR10
+
+    class CIFAR10Files(CIFAR10):
+        def __init__(self, root, train: bool = True, transform=None, target_transform=None,
+                     download: bool = False):
+            self.verify_md5 = download
+            super().__init__(root, train=train, transform=transform, target_transform=target_transform,
+                             download=download)
+
+        def missing_files(self) -> list[str]:
+            base = Path(self.root) / self.base_folder
+            names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+            return [n for n in names if not (base / n).is_file()]
+
+        def _check_integrity(self) -> bool:
+            return super()._check_integrity() if self.verify_md5 else not self.missing_files()
+
+        def _load_meta(self) -> None:
+            if self.verify_md5:
+                return super()._load_meta()
+            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+                meta = pickle.load(f, encoding="latin1")
+            self.classes = list(meta[self.meta["key"]])
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    CIFAR10Files.__module__ = __name__
+    CIFAR10Files.__qualname__ = "CIFAR10Files"
+    return CIFAR10Files
+
+
+def __getattr__(name: str):
+    if name == "CIFAR10Files":
+        return _cifar10_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _cifar10_message(root: Path, problem: str) -> str:
+    return (f"data.root: {problem}. CIFAR-10 is read from the python version of the archive "
+            f"(cifar-10-python.tar.gz, unpacked), layout {CIFAR10_LAYOUT} in python pickle format, with "
+            f"<root> = {root}; set data.root to where it lies, or set data.download: true to fetch it there")
+
+
+def _open_cifar10(root: Path, train: bool, download: bool, transform):
+    base = root / CIFAR10_DIR
+    if not download:
+        if not root.is_dir():
+            raise FileNotFoundError(_cifar10_message(root, f"directory {root} not found"))
+        missing = [n for n in CIFAR10_FILES if not (base / n).is_file()]
+        if missing:
+            raise FileNotFoundError(_cifar10_message(root, f"{base} lacks {', '.join(missing)}"))
+    try:
+        ds = _cifar10_class()(str(root), train=train, transform=transform, download=download)
+    except Exception as exc:
+        if download and isinstance(exc, RuntimeError):  # torchvision: md5 mismatch after the download
+            raise ValueError(_cifar10_message(root, f"the files in {base} do not match the official archive's "
+                                                    f"md5 sums ({exc})")) from exc
+        if download and isinstance(exc, OSError):  # urllib/socket errors
+            raise RuntimeError(_cifar10_message(root, f"data.download: true could not fetch CIFAR-10 ({exc})")) \
+                from exc
+        if isinstance(exc, OSError):
+            raise FileNotFoundError(_cifar10_message(root, f"cannot read {base} ({exc})")) from exc
+        # unpickling garbage raises almost anything
+        raise ValueError(_cifar10_message(root, f"the files in {base} are not CIFAR-10 python pickles "
+                                                f"({type(exc).__name__}: {exc})")) from exc
+    n = len(ds.data)
+    labels = np.asarray(ds.targets)
+    if ds.data.dtype != np.uint8 or len(labels) != n or n == 0:
+        raise ValueError(_cifar10_message(root, f"the {'train' if train else 'test'} batches in {base} hold "
+                                                f"{n} images ({ds.data.dtype}) and {len(labels)} labels; each "
+                                                "needs b'data' uint8 [N, 3072] and N b'labels'"))
+    if labels.min() < 0 or labels.max() >= len(ds.classes):
+        raise ValueError(_cifar10_message(root, f"labels in {base} lie outside 0..{len(ds.classes) - 1} "
+                                                "(the label_names of batches.meta)"))
+    return ds
+
+
+def cifar10_transforms(data_config: dict) -> tuple:
+    """(eval, train) transforms: ToTensor + Normalize, the train one after RandomCrop with 4-pixel padding
+    (scaled with the size) and a horizontal flip; resized only if the model's input is not 32x32."""
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision import transforms as T
+
+    size = tuple(int(v) for v in data_config["input_size"][-2:])
+    norm = [T.ToTensor(), T.Normalize(data_config["mean"], data_config["std"])]
+    resize = [] if size == (32, 32) else [
+        T.Resize(size, interpolation=str_to_interp_mode(data_config.get("interpolation", "bilinear")))]
+    pad = max(1, round(4 * size[0] / 32))
+    train = T.Compose(resize + [T.RandomCrop(size, padding=pad), T.RandomHorizontalFlip()] + norm)
+    return T.Compose(resize + norm), train
+
+
+def cifar10(cfg: DataConfig, data_config: dict) -> ClassificationData:
+    """CIFAR-10 from ``cfg.root``/cifar-10-batches-py: the 50,000 train images (plain and augmented
+    views of one decoded array) and the 10,000 test images."""
+    root = Path(cfg.root)
+    eval_tf, train_tf = cifar10_transforms(data_config)
+    train = _open_cifar10(root, True, cfg.download, eval_tf)
+    test = _open_cifar10(root, False, False, eval_tf)  # download (if any) happened above
+    if list(test.classes) != list(train.classes):
+        raise ValueError(_cifar10_message(root, "train and test batches disagree on the label names"))
+    from torchvision.datasets.vision import StandardTransform
+
+    train_aug = copy.copy(train)  # shares the decoded .data/.targets
+    train_aug.transform, train_aug.transforms = train_tf, StandardTransform(train_tf, None)
+    return ClassificationData(train, test, len(train.classes), [f"cifar10:train:{i}" for i in range(len(train))],
+                              train_aug=train_aug)
+
+
 def load_classification(cfg: DataConfig, data_config: dict) -> ClassificationData:
     if cfg.name == "digits":
         return digits(cfg, data_config["mean"], data_config["std"])
-    return imagefolder(cfg, data_config)
+    if cfg.name == "cifar10":
+        return cifar10(cfg, data_config)
+    if cfg.name == "imagefolder":
+        return imagefolder(cfg, data_config)
+    raise ValueError(f"data.name: unknown dataset '{cfg.name}'; valid values are {list(DATASETS)}")

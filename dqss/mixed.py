@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import QuantLayer
+from .layers import QuantLayer, swap_layers
+from .qat import LearnedQuantizer
 from .quant import FakeQuantizer
 
 MODES = ("efficient", "naive")
@@ -51,6 +52,50 @@ class _LeanMixture(torch.autograd.Function):
         return (None if pass_through is None else grad * pass_through), grad_p, None
 
 
+class _LeanLearnedMixture(torch.autograd.Function):
+    """sum_i p_i Q_i(x; theta_i) for QAT candidates with closed-form gradients.
+
+    The same recomputation as :class:`_LeanMixture`, and each candidate's parameters
+    theta_i receive p_i * dL/dtheta_i: every candidate keeps learning its own step or
+    clip under the mixture, from the one backward pass of the mini-batch.
+    """
+
+    @staticmethod
+    def forward(ctx, x, probs, quantizers, *flat_params):
+        ctx.quantizers = quantizers
+        ctx.save_for_backward(x, probs, *flat_params)
+        out = None
+        for p, q, params in zip(probs, quantizers, _split(flat_params, quantizers)):
+            term = p * q.quantize(x, *params)
+            out = term if out is None else out.add_(term)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, probs, *flat_params = ctx.saved_tensors
+        grad_p = torch.empty_like(probs)
+        # d out / dx = sum_i p_i dQ_i/dx: accumulated once, applied to grad once
+        slope = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        param_grads = []
+        flat_grad = grad.reshape(-1)
+        for i, (q, params) in enumerate(zip(ctx.quantizers, _split(flat_params, ctx.quantizers))):
+            values, dydx, gparams = q.grads(x, grad, *params)
+            grad_p[i] = torch.dot(flat_grad, values.reshape(-1))
+            if slope is not None:
+                slope.add_(torch.where(dydx, probs[i], 0.0) if dydx.dtype == torch.bool else dydx * probs[i])
+            param_grads.extend(g * probs[i] for g in gparams)
+        return (None if slope is None else grad * slope, grad_p, None, *param_grads)
+
+
+def _split(flat, quantizers):
+    out, pos = [], 0
+    for q in quantizers:
+        n = len(q.param_names)
+        out.append(tuple(flat[pos:pos + n]))
+        pos += n
+    return out
+
+
 class MixedQuantizer(nn.Module):
     """sum_i softmax(logits / tau)_i * candidate_i(x)."""
 
@@ -71,6 +116,9 @@ class MixedQuantizer(nn.Module):
         p = self.probs()
         if all(isinstance(q, FakeQuantizer) for q in self.candidates):
             return _LeanMixture.apply(x, p, tuple(self.candidates))
+        if all(isinstance(q, LearnedQuantizer) and q.closed_form for q in self.candidates):
+            params = [t for q in self.candidates for t in q.learned()]
+            return _LeanLearnedMixture.apply(x, p, tuple(self.candidates), *params)
         out = p[0] * self.candidates[0](x)
         for i in range(1, len(self.candidates)):
             out = out + p[i] * self.candidates[i](x)
@@ -78,6 +126,10 @@ class MixedQuantizer(nn.Module):
 
     def choice(self) -> str:
         return self.names[int(torch.argmax(self.logits))]
+
+    def chosen(self) -> nn.Module:
+        """The argmax candidate itself (with its learned parameters, in QAT)."""
+        return self.candidates[int(torch.argmax(self.logits))]
 
     def extra_repr(self) -> str:
         return f"candidates={self.names}"
@@ -146,3 +198,17 @@ def set_temperature(model: nn.Module, tau: float) -> None:
 
 def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in mixed_layers(model).values() for p in (m.weight_quant.logits, m.act_quant.logits)]
+
+
+def discretize(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """Replace every mixed layer of ``model`` (in place) by a plain quantized layer using its
+    argmax weight and activation candidates; returns ``{layer: (weight, act)}`` choices.
+
+    In QAT the chosen candidates keep the parameters they learned under the mixture.
+    """
+    new, choice = {}, {}
+    for name, m in mixed_layers(model).items():
+        choice[name] = (m.weight_quant.choice(), m.act_quant.choice())
+        new[name] = QuantLayer(m.layer, m.weight_quant.chosen(), m.act_quant.chosen())
+    swap_layers(model, new)
+    return choice

@@ -14,9 +14,18 @@ log = logging.getLogger(__name__)
 WEIGHT_SOURCES = ("train", "timm")  # or a path to a local file
 
 
+def register_models() -> None:
+    """Register the suite's own timm models (dqss.cifar_models: resnet20, mobilenetv2_*_cifar).
+
+    Idempotent and cheap after the first call; call it before ``timm.create_model`` on a suite name.
+    """
+    from . import cifar_models  # noqa: F401  (registration happens at import)
+
+
 def check_backbone(name: str) -> None:
     import timm
 
+    register_models()
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ValueError(f"unknown backbone '{name}': not a timm model name. Close matches: {close}; "
@@ -32,6 +41,7 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
     """
     import timm
 
+    register_models()
     check_backbone(name)
     extra = {} if num_classes is None else {"num_classes": num_classes}
     if weights == "train":

@@ -443,7 +443,8 @@ def plot_accuracy_drop(summary, task: str, metric: str, path, colors: dict | Non
 
 def _assignment_rows(assignments: list[dict]):
     def key(a):
-        return (int(a.get("w_bits", 0)), int(a.get("a_bits", 0)), int(a.get("seed", 0)))
+        return (str(a.get("method", "dqss")), int(a.get("w_bits", 0)), int(a.get("a_bits", 0)),
+                int(a.get("seed", 0)))
 
     return sorted(assignments, key=key)
 
@@ -489,6 +490,8 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
     col = {n: i for i, n in enumerate(layers)}
     for r, a in enumerate(rows_in):
         tag = f"W{a.get('w_bits', '?')}A{a.get('a_bits', '?')} s{a.get('seed', '?')}"
+        if a.get("method", "dqss") != "dqss":
+            tag = f"{a['method']} {tag}"
         for k, role in enumerate(("weight", "act")):
             labels.append(f"{tag} {role}")
             for e in a["layers"]:
@@ -523,6 +526,73 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         fig.legend([Patch(color=colors.get(s, "#333333")) for s in used], used, loc="outside right center",
                    title="strategy\n(pale = low prob.)", frameon=False)
         return _save(fig, _figure_path(path), ("png",))
+
+
+HISTORY_PATTERN = re.compile(r"(?P<task>[^/]+)/(?P<dataset>[^/]+)/(?P<backbone>[^/]+)/(?P<method>[^/]+)/"
+                             r"w(?P<w>\d+)a(?P<a>\d+)/seed(?P<seed>\d+)/train\.csv$")
+
+
+def read_histories(paths) -> "pandas.DataFrame":
+    """Training curves (``train.csv`` of QAT jobs) as one frame keyed by their result path."""
+    import pandas as pd
+
+    frames = []
+    for p in sorted(str(Path(p).as_posix()) for p in paths):
+        m = HISTORY_PATTERN.search(p)
+        if m is None:
+            raise ValueError(f"{p}: not a results/{{task}}/{{dataset}}/{{backbone}}/{{method}}/w{{W}}a{{A}}/"
+                             "seed{S}/train.csv path")
+        h = pd.read_csv(p)
+        for k, v in m.groupdict().items():
+            h[k] = int(v) if k in ("w", "a", "seed") else v
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> list[Path]:
+    """Per backbone and bit width: training loss and test top-1 per epoch, one line per method
+    (mean over seeds, shaded min..max).  DQSS's freeze point shows as the end of its dashed
+    (search) segment."""
+    import matplotlib
+
+    d = hist[hist["task"] == task]
+    if d.empty:
+        raise ValueError(f"no training curves for task '{task}'")
+    panels = sorted({(b, int(w), int(a)) for b, w, a in zip(d["backbone"], d["w"], d["a"])})
+    methods = method_order(d["method"].unique())
+    colors = colors or method_colors(methods)
+    metrics = [m for m in ("loss", "test_top1") if m in d.columns]
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(figsize=(3.4 * len(metrics), 2.5 * len(panels) + 0.8), layout="constrained")
+        axes = fig.subplots(len(panels), len(metrics), squeeze=False)
+        handles = {}
+        for i, (bb, w, a) in enumerate(panels):
+            cell = d[(d["backbone"] == bb) & (d["w"] == w) & (d["a"] == a)]
+            for j, metric in enumerate(metrics):
+                ax = axes[i][j]
+                for m in methods:
+                    g = cell[cell["method"] == m].groupby("epoch")[metric]
+                    if not len(g):
+                        continue
+                    mean, lo, hi = g.mean(), g.min(), g.max()
+                    x = mean.index.to_numpy() + 1
+                    (line,) = ax.plot(x, mean.to_numpy(), color=colors.get(m, "#333333"), linewidth=1.3,
+                                      marker="o", markersize=2.5, label=m)
+                    ax.fill_between(x, lo.to_numpy(), hi.to_numpy(), color=colors.get(m, "#333333"),
+                                    alpha=0.15, linewidth=0)
+                    phases = cell[cell["method"] == m].groupby("epoch")["phase"].first()
+                    searched = x[(phases == "search").to_numpy()]
+                    if len(searched):
+                        ax.axvspan(0.5, searched.max() + 0.5, color=colors.get(m, "#333333"), alpha=0.04)
+                    handles.setdefault(m, line)
+                ax.set_xlabel("epoch")
+                ax.set_ylabel({"loss": "training loss", "test_top1": "test top-1 (%)"}[metric])
+                ax.set_title(f"{bb}, W{w}A{a}")
+        fig.suptitle(f"{task}: training curves (mean over seeds, band = min..max; "
+                     "shaded = DQSS search epochs)")
+        fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
+                   loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+        return _save(fig, _figure_path(path), ("png", "pdf"))
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -574,7 +644,7 @@ def _provenance_line(df) -> str:
     return "**Provenance:** " + " · ".join(parts) + warn + dirty
 
 
-def write_report(metrics_csv, assignment_paths: list, outdir) -> list[Path]:
+def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: list | None = None) -> list[Path]:
     """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``."""
     outdir = Path(outdir)
     tdir, fdir = outdir / "tables", outdir / "figures"
@@ -621,6 +691,12 @@ def write_report(metrics_csv, assignment_paths: list, outdir) -> list[Path]:
             lines += [f"### Figure: {task}, change in {metric} vs FP", "",
                       f"![{task} {metric} drop](figures/{stem}.png)", "",
                       f"[PNG](figures/{stem}.png) · [PDF](figures/{stem}.pdf)", ""]
+    hist = read_histories(history_paths or [])
+    for task in sorted(hist["task"].unique()) if len(hist) else []:
+        stem = _safe_stem(f"{task}_training_curves")
+        written += plot_training_curves(hist, task, fdir / stem, colors=colors)
+        lines += [f"### Figure: {task}, training curves", "", f"![{task} training curves](figures/{stem}.png)", "",
+                  f"[PNG](figures/{stem}.png) · [PDF](figures/{stem}.pdf)", ""]
     if groups:
         lines += ["## DQSS strategy assignments", "",
                   "Per layer, the strategy DQSS chose for weights and activations; paler cells had a "

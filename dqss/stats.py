@@ -31,6 +31,7 @@ class ActStats:
     zeros: int = 0
     sum: float = 0.0
     sum_sq: float = 0.0
+    abs_sum: float = 0.0
     samples: list[torch.Tensor] = field(default_factory=list)
 
     def update(self, x: torch.Tensor) -> None:
@@ -44,6 +45,7 @@ class ActStats:
         self.zeros += int((x == 0).sum())
         self.sum += x.sum(dtype=torch.float64).item()
         self.sum_sq += (x.double() ** 2).sum().item()
+        self.abs_sum += x.abs().sum(dtype=torch.float64).item()
         amax = max(abs(self.min), abs(self.max))
         if self.hist_pos is None:
             # strictly above every value, so no value ever sits on the right edge of a bin
@@ -68,6 +70,11 @@ class ActStats:
     @property
     def mean(self) -> float:
         return self.sum / max(self.count, 1)
+
+    @property
+    def mean_abs(self) -> float:
+        """Exact E|x| (LSQ initialises its step from it)."""
+        return self.abs_sum / max(self.count, 1)
 
     @property
     def std(self) -> float:
@@ -97,7 +104,7 @@ class ActStats:
 
     def state(self) -> dict:
         d = {k: getattr(self, k) for k in ("bins", "hist_max", "hist_pos", "hist_neg", "min", "max",
-                                           "count", "zeros", "sum", "sum_sq")}
+                                           "count", "zeros", "sum", "sum_sq", "abs_sum")}
         d["samples"] = torch.cat(self.samples) if self.samples else None
         return d
 

@@ -38,11 +38,12 @@ def random_shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tens
     return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
-def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device) -> list[dict]:
+def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, workers: int = 0) -> list[dict]:
     """SGD with cosine decay; returns the per-epoch loss history."""
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True,
+                        num_workers=workers)
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)

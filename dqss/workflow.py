@@ -5,25 +5,38 @@ import logging
 import re
 import sys
 
-TRACKS = {"cls_ptq"}
+TRACKS = ("cls_ptq", "cls_qat")
+# where the workflow may train the FP backbone itself (weights: train)
+TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
+
+
+def _config_class(track: str):
+    if track == "cls_ptq":
+        from .cls_ptq import ClsPTQConfig
+        return ClsPTQConfig
+    if track == "cls_qat":
+        from .cls_qat import ClsQATConfig
+        return ClsQATConfig
+    raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
 
 
 def track_config(config: dict, track: str):
-    """The validated config of ``track``; any unknown backbone, strategy or bit width fails
-    here, before any job runs, with the list of valid values."""
-    from .cls_ptq import ClsPTQConfig
+    """The validated config of ``track`` (``None`` when the config has no such section); any
+    unknown backbone, strategy or bit width fails here, before any job runs, with the list
+    of valid values."""
     from .models import check_backbone
 
+    config_class = _config_class(track)
     section = config.get(track)
     if section is None:
-        raise ValueError(f"config has no '{track}' section")
-    cfg = ClsPTQConfig.from_dict(section, track)
+        return None
+    cfg = config_class.from_dict(section, track)
     for name, spec in cfg.backbones.items():
         check_backbone(name)
         weights = str(spec.get("weights", "train"))
-        if weights == "train" and cfg.data.name != "digits":
-            raise ValueError(f"{track}.backbones.{name}.weights: 'train' is only available on the embedded "
-                             "digits data; use 'timm' or a weight file")
+        if weights == "train" and cfg.data.name not in TRAINABLE[track]:
+            raise ValueError(f"{track}.backbones.{name}.weights: 'train' is only available on "
+                             f"{list(TRAINABLE[track])} data in this track; use 'timm' or a weight file")
     return cfg
 
 
@@ -56,3 +69,9 @@ def cls_ptq_config(smk):
     from .cls_ptq import ClsPTQConfig
 
     return ClsPTQConfig.from_dict(smk.config["cls_ptq"])
+
+
+def track_of(smk):
+    """The config of the track a job belongs to (its ``track`` param)."""
+    track = smk.params.track
+    return _config_class(track).from_dict(smk.config[track], track)

@@ -26,6 +26,7 @@ def test_dry_run(configfile, tmp_path):
     res = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(ROOT / configfile))
     out = res.stdout + res.stderr
     assert "cls_dqss" in out and "cls_uniform" in out and "aggregate" in out
+    assert "cls_qat_dqss" in out and "cls_qat_uniform" in out
 
 
 def test_dry_run_job_counts(tmp_path):
@@ -41,6 +42,21 @@ def test_dry_run_job_counts(tmp_path):
     assert counts["cls_uniform"] == 6
     assert counts["cls_calibrate"] == 6
     assert counts["cls_train"] == 3
+    # QAT: resnet20 x 2 seeds x (4 methods + dqss + dqss_nofix)
+    assert counts["cls_qat_uniform"] == 8
+    assert counts["cls_qat_dqss"] == 4
+    assert counts["cls_qat_train"] == 1
+
+
+def test_dry_run_single_track(tmp_path):
+    """A config may hold only some tracks."""
+    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    del cfg["cls_ptq"]
+    path = tmp_path / "qat_only.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path))
+    out = res.stdout + res.stderr
+    assert "cls_qat_dqss" in out and "cls_dqss" not in out.replace("cls_qat_dqss", "")
 
 
 def test_lint():
@@ -62,6 +78,9 @@ def _bad_config(tmp_path, edit):
     (lambda c: c["cls_ptq"]["strategies"].append("nope"), "registered PTQ strategies"),
     (lambda c: c["cls_ptq"]["bits"].append({"w": 9, "a": 8}), "maximum"),
     (lambda c: c["cls_ptq"]["dqss"].update({"lossy": 1}), "lossy"),
+    (lambda c: c["cls_qat"]["strategies"].append("minmax"), "registered QAT strategies"),
+    (lambda c: c["cls_qat"]["dqss"].update({"search_fraction": 0}), "search_fraction"),
+    (lambda c: c["cls_qat"]["backbones"].update({"resnet21": {"weights": "train"}}), "unknown backbone"),
     (lambda c: c["cls_ptq"]["strategy_options"].update({"percentile": {"percentile": 20}})
      if c["cls_ptq"].get("strategy_options") else c["cls_ptq"].update(
         {"strategy_options": {"percentile": {"percentile": 20}}}), "percentile must lie"),
@@ -85,9 +104,13 @@ def test_end_to_end(tmp_path):
     for col in ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "seed", "metric", "value",
                 "delta_fp", "torch", "timm", "git_rev", "device", "config_hash"]:
         assert col in df.columns, col
-    assert set(df.method) == {"fp32", "minmax", "mse", "dqss"}
     assert set(df.metric) == {"top1", "agree_fp", "kl_fp"}
-    assert set(df.task) == {"cls_ptq"}
+    assert set(df.task) == {"cls_ptq", "cls_qat"}
+    qat = df[df.task == "cls_qat"]
+    assert set(qat.method) == {"fp32", "lsq", "pact", "dqss", "dqss_nofix"}
+    assert set(qat.backbone) == {"resnet20"}
+    df = df[df.task == "cls_ptq"]
+    assert set(df.method) == {"fp32", "minmax", "mse", "dqss"}
     fp = df[(df.method == "fp32")].set_index("metric")["value"]
     assert fp["agree_fp"] == 100.0 and fp["kl_fp"] == 0.0
     q = df[df.method != "fp32"]
@@ -96,8 +119,19 @@ def test_end_to_end(tmp_path):
     top1 = df[df.metric == "top1"].set_index("method")
     assert (top1["delta_fp"] == top1["value"] - top1.loc["fp32", "value"]).all()
 
+    # QAT: training curves per method, the fix froze half-way, the assignment came from the search
+    qdir = work / "results/cls_qat/digits/resnet20"
+    curve = pd.read_csv(qdir / "dqss/w4a4/seed0/train.csv")
+    assert list(curve.phase) == ["search", "fixed"]
+    assert list(pd.read_csv(qdir / "dqss_nofix/w4a4/seed0/train.csv").phase) == ["search", "search"]
+    assert curve["test_top1"].between(0, 100).all()
+    qassign = yaml.safe_load((qdir / "dqss/w4a4/seed0/assignment.yaml").read_text())
+    assert qassign["method"] == "dqss" and qassign["frozen_at_step"] > 0
+    assert {e["act"] for e in qassign["layers"]} <= {"lsq", "pact"}
+
     report = (work / "results/report/report.md").read_text()
-    assert "cls_ptq" in report
+    assert "cls_ptq" in report and "cls_qat" in report
+    assert (work / "results/report/figures/cls_qat_training_curves.png").is_file()
     assign = yaml.safe_load(next(work.glob("results/cls_ptq/digits/test_resnet/dqss/w4a4/seed0/assignment.yaml"))
                             .read_text())
     assert {e["weight"] for e in assign["layers"]} <= {"minmax", "mse"}

@@ -22,3 +22,25 @@ rule benchmark_mixed_conv:
         root=workflow.basedir,
     shell:
         "PYTHONPATH={params.root} python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"
+
+
+rule benchmark_qat_step:
+    """One DQSS-QAT training step with every candidate vs one step of each QAT method."""
+    output:
+        "results/benchmarks/qat_step.csv",
+    conda:
+        ENV
+    log:
+        "logs/benchmark_qat_step.log",
+    benchmark:
+        "benchmarks/benchmark_qat_step.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=60,
+    params:
+        device=DEVICE,
+        root=workflow.basedir,
+    shell:
+        "PYTHONPATH={params.root} python -m dqss.bench_qat --out {output} --device {params.device} > {log} 2>&1"

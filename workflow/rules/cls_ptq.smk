@@ -6,6 +6,8 @@ rule cls_train:
     output:
         ckpt=f"{CLS}/fp32/model.pt",
         history=f"{CLS}/fp32/train.csv",
+    params:
+        track="cls_ptq",
     conda:
         ENV
     log:
@@ -28,6 +30,8 @@ rule cls_evaluate_fp:
     output:
         metrics=f"{CLS}/fp32/w32a32/seed{{seed}}/metrics.json",
         logits=f"{CLS}/fp32/w32a32/seed{{seed}}/logits.pt",
+    params:
+        track="cls_ptq",
     conda:
         ENV
     log:

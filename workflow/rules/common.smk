@@ -1,5 +1,6 @@
 # Config validation and the lists every track's rules expand over.
 import sys
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -10,7 +11,9 @@ from dqss.workflow import track_config, valid_backbones_pattern
 
 validate(config, "../schemas/config.schema.yaml")
 
+# None when the config leaves a track out
 CLS_PTQ = track_config(config, "cls_ptq")
+CLS_QAT = track_config(config, "cls_qat")
 SEEDS = [int(s) for s in config["seeds"]]
 DEVICE = config.get("device", "auto")
 GPU = 0 if DEVICE == "cpu" else 1
@@ -26,7 +29,8 @@ wildcard_constraints:
 ENV = "../envs/dqss.yaml"
 
 # results/{task}/{dataset}/{backbone}/{method}/w{W}a{A}/seed{S}/...
-CLS = f"results/cls_ptq/{CLS_PTQ.dataset}/{{backbone}}"
+CLS = f"results/cls_ptq/{CLS_PTQ.dataset if CLS_PTQ else 'none'}/{{backbone}}"
+QAT = f"results/cls_qat/{CLS_QAT.dataset if CLS_QAT else 'none'}/{{backbone}}"
 
 
 def cls_checkpoint(wildcards):
@@ -36,7 +40,16 @@ def cls_checkpoint(wildcards):
     return []
 
 
+def qat_checkpoint(wildcards):
+    """The FP checkpoint QAT starts from, when the workflow trains it."""
+    if CLS_QAT.weights(wildcards.backbone) == "train":
+        return f"{QAT}/fp32/model.pt"
+    return []
+
+
 def cls_ptq_targets():
+    if CLS_PTQ is None:
+        return []
     out = []
     for bb in CLS_PTQ.backbones:
         out.append(f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/metrics.json".format(backbone=bb))
@@ -47,7 +60,26 @@ def cls_ptq_targets():
     return out
 
 
+def cls_qat_targets():
+    if CLS_QAT is None:
+        return []
+    out = []
+    for bb in CLS_QAT.backbones:
+        out.append(f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed}/metrics.json".format(backbone=bb))
+        for seed in SEEDS:
+            for w, a in CLS_QAT.bits:
+                for method in CLS_QAT.methods():
+                    out.append(f"{QAT}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
+    return out
+
+
+def qat_methods_pattern():
+    return "|".join(CLS_QAT.strategies) if CLS_QAT else "none"
+
+
 def uniform_outputs():
+    if CLS_PTQ is None:
+        return {}
     return {
         (m, w, a): f"{CLS}/{m}/w{w}a{a}/seed{{seed}}/metrics.json"
         for w, a in CLS_PTQ.bits
@@ -56,8 +88,14 @@ def uniform_outputs():
 
 
 def all_metric_files():
-    return cls_ptq_targets()
+    return cls_ptq_targets() + cls_qat_targets()
 
 
 def all_assignments():
-    return [p.replace("metrics.json", "assignment.yaml") for p in cls_ptq_targets() if "/dqss/" in p]
+    dqss = [p for p in all_metric_files() if Path(p).parts[-4] in ("dqss", "dqss_nofix")]
+    return [p.replace("metrics.json", "assignment.yaml") for p in dqss]
+
+
+def all_histories():
+    """The QAT training curves."""
+    return [p.replace("metrics.json", "train.csv") for p in cls_qat_targets() if Path(p).parts[-4] != "fp32"]

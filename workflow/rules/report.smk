@@ -20,6 +20,7 @@ rule report:
     input:
         metrics="results/metrics.csv",
         assignments=all_assignments(),
+        histories=all_histories(),
     output:
         "results/report/report.md",
     conda:

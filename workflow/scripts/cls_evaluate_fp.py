@@ -1,7 +1,7 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_evaluate_fp
-from dqss.workflow import cls_ptq_config, setup
+from dqss.workflow import setup, track_of
 
 device = setup(snakemake)
-run_evaluate_fp(cls_ptq_config(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None,
+run_evaluate_fp(track_of(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None,
                 snakemake.output.metrics, snakemake.output.logits, device)

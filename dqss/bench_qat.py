@@ -1,0 +1,148 @@
+"""QAT step benchmark: one DQSS-QAT training step with every candidate vs one step of each
+uniform QAT method (LSQ is the reference), side by side in one process.
+
+A step is what :func:`dqss.qat_train.train_qat` does per mini-batch: forward, cross-entropy,
+one backward, then the optimiser steps (weights, quantizer parameters and, for DQSS, the
+logits).  All models are built first; then the methods are timed round-robin (one step of
+each per round) so that drift of the machine hits all of them alike; the table reports
+the median per method.  Memory: CUDA allocator peak per step on a GPU; on CPU the bytes
+of the distinct tensors autograd saves for one step's backward, parameters apart.
+Usage::
+
+    python -m dqss.bench_qat --out results/benchmarks/qat_step.csv
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import statistics
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHODS = ("lsq", "lsq_plus", "pact", "dorefa")
+
+
+def build(method: str, model, plans, stats, candidates, mode: str):
+    import torch
+
+    from .cls_qat import quantize_qat
+    from .mixed import arch_parameters, set_mode
+    from .qat_train import _param_groups
+    from .strategy import get_strategy
+
+    names = candidates if method.startswith("dqss") else [method]
+    strategies = {n: get_strategy(n) for n in names}
+    qmodel = quantize_qat(model, plans, stats, {n: strategies for n in plans}, mode).train()
+    weights, quant, arch = _param_groups(qmodel)
+    opts = [torch.optim.SGD(weights, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)]
+    if quant:
+        opts.append(torch.optim.SGD(quant, lr=1e-3, momentum=0.9))
+    if arch_parameters(qmodel):
+        set_mode(qmodel, mode)
+        opts.append(torch.optim.Adam(arch, lr=1e-3, betas=(0.5, 0.999)))
+    return qmodel, opts
+
+
+def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32, steps: int = 20,
+        warmup: int = 3, device: str = "auto", methods=DEFAULT_METHODS, modes=("efficient", "naive"),
+        bits: int = 4) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from .bench import saved_tensor_mb
+    from .layers import QuantPolicy, plan_layers
+    from .models import register_models
+    from .stats import collect_act_stats
+
+    import timm
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    register_models()
+    torch.manual_seed(0)
+    model = timm.create_model(backbone, num_classes=10).eval()
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    plans = plan_layers(model, QuantPolicy(), bits, bits, x[:2])
+    stats = collect_act_stats(model, {k: model.get_submodule(k) for k in plans}, [x])
+    runs = {m: build(m, model, plans, stats, list(methods), "efficient") for m in methods}
+    for mode in modes:
+        runs[f"dqss_{mode}"] = build("dqss", model, plans, stats, list(methods), mode)
+    x, y = x.to(dev), y.to(dev)
+    for qmodel, _ in runs.values():
+        qmodel.to(dev)
+
+    def step(name):
+        qmodel, opts = runs[name]
+        loss = F.cross_entropy(qmodel(x), y)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    times = {name: [] for name in runs}
+    peaks = {}
+    for name in runs:
+        for _ in range(warmup):
+            step(name)
+    for _ in range(steps):
+        for name in runs:
+            sync()
+            t0 = time.perf_counter()
+            step(name)
+            sync()
+            times[name].append((time.perf_counter() - t0) * 1000)
+    for name, (qmodel, _) in runs.items():
+        if dev.type == "cuda":
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step(name)
+            sync()
+            peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        else:
+            peaks[name] = saved_tensor_mb(lambda q=qmodel: F.cross_entropy(q(x), y),
+                                          [*qmodel.parameters(), *qmodel.buffers()])
+    ref = statistics.median(times["lsq"]) if "lsq" in times else None
+    rows = []
+    for name, t in times.items():
+        med = statistics.median(t)
+        rows.append({"method": name, "n_candidates": len(methods) if name.startswith("dqss") else 1,
+                     "ms_per_step": round(med, 2), "over_lsq": round(med / ref, 3) if ref else None,
+                     "mem_mb": round(peaks[name], 1), "backbone": backbone, "batch": batch, "input_size": size,
+                     "bits": bits, "steps": steps, "device": device, "threads": torch.get_num_threads(),
+                     "mem_measure": "cuda_peak_allocated" if dev.type == "cuda" else "autograd_saved"})
+        log.info("%-16s %8.1f ms/step  x%.2f of lsq  %7.1f MB", name, med, med / ref if ref else float("nan"),
+                 peaks[name])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("results/benchmarks/qat_step.csv"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--backbone", default="resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run(a.out, a.backbone, a.batch, a.size, a.steps, device=a.device)
+
+
+if __name__ == "__main__":
+    main()

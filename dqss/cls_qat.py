@@ -1,0 +1,199 @@
+"""Classification QAT track: FP checkpoint -> every QAT method and DQSS-QAT, one recipe.
+
+The FP training and evaluation jobs are those of the PTQ track (``dqss.cls_ptq``), run
+with this track's config; this module adds the quantization-aware training jobs.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .cls_ptq import CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, example_input, prepare
+from .data import DataConfig
+from .evaluate import predict
+from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
+from .mixed import MixedQuantizer, MixedQuantLayer
+from .ptq import export_assignment, save_assignment
+from .qat_train import DQSSQATConfig, QATRecipe, train_qat
+from .results import provenance, write_metrics
+from .stats import collect_act_stats
+from .strategy import LayerContext, get_strategy, strategy_names
+from .train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+TASK = "cls_qat"
+DQSS_VARIANTS = {"dqss": True, "dqss_nofix": False}  # method name -> under-fitting fix on
+
+
+@dataclass
+class ClsQATConfig:
+    dataset: str
+    data: DataConfig
+    backbones: dict[str, dict]
+    train: TrainConfig  # FP recipe of backbones trained here
+    bits: list[tuple[int, int]]
+    calibration: CalibConfig  # the FP statistics that initialise the quantizers
+    strategies: list[str]
+    strategy_options: dict[str, dict]
+    quant: QuantPolicy
+    qat: QATRecipe
+    dqss: DQSSQATConfig
+    eval_batch_size: int = 256
+    raw: dict = field(default_factory=dict)
+    task: ClassVar[str] = TASK
+
+    @classmethod
+    def from_dict(cls, d: dict, key: str = TASK) -> ClsQATConfig:
+        known = strategy_names("qat")
+        strategies = list(d["strategies"])
+        bad = [s for s in strategies if s not in known]
+        if bad:
+            raise ValueError(f"{key}.strategies: unknown {bad}; registered QAT strategies are {known}")
+        opts = d.get("strategy_options") or {}
+        bad = [s for s in opts if s not in known]
+        if bad:
+            raise ValueError(f"{key}.strategy_options: unknown strategies {bad}; registered QAT strategies are "
+                             f"{known}")
+        for name, o in opts.items():
+            get_strategy(name, o)
+        dq = _build(DQSSQATConfig, d.get("dqss"), f"{key}.dqss")
+        dq.candidates = list(dq.candidates or strategies)
+        bad = [s for s in dq.candidates if s not in known]
+        if bad:
+            raise ValueError(f"{key}.dqss.candidates: unknown {bad}; registered QAT strategies are {known}")
+        bits = []
+        for b in d["bits"]:
+            w, a = int(b["w"]), int(b["a"])
+            if not (2 <= w <= 8 and 2 <= a <= 8):
+                raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
+            bits.append((w, a))
+        calib = dict(d.get("calibration") or {})
+        calib.setdefault("samples", 0)
+        return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
+                   backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
+                   train=_build(TrainConfig, d.get("train"), f"{key}.train"), bits=bits,
+                   calibration=_build(CalibConfig, calib, f"{key}.calibration"), strategies=strategies,
+                   strategy_options=opts, quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"),
+                   qat=_build(QATRecipe, d.get("qat"), f"{key}.qat"), dqss=dq,
+                   eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
+
+    def strategy(self, name: str):
+        return get_strategy(name, self.strategy_options.get(name))
+
+    def weights(self, backbone: str) -> str:
+        return str(self.backbones[backbone].get("weights", "train"))
+
+    def num_classes(self) -> int | None:
+        return 10 if self.data.name in ("digits", "cifar10") else self.raw.get("num_classes")
+
+    def methods(self) -> list[str]:
+        return self.strategies + list(DQSS_VARIANTS)
+
+
+# -- building the quantized models --------------------------------------------------------
+def _contexts(model: nn.Module, plans) -> dict[str, LayerContext]:
+    return {n: LayerContext(n, model.get_submodule(n)) for n in plans}
+
+
+def quantize_qat(model: nn.Module, plans, stats, choice: dict[str, dict[str, object]],
+                 mode: str | None = None) -> nn.Module:
+    """A trainable copy of ``model`` whose planned layers carry QAT quantizers.
+
+    ``choice[layer]`` maps strategy names to strategies: one entry gives a plain
+    :class:`QuantLayer`, several a DQSS :class:`MixedQuantLayer` over them (``mode``).
+    Every quantizer is initialised from the FP weights and ``stats``.
+    """
+    qmodel = copy.deepcopy(model)
+    new = {}
+    for name, ctx in _contexts(qmodel, plans).items():
+        plan, st = plans[name], stats[name]
+        wq = {s: strat.build_weight_quantizer(plan.w_spec, ctx) for s, strat in choice[name].items()}
+        aq = {s: strat.build_act_quantizer(plan.a_spec, st, ctx) for s, strat in choice[name].items()}
+        if len(choice[name]) == 1:
+            new[name] = QuantLayer(ctx.module, *wq.values(), *aq.values())
+        else:
+            new[name] = MixedQuantLayer(ctx.module, MixedQuantizer(wq), MixedQuantizer(aq), mode or "efficient")
+    return swap_layers(qmodel, new).requires_grad_(True)
+
+
+def init_stats(model: nn.Module, plans, prep, cfg: ClsQATConfig, seed: int, device):
+    """FP activation statistics on the seed's calibration draw (quantizer initialisation)."""
+    x, _, _ = _calibration_tensors(prep, cfg, seed)
+    layers = {n: model.get_submodule(n) for n in plans}
+    return collect_act_stats(model, layers, torch.split(x, cfg.calibration.batch_size),
+                             bins=cfg.calibration.bins, device=device, desc="init statistics")
+
+
+def _test_top1(prep, cfg, device):
+    loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
+
+    def evaluate(model):
+        logits, labels = predict(model, loader, device, desc="eval")
+        return 100.0 * float((logits.argmax(1) == labels).float().mean())
+
+    return evaluate
+
+
+def _write_history(rows: list[dict], path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+# -- the job --------------------------------------------------------------------------------
+def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a: int, checkpoint,
+            fp_logits_path, out_metrics, out_history, device, out_assignment=None) -> None:
+    """Train ``backbone`` at W{w}A{a} with ``method`` (a QAT strategy, ``dqss`` or ``dqss_nofix``)
+    from the FP checkpoint, evaluate the deployed (discrete) model, write metrics and curves."""
+    is_dqss = method in DQSS_VARIANTS
+    if not is_dqss and method not in cfg.strategies:
+        raise ValueError(f"{TASK}: unknown method '{method}'; configured: {cfg.methods()}")
+    if is_dqss and out_assignment is None:
+        raise ValueError("a DQSS run needs an assignment output path")
+    torch.manual_seed(seed)
+    prep = prepare(cfg, backbone, checkpoint)
+    fp = prep.model.to(device)
+    ex = example_input(prep).to(device)
+    plans = plan_layers(fp, cfg.quant, w, a, ex)
+    stats = init_stats(fp, plans, prep, cfg, seed, device)
+    names = cfg.dqss.candidates if is_dqss else [method]
+    strategies = {s: cfg.strategy(s) for s in names}
+    qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode)
+    evaluate = _test_top1(prep, cfg, device)
+    freeze_info = {}
+
+    def on_freeze(model, step):
+        meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a,
+                "seed": seed, "method": method, "frozen_at_step": step, "candidates": names,
+                "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in names}}
+        save_assignment(export_assignment(model, plans, meta), out_assignment)
+        freeze_info["mixture_top1"] = evaluate(model)  # the trained mixture, before the argmax
+        freeze_info["frozen_at_step"] = step
+        model.train()
+
+    history = train_qat(qmodel, prep.data.training_set(), cfg.qat, device, seed,
+                        search=cfg.dqss if is_dqss else None, fix=DQSS_VARIANTS.get(method, True),
+                        evaluate=evaluate, on_freeze=on_freeze if is_dqss else None,
+                        workers=cfg.data.workers, desc=f"{method} W{w}A{a}")
+    qmodel.eval()
+    fp_logits, _ = _load_fp_logits(fp_logits_path)
+    metrics = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+    log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
+    _write_history(history, out_history)
+    extra = {"epochs": cfg.qat.epochs, "lr": cfg.qat.lr, "quant_lr": cfg.qat.quant_lr,
+             "first_last_bits": cfg.quant.first_last_bits, "final_loss": history[-1]["loss"]}
+    if is_dqss:
+        extra.update(candidates=names, arch_lr=cfg.dqss.arch_lr, fix=DQSS_VARIANTS[method],
+                     search_fraction=cfg.dqss.search_fraction if DQSS_VARIANTS[method] else 1.0, **freeze_info)
+    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
+                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw), extra=extra)

@@ -1,0 +1,233 @@
+"""Quantization-aware training: one recipe for every method, and DQSS-QAT.
+
+Every method (a uniform QAT strategy or the DQSS mixture) is trained by :func:`train_qat`
+from the same FP checkpoint with the same recipe (the ``qat:`` config section).  For
+DQSS one forward and one backward per mini-batch update three groups with their own
+optimisers (METHOD.md, "QAT with DQSS"):
+
+* the network weights (SGD, ``qat.lr``, cosine decay),
+* the quantizers' learnable parameters, every candidate's own (SGD, ``qat.quant_lr``),
+* the strategy logits (Adam, ``dqss.arch_lr``, smaller: the assignment moves slowly).
+
+No bi-level train/validation alternation.  Against under-fitting (the network is
+trained under the mixture but deployed under the argmax) the default is to search for
+the first ``dqss.search_fraction`` of the schedule, then freeze the argmax strategies
+and keep training the weights and the chosen quantizers (method ``dqss``); without the
+fix the mixture is trained for the whole schedule and discretised at the end
+(``dqss_nofix``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .layers import QuantLayer
+from .mixed import MODES, arch_parameters, discretize, mixed_layers, set_mode, set_temperature
+from .qat import LearnedQuantizer
+from .train import random_shift
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QATRecipe:
+    """The ``qat:`` config section: the training recipe shared by every QAT method."""
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 0.01  # network weights (SGD, Nesterov momentum, cosine decay)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    quant_lr: float = 0.01  # quantizer parameters (LSQ steps, PACT clips): SGD, same cosine decay
+    quant_weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    shift: int = 2  # random translation (pixels) on tensor data; 0 where the dataset augments itself
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("qat.epochs and qat.batch_size must be >= 1")
+        if self.lr <= 0 or self.quant_lr <= 0:
+            raise ValueError("qat.lr and qat.quant_lr must be > 0")
+        if self.weight_decay < 0 or self.quant_weight_decay < 0:
+            raise ValueError("qat.weight_decay and qat.quant_weight_decay must be >= 0")
+
+
+@dataclass
+class DQSSQATConfig:
+    """The ``dqss:`` section of the QAT track."""
+
+    candidates: list[str] | None = None  # null = every QAT strategy of the track
+    arch_lr: float = 0.005  # Adam on the logits
+    tau_start: float = 1.0
+    tau_end: float = 0.1  # annealed geometrically over the search steps
+    search_fraction: float = 0.5  # the under-fitting fix: search this part, then freeze the argmax
+    mode: str = "efficient"
+
+    def __post_init__(self):
+        if self.arch_lr <= 0:
+            raise ValueError("dqss.arch_lr must be > 0")
+        if self.tau_start <= 0 or self.tau_end <= 0:
+            raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
+        if not 0.0 < self.search_fraction <= 1.0:
+            raise ValueError(f"dqss.search_fraction must lie in (0, 1] (1 = no fix), got {self.search_fraction}")
+        if self.mode not in MODES:
+            raise ValueError(f"dqss.mode: unknown '{self.mode}'; valid values are {list(MODES)}")
+
+    def search_steps(self, total: int, fix: bool) -> int:
+        return max(1, round(self.search_fraction * total)) if fix else total
+
+    def tau(self, step: int, steps: int) -> float:
+        frac = min(step / max(steps - 1, 1), 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** frac
+
+
+class QATDiverged(FloatingPointError):
+    pass
+
+
+def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The learnable parameters of every QAT quantizer in ``model`` (candidates included)."""
+    seen, out = set(), []
+    for m in model.modules():
+        if isinstance(m, LearnedQuantizer):
+            for p in m.learned():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+def _param_groups(model: nn.Module):
+    quant = quantizer_parameters(model)
+    arch = arch_parameters(model)
+    special = {id(p) for p in quant + arch}
+    weights = [p for p in model.parameters() if id(p) not in special and p.requires_grad]
+    return weights, quant, arch
+
+
+@torch.no_grad()
+def _first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
+    found = []
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+    for name, m in layers.items():
+        for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
+            bad = [p for p in q.parameters() if not torch.isfinite(p).all()]
+            if bad:
+                return f"{name} ({role} quantizer parameters)"
+
+    def hook(name):
+        def fn(_m, _a, out):
+            if not found and not torch.isfinite(out).all():
+                found.append(name)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "none (the loss itself)"
+
+
+def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: int,
+              search: DQSSQATConfig | None = None, fix: bool = True,
+              evaluate: Callable[[nn.Module], float] | None = None,
+              on_freeze: Callable[[nn.Module, int], None] | None = None, workers: int = 0,
+              desc: str = "qat") -> list[dict]:
+    """Train ``model`` (quantized layers already swapped in) with ``recipe``.
+
+    With mixed layers, ``search`` drives the strategy logits; ``on_freeze(model, step)`` is
+    called just before the mixture is discretised (at the fix point, or after the last
+    step without the fix).  ``evaluate(model)`` gives a test metric logged once per epoch.
+    Returns one history row per epoch.
+    """
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True, generator=g, drop_last=True,
+                        num_workers=workers)
+    if len(loader) == 0:
+        raise ValueError(f"qat.batch_size={recipe.batch_size} exceeds the {len(data)} training images")
+    model.to(device).train()
+    weights, quant, arch = _param_groups(model)
+    searching = bool(arch)
+    if searching and search is None:
+        raise ValueError("the model has mixed layers but no DQSS search configuration was given")
+    if searching:
+        set_mode(model, search.mode)
+    total = recipe.epochs * len(loader)
+    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
+    opts = [torch.optim.SGD(weights, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                            weight_decay=recipe.weight_decay)]
+    if quant:
+        opts.append(torch.optim.SGD(quant, lr=recipe.quant_lr, momentum=recipe.momentum,
+                                    weight_decay=recipe.quant_weight_decay))
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, cosine) for o in opts]
+    opt_arch = torch.optim.Adam(arch, lr=search.arch_lr, betas=(0.5, 0.999)) if searching else None
+    search_steps = search.search_steps(total, fix) if searching else 0
+
+    def freeze(step: int) -> None:
+        nonlocal searching
+        if on_freeze is not None:
+            on_freeze(model, step)
+        choice = discretize(model)
+        searching = False
+        log.info("step %d: assignment frozen (%d layers)", step, len(choice))
+
+    history, step = [], 0
+    bar = tqdm(total=total, desc=desc, leave=False)
+    for epoch in range(recipe.epochs):
+        running, correct, seen = 0.0, 0, 0
+        phase = "search" if searching else ("fixed" if search is not None else "train")
+        for x, y in loader:
+            if searching and step == search_steps:
+                freeze(step)
+                phase = "fixed"
+            if searching:
+                set_temperature(model, search.tau(step, search_steps))
+            x = random_shift(x, recipe.shift, g).to(device)
+            y = y.to(device)
+            out = model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
+            if not torch.isfinite(loss):
+                layer = _first_nonfinite_layer(model, x)
+                raise QATDiverged(f"QAT diverged: non-finite loss at epoch {epoch}, step {step}; first non-finite "
+                                  f"layer: {layer}. Lower qat.lr, qat.quant_lr or dqss.arch_lr")
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            if searching:
+                opt_arch.zero_grad(set_to_none=True)
+            loss.backward()
+            for o in opts:
+                o.step()
+            if searching:
+                opt_arch.step()
+            for s in scheds:
+                s.step()
+            running += loss.item() * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            seen += len(y)
+            step += 1
+            bar.update()
+        row = {"epoch": epoch, "step": step, "phase": phase, "loss": running / seen,
+               "train_top1": 100.0 * correct / seen,
+               "tau": search.tau(min(step, search_steps) - 1, search_steps) if search is not None else None}
+        if evaluate is not None:
+            row["test_top1"] = evaluate(model)
+            model.train()
+        history.append(row)
+        log.info("epoch %d %s", epoch, {k: v for k, v in row.items() if k != "epoch"})
+    bar.close()
+    if searching:
+        freeze(step)
+    if mixed_layers(model):
+        raise RuntimeError("mixed layers left after training")  # discretize() must have replaced all
+    return history

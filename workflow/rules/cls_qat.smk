@@ -1,0 +1,102 @@
+# Classification QAT: FP model -> every QAT method and DQSS-QAT, one recipe for all.
+
+
+rule cls_qat_train:
+    """Train a full-precision backbone for the QAT track."""
+    output:
+        ckpt=f"{QAT}/fp32/model.pt",
+        history=f"{QAT}/fp32/train.csv",
+    params:
+        track="cls_qat",
+    conda:
+        ENV
+    log:
+        "logs/cls_qat/{backbone}/train.log",
+    benchmark:
+        "benchmarks/cls_qat/{backbone}/train.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=600,
+    script:
+        "../scripts/cls_train.py"
+
+
+rule cls_qat_evaluate_fp:
+    """Measure the FP model of the QAT track and keep its logits."""
+    input:
+        ckpt=qat_checkpoint,
+    output:
+        metrics=f"{QAT}/fp32/w32a32/seed{{seed}}/metrics.json",
+        logits=f"{QAT}/fp32/w32a32/seed{{seed}}/logits.pt",
+    params:
+        track="cls_qat",
+    conda:
+        ENV
+    log:
+        "logs/cls_qat/{backbone}/fp32_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_qat/{backbone}/fp32_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/cls_evaluate_fp.py"
+
+
+rule cls_qat_uniform:
+    """Quantization-aware training with one QAT method on every layer."""
+    input:
+        ckpt=qat_checkpoint,
+        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
+    output:
+        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
+    wildcard_constraints:
+        method=qat_methods_pattern(),
+    params:
+        track="cls_qat",
+    conda:
+        ENV
+    log:
+        "logs/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=1440,
+    script:
+        "../scripts/cls_qat.py"
+
+
+rule cls_qat_dqss:
+    """DQSS-QAT: strategies, quantizers and weights trained in one pass (with or without the fix)."""
+    input:
+        ckpt=qat_checkpoint,
+        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
+    output:
+        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
+        assignment=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+    wildcard_constraints:
+        method="dqss|dqss_nofix",
+    params:
+        track="cls_qat",
+    conda:
+        ENV
+    log:
+        "logs/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=1440,
+    script:
+        "../scripts/cls_qat.py"
