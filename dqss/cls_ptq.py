@@ -40,6 +40,35 @@ def _build(cls, section: dict | None, key: str):
     return cls(**section)
 
 
+def check_names(names, key: str, kind: str) -> list[str]:
+    """``names`` if every one is a registered strategy of ``kind``, else a ValueError listing them."""
+    known = strategy_names(kind)
+    bad = [s for s in names if s not in known]
+    if bad:
+        raise ValueError(f"{key}: unknown {bad}; registered {kind.upper()} strategies are {known}")
+    return list(names)
+
+
+def parse_strategies(d: dict, key: str, kind: str) -> tuple[list[str], dict[str, dict]]:
+    """A track's ``strategies`` and ``strategy_options``, options validated before any work."""
+    strategies = check_names(d["strategies"], f"{key}.strategies", kind)
+    opts = d.get("strategy_options") or {}
+    check_names(list(opts), f"{key}.strategy_options", kind)
+    for name, o in opts.items():
+        get_strategy(name, o)
+    return strategies, opts
+
+
+def parse_bits(d: dict, key: str) -> list[tuple[int, int]]:
+    bits = []
+    for b in d["bits"]:
+        w, a = int(b["w"]), int(b["a"])
+        if not (2 <= w <= 8 and 2 <= a <= 8):
+            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
+        bits.append((w, a))
+    return bits
+
+
 @dataclass
 class CalibConfig:
     size: int = 256
@@ -70,29 +99,10 @@ class ClsPTQConfig:
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK) -> ClsPTQConfig:
-        known = strategy_names("ptq")
-        strategies = list(d["strategies"])
-        bad = [s for s in strategies if s not in known]
-        if bad:
-            raise ValueError(f"{key}.strategies: unknown {bad}; registered PTQ strategies are {known}")
-        opts = d.get("strategy_options") or {}
-        bad = [s for s in opts if s not in known]
-        if bad:
-            raise ValueError(f"{key}.strategy_options: unknown strategies {bad}; registered PTQ strategies are {known}")
-        for name, o in opts.items():
-            get_strategy(name, o)  # validates the options now, before any work
+        strategies, opts = parse_strategies(d, key, "ptq")
         dq = _build(SearchConfig, d.get("dqss"), f"{key}.dqss")
-        cands = dq.candidates or strategies
-        bad = [s for s in cands if s not in known]
-        if bad:
-            raise ValueError(f"{key}.dqss.candidates: unknown {bad}; registered PTQ strategies are {known}")
-        dq.candidates = list(cands)
-        bits = []
-        for b in d["bits"]:
-            w, a = int(b["w"]), int(b["a"])
-            if not (2 <= w <= 8 and 2 <= a <= 8):
-                raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
-            bits.append((w, a))
+        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
+        bits = parse_bits(d, key)
         return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
                    backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
                    train=_build(TrainConfig, d.get("train"), f"{key}.train"), bits=bits,

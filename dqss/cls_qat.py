@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cls_ptq import CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, example_input, prepare
+from .cls_ptq import (CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, check_names,
+                      example_input, parse_bits, parse_strategies, prepare)
 from .data import DataConfig
 from .evaluate import predict
 from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
@@ -24,7 +25,7 @@ from .ptq import export_assignment, save_assignment
 from .qat_train import DQSSQATConfig, QATRecipe, train_qat
 from .results import provenance, write_metrics
 from .stats import collect_act_stats
-from .strategy import LayerContext, get_strategy, strategy_names
+from .strategy import LayerContext, get_strategy
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -52,29 +53,10 @@ class ClsQATConfig:
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK) -> ClsQATConfig:
-        known = strategy_names("qat")
-        strategies = list(d["strategies"])
-        bad = [s for s in strategies if s not in known]
-        if bad:
-            raise ValueError(f"{key}.strategies: unknown {bad}; registered QAT strategies are {known}")
-        opts = d.get("strategy_options") or {}
-        bad = [s for s in opts if s not in known]
-        if bad:
-            raise ValueError(f"{key}.strategy_options: unknown strategies {bad}; registered QAT strategies are "
-                             f"{known}")
-        for name, o in opts.items():
-            get_strategy(name, o)
+        strategies, opts = parse_strategies(d, key, "qat")
         dq = _build(DQSSQATConfig, d.get("dqss"), f"{key}.dqss")
-        dq.candidates = list(dq.candidates or strategies)
-        bad = [s for s in dq.candidates if s not in known]
-        if bad:
-            raise ValueError(f"{key}.dqss.candidates: unknown {bad}; registered QAT strategies are {known}")
-        bits = []
-        for b in d["bits"]:
-            w, a = int(b["w"]), int(b["a"])
-            if not (2 <= w <= 8 and 2 <= a <= 8):
-                raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
-            bits.append((w, a))
+        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "qat")
+        bits = parse_bits(d, key)
         calib = dict(d.get("calibration") or {})
         calib.setdefault("samples", 0)
         return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
