@@ -588,8 +588,7 @@ def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> l
                 ax.set_xlabel("epoch")
                 ax.set_ylabel({"loss": "training loss", "test_top1": "test top-1 (%)"}[metric])
                 ax.set_title(f"{bb}, W{w}A{a}")
-        fig.suptitle(f"{task}: training curves (mean over seeds, band = min..max; "
-                     "shaded = DQSS search epochs)")
+        fig.suptitle(f"{task}: training curves\n(mean over seeds, band = min..max; shaded = DQSS search epochs)")
         fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
                    loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
         return _save(fig, _figure_path(path), ("png", "pdf"))
