@@ -69,6 +69,16 @@ def parse_bits(d: dict, key: str) -> list[tuple[int, int]]:
     return bits
 
 
+class TrackMethods:
+    """What every classification track config answers the same way (a mixin of the dataclasses)."""
+
+    def strategy(self, name: str):
+        return get_strategy(name, self.strategy_options.get(name))
+
+    def weights(self, backbone: str) -> str:
+        return str(self.backbones[backbone].get("weights", "train"))
+
+
 @dataclass
 class CalibConfig:
     size: int = 256
@@ -82,7 +92,7 @@ class CalibConfig:
 
 
 @dataclass
-class ClsPTQConfig:
+class ClsPTQConfig(TrackMethods):
     dataset: str
     data: DataConfig
     backbones: dict[str, dict]
@@ -110,12 +120,6 @@ class ClsPTQConfig:
                    strategies=strategies, strategy_options=opts,
                    quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"), dqss=dq,
                    eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
-
-    def strategy(self, name: str):
-        return get_strategy(name, self.strategy_options.get(name))
-
-    def weights(self, backbone: str) -> str:
-        return str(self.backbones[backbone].get("weights", "train"))
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name == "digits" else self.raw.get("num_classes")

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cls_ptq import (CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, check_names,
-                      example_input, parse_bits, parse_strategies, prepare)
+from .cls_ptq import (CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, TrackMethods,
+                      check_names, example_input, parse_bits, parse_strategies, prepare)
 from .data import DataConfig
 from .evaluate import predict
 from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
@@ -25,7 +25,7 @@ from .ptq import export_assignment, save_assignment
 from .qat_train import DQSSQATConfig, QATRecipe, train_qat
 from .results import provenance, write_metrics
 from .stats import collect_act_stats
-from .strategy import LayerContext, get_strategy
+from .strategy import LayerContext
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ DQSS_VARIANTS = {"dqss": True, "dqss_nofix": False}  # method name -> under-fitt
 
 
 @dataclass
-class ClsQATConfig:
+class ClsQATConfig(TrackMethods):
     dataset: str
     data: DataConfig
     backbones: dict[str, dict]
@@ -66,12 +66,6 @@ class ClsQATConfig:
                    strategy_options=opts, quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"),
                    qat=_build(QATRecipe, d.get("qat"), f"{key}.qat"), dqss=dq,
                    eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
-
-    def strategy(self, name: str):
-        return get_strategy(name, self.strategy_options.get(name))
-
-    def weights(self, backbone: str) -> str:
-        return str(self.backbones[backbone].get("weights", "train"))
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name in ("digits", "cifar10") else self.raw.get("num_classes")

@@ -107,6 +107,26 @@ def plan_layers(model: nn.Module, policy: QuantPolicy, w_bits: int, a_bits: int,
     return plans
 
 
+@torch.no_grad()
+def first_nonfinite_output(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> str:
+    """Name of the first of ``layers`` whose output on ``x`` is not finite (for error messages)."""
+    found: list[str] = []
+
+    def hook(name):
+        def fn(_m, _a, out):
+            if not found and not torch.isfinite(out).all():
+                found.append(name)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else "none (the loss itself)"
+
+
 def swap_layers(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
     for name, module in new.items():
         model.set_submodule(name, module)

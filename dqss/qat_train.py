@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .layers import QuantLayer
+from .layers import QuantLayer, first_nonfinite_output
 from .mixed import MODES, arch_parameters, discretize, mixed_layers, set_mode, set_temperature
 from .qat import LearnedQuantizer
 from .train import random_shift
@@ -115,27 +115,13 @@ def _param_groups(model: nn.Module):
 
 @torch.no_grad()
 def _first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
-    found = []
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     for name, m in layers.items():
         for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
             bad = [p for p in q.parameters() if not torch.isfinite(p).all()]
             if bad:
                 return f"{name} ({role} quantizer parameters)"
-
-    def hook(name):
-        def fn(_m, _a, out):
-            if not found and not torch.isfinite(out).all():
-                found.append(name)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else "none (the loss itself)"
+    return first_nonfinite_output(model, x, layers)
 
 
 def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: int,

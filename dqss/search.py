@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .layers import first_nonfinite_output
 from .mixed import MODES, arch_parameters, mixed_layers, set_mode, set_temperature
 
 log = logging.getLogger(__name__)
@@ -67,21 +68,7 @@ def _first_nonfinite_layer(qmodel: nn.Module, x: torch.Tensor) -> str:
         for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
             if not torch.isfinite(q.logits).all():
                 return f"{name} ({role} logits)"
-    found = []
-
-    def hook(name):
-        def fn(_m, _a, out):
-            if not found and not torch.isfinite(out).all():
-                found.append(name)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in mixed_layers(qmodel).items()]
-    try:
-        qmodel(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else "none (the loss itself)"
+    return first_nonfinite_output(qmodel, x, mixed_layers(qmodel))
 
 
 def search(qmodel: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: SearchConfig, seed: int,
