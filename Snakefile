@@ -20,6 +20,11 @@ if CLS_QAT:
     include: "workflow/rules/cls_qat.smk"
 
 
+if SR_PTQ:
+
+    include: "workflow/rules/sr_ptq.smk"
+
+
 include: "workflow/rules/report.smk"
 include: "workflow/rules/benchmark.smk"
 

@@ -594,6 +594,74 @@ def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> l
         return _save(fig, _figure_path(path), ("png", "pdf"))
 
 
+CROP_PATTERN = re.compile(r"(?P<task>[^/]+)/(?P<dataset>[^/]+)/(?P<backbone>[^/]+)/(?P<method>[^/]+)/"
+                          r"w(?P<w>\d+)a(?P<a>\d+)/seed(?P<seed>\d+)/crop(?P<gt>_gt)?\.png$")
+
+
+def read_crops(paths) -> dict:
+    """SR output crops by (task, backbone, method, w, a, seed); the ground truth under method 'gt'."""
+    out = {}
+    for p in sorted(str(Path(p).as_posix()) for p in paths):
+        m = CROP_PATTERN.search(p)
+        if m is None:
+            raise ValueError(f"{p}: not a results/{{task}}/{{dataset}}/{{backbone}}/{{method}}/w{{W}}a{{A}}/"
+                             "seed{S}/crop.png path")
+        method = "gt" if m["gt"] else m["method"]
+        out[(m["task"], m["backbone"], method, int(m["w"]), int(m["a"]), int(m["seed"]))] = p
+    return out
+
+
+def best_uniform(summary, task: str, backbone: str, w: int, a: int, metric: str = "psnr") -> str | None:
+    """The uniform strategy with the highest mean ``metric`` averaged over the test sets."""
+    d = summary[(summary["task"] == task) & (summary["backbone"] == backbone) & (summary["w_bits"] == w)
+                & (summary["a_bits"] == a) & (summary["metric"] == metric)
+                & ~summary["method"].isin(REFERENCE_METHODS) & ~summary["method"].str.startswith("dqss")]
+    if d.empty:
+        return None
+    means = d.groupby("method")["mean"].mean()
+    return str(means.sort_index().idxmax())
+
+
+def plot_sr_crops(summary, crops: dict, task: str, backbone: str, path) -> list[Path]:
+    """Rows = bit widths; columns = ground truth, bicubic, FP, the best uniform strategy and DQSS
+    (first seed), each titled with its mean PSNR over the test sets."""
+    import matplotlib
+    from matplotlib.image import imread
+
+    mine = {k: v for k, v in crops.items() if k[0] == task and k[1] == backbone}
+    refs = {k[2]: v for k, v in mine.items() if k[2] in ("gt", FP_METHOD, BICUBIC_METHOD)}
+    settings = sorted({(k[3], k[4]) for k in mine if k[2] not in refs})
+    if not settings or set(refs) != {"gt", FP_METHOD, BICUBIC_METHOD}:
+        raise ValueError(f"plot_sr_crops: {task}/{backbone} lacks the ground-truth, bicubic or FP crop, or any "
+                         "quantized crop")
+
+    def psnr(method, w=32, a=32):
+        d = summary[(summary["task"] == task) & (summary["backbone"] == backbone) & (summary["method"] == method)
+                    & (summary["w_bits"] == w) & (summary["a_bits"] == a) & (summary["metric"] == "psnr")]
+        return f"{d['mean'].mean():.2f} dB" if len(d) else "—"
+
+    with matplotlib.rc_context(STYLE):
+        fig = _new_figure(figsize=(9.0, 2.1 * len(settings) + 0.5), layout="constrained")
+        axes = fig.subplots(len(settings), 5, squeeze=False)
+        for i, (w, a) in enumerate(settings):
+            best = best_uniform(summary, task, backbone, w, a)
+            panels = [("ground truth", refs["gt"]), (f"bicubic\n{psnr(BICUBIC_METHOD)}", refs[BICUBIC_METHOD]),
+                      (f"FP\n{psnr(FP_METHOD)}", refs[FP_METHOD])]
+            for label, method in ((f"best uniform: {best}", best), ("DQSS", "dqss")):
+                seed = min((k[5] for k in mine if k[2] == method and k[3:5] == (w, a)), default=None)
+                panels.append((f"{label} W{w}A{a}\n{psnr(method, w, a)}",
+                               mine.get((task, backbone, method, w, a, seed)) if seed is not None else None))
+            for j, (title, p) in enumerate(panels):
+                ax = axes[i][j]
+                ax.set_axis_off()
+                if p is not None:
+                    ax.imshow(imread(p), interpolation="nearest")
+                ax.set_title(title, fontsize=8)
+        fig.suptitle(f"{task}, {backbone}: the most detailed crop of a test image\n(quantized: first seed; "
+                     "PSNR = mean over test sets and seeds)")
+        return _save(fig, _figure_path(path), ("png",))
+
+
 # -- the report -----------------------------------------------------------------------------
 def _read_metrics(metrics_csv):
     import pandas as pd
@@ -643,7 +711,8 @@ def _provenance_line(df) -> str:
     return "**Provenance:** " + " · ".join(parts) + warn + dirty
 
 
-def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: list | None = None) -> list[Path]:
+def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: list | None = None,
+                 crop_paths: list | None = None) -> list[Path]:
     """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``."""
     outdir = Path(outdir)
     tdir, fdir = outdir / "tables", outdir / "figures"
@@ -677,6 +746,12 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
             lines += [f"### {stem}", "", md.rstrip("\n"), "",
                       f"Files: [tables/{stem}.md](tables/{stem}.md), [tables/{stem}.tex](tables/{stem}.tex)", ""]
         if _is_sr(task):
+            crops = read_crops(crop_paths or [])
+            for backbone in sorted({k[1] for k in crops if k[0] == task}):
+                stem = _safe_stem(f"{task}_{backbone}_crops")
+                written += plot_sr_crops(summary, crops, task, backbone, fdir / stem)
+                lines += [f"### Figure: {task}, {backbone}, output crops", "",
+                          f"![{task} {backbone} crops](figures/{stem}.png)", ""]
             continue
         for metric in DROP_METRICS:
             sel = summary[(summary["task"] == task) & (summary["metric"] == metric)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 KEYS = ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "seed"]
 COLUMNS = KEYS + ["metric", "value"]
-PROVENANCE = ["torch", "torchvision", "timm", "python", "git_rev", "device", "config_hash"]
+PROVENANCE = ["torch", "torchvision", "timm", "basicsr", "python", "git_rev", "device", "config_hash"]
 FP_METHOD = "fp32"
 
 
@@ -49,6 +49,7 @@ def device_name(device) -> str:
 
 def provenance(device, section: dict) -> dict:
     return {"torch": _version("torch"), "torchvision": _version("torchvision"), "timm": _version("timm"),
+            "basicsr": _version("basicsr-fixed") if _version("basicsr-fixed") != "absent" else _version("basicsr"),
             "python": platform.python_version(), "git_rev": git_revision(), "device": device_name(device),
             "config_hash": config_hash(section)}
 
@@ -63,12 +64,24 @@ def write_json(path, payload: dict) -> None:
 
 
 def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, w_bits: int, a_bits: int,
-                  seed: int, metrics: dict[str, float], prov: dict, extra: dict | None = None) -> None:
+                  seed: int, metrics: dict[str, float], prov: dict, extra: dict | None = None,
+                  results: list[dict] | None = None) -> None:
+    """One job's result.  ``results`` (SR: one entry ``{dataset, metrics, ...}`` per test set) puts
+    several datasets in one file; ``dataset`` then names the training/calibration source."""
     payload = {"task": task, "dataset": dataset, "backbone": backbone, "method": method,
                "w_bits": int(w_bits), "a_bits": int(a_bits), "seed": int(seed),
                "metrics": {k: float(v) for k, v in metrics.items()}, "provenance": prov,
                "extra": extra or {}}
+    if results is not None:
+        payload["results"] = [{**r, "metrics": {k: float(v) for k, v in r["metrics"].items()}} for r in results]
     write_json(path, payload)
+
+
+def _per_dataset(d: dict):
+    """(dataset, metrics) pairs of a job result: its ``results`` list, else its single dataset."""
+    if "results" in d:
+        return [(r["dataset"], r["metrics"]) for r in d["results"]]
+    return [(d["dataset"], d["metrics"])]
 
 
 def gather(paths) -> "pandas.DataFrame":
@@ -81,9 +94,10 @@ def gather(paths) -> "pandas.DataFrame":
             d = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read job result {p}: {exc}; delete it and rerun the workflow") from exc
-        for metric, value in d["metrics"].items():
-            rows.append({**{k: d[k] for k in KEYS}, "metric": metric, "value": value,
-                         **{k: d["provenance"].get(k, "") for k in PROVENANCE}})
+        for dataset, metrics in _per_dataset(d):
+            for metric, value in metrics.items():
+                rows.append({**{k: d[k] for k in KEYS}, "dataset": dataset, "metric": metric, "value": value,
+                             **{k: d["provenance"].get(k, "") for k in PROVENANCE}})
     df = pd.DataFrame(rows, columns=COLUMNS + PROVENANCE)
     fp = (df[df.method == FP_METHOD].groupby(["task", "dataset", "backbone", "metric"])["value"].mean()
           .rename("fp_value"))

@@ -5,7 +5,7 @@ import logging
 import re
 import sys
 
-TRACKS = ("cls_ptq", "cls_qat")
+TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
 TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
 
@@ -17,6 +17,9 @@ def _config_class(track: str):
     if track == "cls_qat":
         from .cls_qat import ClsQATConfig
         return ClsQATConfig
+    if track == "sr_ptq":
+        from .sr_ptq import SRPTQConfig
+        return SRPTQConfig
     raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
 
 
@@ -31,6 +34,8 @@ def track_config(config: dict, track: str):
     if section is None:
         return None
     cfg = config_class.from_dict(section, track)
+    if track == "sr_ptq":
+        return cfg  # SR backbone names and weights are checked by SRPTQConfig itself
     for name, spec in cfg.backbones.items():
         check_backbone(name)
         weights = str(spec.get("weights", "train"))

@@ -14,6 +14,7 @@ validate(config, "../schemas/config.schema.yaml")
 # None when the config leaves a track out
 CLS_PTQ = track_config(config, "cls_ptq")
 CLS_QAT = track_config(config, "cls_qat")
+SR_PTQ = track_config(config, "sr_ptq")
 SEEDS = [int(s) for s in config["seeds"]]
 DEVICE = config.get("device", "auto")
 GPU = 0 if DEVICE == "cpu" else 1
@@ -31,6 +32,7 @@ ENV = "../envs/dqss.yaml"
 # results/{task}/{dataset}/{backbone}/{method}/w{W}a{A}/seed{S}/...
 CLS = f"results/cls_ptq/{CLS_PTQ.dataset if CLS_PTQ else 'none'}/{{backbone}}"
 QAT = f"results/cls_qat/{CLS_QAT.dataset if CLS_QAT else 'none'}/{{backbone}}"
+SR = f"results/sr_ptq/{SR_PTQ.dataset if SR_PTQ else 'none'}/{{backbone}}"
 
 
 def cls_checkpoint(wildcards):
@@ -45,6 +47,49 @@ def qat_checkpoint(wildcards):
     if CLS_QAT.weights(wildcards.backbone) == "train":
         return f"{QAT}/fp32/model.pt"
     return []
+
+
+def sr_checkpoint(wildcards):
+    """The weights an SR job loads when the workflow makes them: trained here or downloaded."""
+    source = SR_PTQ.weight_source(wildcards.backbone)
+    if source == "train":
+        return f"{SR}/fp32/model.pt".format(backbone=wildcards.backbone)
+    if source == "url":
+        return SR_PTQ.download_path(wildcards.backbone)
+    return []
+
+
+def sr_fp_dir(backbone, method="fp32"):
+    return f"{SR}/{method}/w32a32/seed{SR_PTQ.train.seed}".format(backbone=backbone)
+
+
+def sr_ptq_targets():
+    if SR_PTQ is None:
+        return []
+    out = []
+    for bb in SR_PTQ.backbones:
+        out += [f"{sr_fp_dir(bb)}/metrics.json", f"{sr_fp_dir(bb, 'bicubic')}/metrics.json"]
+        for seed in SEEDS:
+            for w, a in SR_PTQ.bits:
+                for method in SR_PTQ.strategies + ["dqss"]:
+                    out.append(f"{SR}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
+    return out
+
+
+def sr_uniform_outputs():
+    if SR_PTQ is None:
+        return {}
+    return {
+        (m, w, a): f"{SR}/{m}/w{w}a{a}/seed{{seed}}"
+        for w, a in SR_PTQ.bits
+        for m in SR_PTQ.strategies
+    }
+
+
+def all_crops():
+    """The SR outputs' crops the report composes into its figure."""
+    crops = [p.replace("metrics.json", "crop.png") for p in sr_ptq_targets()]
+    return crops + [f"{sr_fp_dir(bb)}/crop_gt.png" for bb in (SR_PTQ.backbones if SR_PTQ else [])]
 
 
 def cls_ptq_targets():
@@ -88,7 +133,7 @@ def uniform_outputs():
 
 
 def all_metric_files():
-    return cls_ptq_targets() + cls_qat_targets()
+    return cls_ptq_targets() + cls_qat_targets() + sr_ptq_targets()
 
 
 def all_assignments():

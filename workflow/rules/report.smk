@@ -21,6 +21,7 @@ rule report:
         metrics="results/metrics.csv",
         assignments=all_assignments(),
         histories=all_histories(),
+        crops=all_crops(),
     output:
         "results/report/report.md",
     conda:

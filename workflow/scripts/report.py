@@ -8,4 +8,4 @@ from dqss.report import write_report
 sys.stderr = open(snakemake.log[0], "w")
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 write_report(snakemake.input.metrics, list(snakemake.input.assignments), Path(snakemake.output[0]).parent,
-             list(snakemake.input.histories))
+             list(snakemake.input.histories), list(snakemake.input.crops))

@@ -1,0 +1,417 @@
+"""Super-resolution PTQ track: the jobs the workflow runs, as plain functions.
+
+The same quantizer core, strategies, mixed layers and search as the classification PTQ track;
+what differs is the data (LR/HR pairs, calibration crops from training images), the backbones
+(basicsr architectures, :mod:`dqss.sr_models`), the metrics (PSNR/SSIM on Y, :mod:`dqss.sr_metrics`)
+and the search loss (L1 distillation to the FP network's output by default).
+
+One ``metrics.json`` per job holds the results of every test set (``results`` list); the
+aggregate turns each into rows with ``dataset`` = the test set.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cls_ptq import _build, check_names, parse_bits, parse_strategies, TrackMethods
+from .layers import QuantPolicy, fold_batchnorm, plan_layers
+from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
+                  quantize_uniform, save_assignment)
+from .results import FP_METHOD, provenance, write_metrics
+from .search import SearchConfig, search
+from .sr_data import (SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8,
+                      training_batch)
+from .sr_metrics import mean_metrics, sr_metrics
+from .sr_models import PARTS, create_sr_backbone, parse_backbone
+from .stats import collect_act_stats, load_stats, save_stats
+
+log = logging.getLogger(__name__)
+
+TASK = "sr_ptq"
+BICUBIC_METHOD = "bicubic"
+
+
+@dataclass
+class SRTrainConfig:
+    """FP training of the embedded backbones: L1 on random crops, Adam, cosine decay."""
+
+    iterations: int = 600
+    batch_size: int = 8
+    patch: int = 32  # LR crop size
+    lr: float = 2e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.batch_size < 1 or self.patch < 4 or self.lr <= 0:
+            raise ValueError("sr_ptq.train: iterations and batch_size must be >= 1, patch >= 4 and lr > 0")
+
+
+@dataclass
+class SRCalibConfig:
+    size: int = 64  # LR crops drawn from the training images per seed
+    patch: int = 32
+    batch_size: int = 16
+    bins: int = 2048
+    samples: int = 4
+    images: int | None = None  # folders: training images the crops are drawn from (null = all)
+
+    def __post_init__(self):
+        if self.images is not None and self.images < 1:
+            raise ValueError("sr_ptq.calibration.images must be >= 1 or null (all training images)")
+        if self.size < 1 or self.patch < 4 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
+            raise ValueError("sr_ptq.calibration: size and batch_size must be >= 1, patch >= 4, bins >= 256, "
+                             "samples >= 0")
+
+
+@dataclass
+class SRQuantPolicy(QuantPolicy):
+    """``quant:`` of the SR track: the classification policy plus the parts kept at higher precision."""
+
+    first_last_bits: int | None = None
+    high_precision: list[str] = field(default_factory=lambda: ["head", "upsampler", "tail"])
+    high_precision_bits: int | None = None  # null = full precision
+
+    def __post_init__(self):
+        super().__post_init__()
+        bad = [p for p in self.high_precision if p not in PARTS]
+        if bad:
+            raise ValueError(f"sr_ptq.quant.high_precision: unknown parts {bad}; valid parts are {sorted(PARTS)}")
+        hb = self.high_precision_bits
+        if hb is not None and not (isinstance(hb, int) and 2 <= hb <= 8):
+            raise ValueError(f"sr_ptq.quant.high_precision_bits must be an integer in 2..8 or null (full "
+                             f"precision), got {hb!r}")
+
+    def patterns(self) -> list[str]:
+        return [pat for part in self.high_precision for pat in PARTS[part]]
+
+    def layer_plans(self, model, w_bits: int, a_bits: int, example: torch.Tensor):
+        """plan_layers with the high-precision parts left in FP or moved to ``high_precision_bits``."""
+        pats = self.patterns()
+        if self.high_precision_bits is None:
+            policy = QuantPolicy(self.layer_types, self.first_last_bits, [*self.keep_fp, *pats],
+                                 self.weight_per_channel, self.weight_symmetric, self.act_symmetric)
+            return plan_layers(model, policy, w_bits, a_bits, example)
+        plans = plan_layers(model, self, w_bits, a_bits, example)
+        hb = self.high_precision_bits
+        for name, plan in plans.items():
+            if any(fnmatch.fnmatch(name, p) for p in pats):
+                plan.w_spec, plan.a_spec = self.weight_spec(hb), self.act_spec(hb)
+        return plans
+
+
+@dataclass
+class SREvalConfig:
+    crop_set: str | None = None  # the test set of the figure's crop (default: the first)
+    crop_image: int = 0
+    crop_size: int = 64  # HR pixels
+
+    def __post_init__(self):
+        if self.crop_image < 0 or self.crop_size < 8:
+            raise ValueError("sr_ptq.eval: crop_image must be >= 0 and crop_size >= 8")
+
+
+@dataclass
+class SRPTQConfig(TrackMethods):
+    dataset: str
+    data: SRDataConfig
+    backbones: dict[str, dict]
+    train: SRTrainConfig
+    bits: list[tuple[int, int]]
+    calibration: SRCalibConfig
+    strategies: list[str]
+    strategy_options: dict[str, dict]
+    quant: SRQuantPolicy
+    dqss: SearchConfig
+    eval: SREvalConfig
+    weights_dir: str = "data/pretrained"
+    raw: dict = field(default_factory=dict)
+    task: ClassVar[str] = TASK
+
+    @classmethod
+    def from_dict(cls, d: dict, key: str = TASK) -> SRPTQConfig:
+        strategies, opts = parse_strategies(d, key, "ptq")
+        dq_section = {"loss": "l1", **(d.get("dqss") or {})}
+        dq = _build(SearchConfig, dq_section, f"{key}.dqss")
+        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
+        if dq.loss not in ("l1", "mse"):
+            raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' or 'mse'")
+        cfg = cls(dataset=d["dataset"], data=_build(SRDataConfig, d.get("data"), f"{key}.data"),
+                  backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
+                  train=_build(SRTrainConfig, d.get("train"), f"{key}.train"), bits=parse_bits(d, key),
+                  calibration=_build(SRCalibConfig, d.get("calibration"), f"{key}.calibration"),
+                  strategies=strategies, strategy_options=opts,
+                  quant=_build(SRQuantPolicy, d.get("quant"), f"{key}.quant"), dqss=dq,
+                  eval=_build(SREvalConfig, d.get("eval"), f"{key}.eval"),
+                  weights_dir=str(d.get("weights_dir", "data/pretrained")), raw=d)
+        for name, spec in cfg.backbones.items():
+            parse_backbone(name, spec.get("options"))
+            cfg.weight_source(name)
+            cfg.train_for(name)
+        if cfg.eval.crop_set is not None and cfg.eval.crop_set not in cfg.data.test_set_names():
+            raise ValueError(f"{key}.eval.crop_set: '{cfg.eval.crop_set}' is not a test set; test sets are "
+                             f"{cfg.data.test_set_names()}")
+        return cfg
+
+    def weight_source(self, backbone: str) -> str:
+        """'train', 'url' (downloaded by the workflow) or 'file'."""
+        w = self.backbones[backbone].get("weights", "train")
+        key = f"{TASK}.backbones.{backbone}.weights"
+        if w == "train":
+            if self.data.name != "embedded":
+                raise ValueError(f"{key}: 'train' is only available on the embedded data; give a weight file or "
+                                 "{url, sha256}")
+            return "train"
+        if isinstance(w, dict):
+            if set(w) - {"url", "sha256"} or not w.get("url") or not w.get("sha256"):
+                raise ValueError(f"{key}: a download needs exactly {{url: ..., sha256: ...}}, got {sorted(w)}")
+            return "url"
+        if isinstance(w, str) and w:
+            return "file"
+        raise ValueError(f"{key}: expected 'train', a path to a weight file, or {{url, sha256}}; got {w!r}")
+
+    def weights(self, backbone: str) -> str:
+        return self.weight_source(backbone)
+
+    def download_path(self, backbone: str) -> str:
+        """Where the download rule puts a backbone's {url, sha256} weights."""
+        return str(Path(self.weights_dir) / f"{backbone}.pth")
+
+    def train_for(self, backbone: str) -> SRTrainConfig:
+        """``train:`` with the backbone's own ``train:`` overrides."""
+        own = self.backbones[backbone].get("train") or {}
+        merged = {f: getattr(self.train, f) for f in SRTrainConfig.__dataclass_fields__} | dict(own)
+        return _build(SRTrainConfig, merged, f"{TASK}.backbones.{backbone}.train")
+
+    def scale(self, backbone: str) -> int:
+        return parse_backbone(backbone, self.backbones[backbone].get("options")).scale
+
+    def crop_set(self) -> str:
+        return self.eval.crop_set or self.data.test_set_names()[0]
+
+
+# -- shared pieces --------------------------------------------------------------------------
+def prepare(cfg: SRPTQConfig, backbone: str, checkpoint=None):
+    key = f"{TASK}.backbones.{backbone}.weights"
+    spec = dict(cfg.backbones[backbone])
+    if cfg.weight_source(backbone) == "file":
+        spec["weights"] = str(spec["weights"])
+    return create_sr_backbone(backbone, spec, key, checkpoint)
+
+
+def _example(cfg: SRPTQConfig) -> torch.Tensor:
+    p = cfg.calibration.patch
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(1, 3, p, p, generator=g)
+
+
+@torch.no_grad()
+def super_resolve(model, lr: np.ndarray, device) -> np.ndarray:
+    return to_uint8(model(to_tensor(lr)[None].to(device)))
+
+
+def evaluate_sets(model, data: SRData, device, desc: str, crop: tuple | None = None):
+    """Per test set mean PSNR/SSIM; with ``crop`` = (set, image index, y, x, size) also that HR crop of
+    the output.  ``model`` None means bicubic upsampling."""
+    results, crop_img = [], None
+    for name, pairs in data.test_sets.items():
+        per_image = []
+        for i, p in enumerate(tqdm(pairs, desc=f"{desc} {name}", leave=False)):
+            sr = bicubic_upsample(p.lr, data.scale) if model is None else super_resolve(model, p.lr, device)
+            per_image.append(sr_metrics(sr, p.hr, data.scale))
+            if crop is not None and crop[0] == name and crop[1] == i:
+                _, _, y, x, s = crop
+                crop_img = sr[y:y + s, x:x + s]
+        results.append({"dataset": name, "metrics": mean_metrics(per_image), "n_images": len(pairs)})
+    return results, crop_img
+
+
+def crop_spec(cfg: SRPTQConfig, data: SRData):
+    name = cfg.crop_set()
+    pairs = data.test_sets[name]
+    i = min(cfg.eval.crop_image, len(pairs) - 1)
+    hr = pairs[i].hr
+    s = min(cfg.eval.crop_size, hr.shape[0], hr.shape[1])
+    y, x = detail_box(hr, s)
+    return name, i, y, x, s
+
+
+def save_png(img: np.ndarray, path) -> None:
+    """Write an RGB uint8 image atomically (opencv writes BGR)."""
+    import cv2
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    if not cv2.imwrite(str(tmp), np.ascontiguousarray(img[..., ::-1])):
+        raise OSError(f"cannot write {path}")
+    tmp.replace(path)
+
+
+def _write(path, cfg, backbone, method, w, a, seed, results, device, extra=None):
+    write_metrics(path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
+                  seed=seed, metrics={}, results=results, prov=provenance(device, cfg.raw),
+                  extra={"scale": cfg.scale(backbone), **(extra or {})})
+
+
+# -- jobs -----------------------------------------------------------------------------------
+def run_download(cfg: SRPTQConfig, backbone: str, out) -> None:
+    from .sr_models import download_weights
+
+    w = cfg.backbones[backbone]["weights"]
+    download_weights(w["url"], w["sha256"], out, f"{TASK}.backbones.{backbone}.weights")
+
+
+def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) -> None:
+    """Train the FP network (weights: train) with L1 on random crops of the training images."""
+    from .models import save_checkpoint
+    from .sr_models import build_sr
+
+    if cfg.weight_source(backbone) != "train":
+        raise ValueError(f"{TASK}.backbones.{backbone}.weights is not 'train': nothing to train")
+    tc = cfg.train_for(backbone)
+    torch.manual_seed(tc.seed)
+    model = build_sr(parse_backbone(backbone, cfg.backbones[backbone].get("options"))).to(device).train()
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
+    g = np.random.default_rng(tc.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, eta_min=tc.lr * 0.01)
+    history, running = [], []
+    every = max(1, tc.iterations // 20)
+    for it in tqdm(range(tc.iterations), desc=f"train {backbone}", leave=False):
+        lr, hr = training_batch(data.train, tc.batch_size, tc.patch, data.scale, g)
+        loss = torch.nn.functional.l1_loss(model(lr.to(device)), hr.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training {backbone} diverged at iteration {it}; lower sr_ptq.train.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (it + 1) % every == 0 or it + 1 == tc.iterations:
+            history.append({"iteration": it + 1, "loss": float(np.mean(running))})
+            running = []
+    model = model.cpu().eval()
+    save_checkpoint(model.net, backbone, out_ckpt, scale=data.scale, train_seed=tc.seed)
+    with open(out_history, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["iteration", "loss"])
+        w.writeheader()
+        w.writerows(history)
+
+
+def run_evaluate_fp(cfg: SRPTQConfig, backbone: str, checkpoint, out_fp, out_bicubic, out_crops: dict,
+                    device) -> None:
+    """The FP network and bicubic upsampling on every test set, plus the figure's GT/bicubic/FP crops."""
+    model = prepare(cfg, backbone, checkpoint).to(device)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+    crop = crop_spec(cfg, data)
+    seed = cfg.train.seed
+    fp, fp_crop = evaluate_sets(model, data, device, f"FP {backbone}", crop)
+    bic, bic_crop = evaluate_sets(None, data, device, "bicubic", crop)
+    name, i, y, x, s = crop
+    save_png(data.test_sets[name][i].hr[y:y + s, x:x + s], out_crops["gt"])
+    save_png(bic_crop, out_crops["bicubic"])
+    save_png(fp_crop, out_crops["fp"])
+    meta = {"crop": {"set": name, "image": data.test_sets[name][i].name, "y": y, "x": x, "size": s}}
+    _write(out_fp, cfg, backbone, FP_METHOD, 32, 32, seed, fp, device, meta)
+    _write(out_bicubic, cfg, backbone, BICUBIC_METHOD, 32, 32, seed, bic, device, meta)
+    log.info("%s FP %s; bicubic %s", backbone, fp, bic)
+
+
+def run_calibrate(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, out_stats, out_list, device) -> None:
+    """One pass over the seed's calibration crops; statistics shared by every strategy and bit width."""
+    model = prepare(cfg, backbone, checkpoint)
+    ex = _example(cfg)
+    folded = fold_batchnorm(model, ex).to(device)
+    plans = cfg.quant.layer_plans(folded, 8, 8, ex.to(device))
+    layers = {n: folded.get_submodule(n) for n in plans}
+    x, ids = calibration_crops(cfg, backbone, seed)
+    needs = any(cfg.strategy(s).needs_samples for s in set(cfg.strategies) | set(cfg.dqss.candidates))
+    stats = collect_act_stats(folded, layers, torch.split(x, cfg.calibration.batch_size), bins=cfg.calibration.bins,
+                              n_samples=cfg.calibration.samples if needs else 0, device=device,
+                              desc=f"calibrate {backbone} seed {seed}")
+    save_stats(stats, out_stats)
+    Path(out_list).write_text("\n".join(ids) + "\n")
+
+
+def calibration_crops(cfg: SRPTQConfig, backbone: str, seed: int):
+    """The seed's LR calibration crops (from training images only) and their ``image y x`` list."""
+    c = cfg.calibration
+    draw = None if c.images is None else (c.images, seed)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False, train_draw=draw)
+    return data.calibration(c.size, c.patch, seed)
+
+
+def _calibration_inputs(cfg, backbone, seed, list_path=None):
+    x, ids = calibration_crops(cfg, backbone, seed)
+    if list_path is not None and Path(list_path).is_file():
+        saved = Path(list_path).read_text().split("\n")[:-1]
+        if saved != ids:
+            raise RuntimeError(f"the calibration crops of seed {seed} differ from those in {list_path}; the "
+                               "training images changed since calibration: delete the calib folder and rerun")
+    return x
+
+
+def _common(cfg, backbone, checkpoint, device):
+    model = prepare(cfg, backbone, checkpoint)
+    ex = _example(cfg)
+    folded = fold_batchnorm(model, ex).to(device)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+    return folded, ex.to(device), data
+
+
+def run_uniform(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, stats_path,
+                outputs: dict[tuple[str, int, int], tuple[str, str]], device) -> None:
+    """Every (strategy, bit width) applied uniformly; one metrics file and one crop per job."""
+    folded, ex, data = _common(cfg, backbone, checkpoint, device)
+    stats = load_stats(stats_path)
+    crop = crop_spec(cfg, data)
+    plans_by_bits = {}
+    for (method, w, a), (metrics_path, crop_path) in outputs.items():
+        if (w, a) not in plans_by_bits:
+            plans_by_bits[w, a] = cfg.quant.layer_plans(folded, w, a, ex)
+        qmodel = quantize_uniform(folded, plans_by_bits[w, a], stats, cfg.strategy(method))
+        results, crop_img = evaluate_sets(qmodel, data, device, f"{method} W{w}A{a}", crop)
+        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
+        save_png(crop_img, crop_path)
+        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device,
+               {"calib_size": cfg.calibration.size, "high_precision": cfg.quant.high_precision,
+                "high_precision_bits": cfg.quant.high_precision_bits})
+
+
+def run_dqss(cfg: SRPTQConfig, backbone: str, seed: int, w: int, a: int, checkpoint, stats_path, calib_list,
+             out_metrics, out_assignment, out_history, out_crop, device) -> None:
+    """Search per-layer strategies with L1 distillation to the FP output on the calibration crops,
+    rebuild the discrete model from the assignment file, evaluate on every test set."""
+    torch.manual_seed(seed)
+    folded, ex, data = _common(cfg, backbone, checkpoint, device)
+    stats = load_stats(stats_path)
+    plans = cfg.quant.layer_plans(folded, w, a, ex)
+    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    qmodel = quantize_mixed(folded, plans, stats, strategies, cfg.dqss.mode)
+    x = _calibration_inputs(cfg, backbone, seed, calib_list)
+    with torch.no_grad():
+        teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
+    history = search(qmodel, x, teacher, cfg.dqss, seed, device)
+    meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
+            "candidates": cfg.dqss.candidates,
+            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates}}
+    save_assignment(export_assignment(qmodel, plans, meta), out_assignment)
+    final = quantize_from_assignment(folded, plans, stats, load_assignment(out_assignment), strategies)
+    results, crop_img = evaluate_sets(final, data, device, f"dqss W{w}A{a}", crop_spec(cfg, data))
+    log.info("%s dqss W%dA%d seed %d: %s", backbone, w, a, seed, results)
+    save_png(crop_img, out_crop)
+    with open(out_history, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=["step", "loss", "tau"])
+        wr.writeheader()
+        wr.writerows(history)
+    _write(out_metrics, cfg, backbone, "dqss", w, a, seed, results, device,
+           {"calib_size": cfg.calibration.size, "iterations": cfg.dqss.iterations, "loss": cfg.dqss.loss,
+            "candidates": cfg.dqss.candidates, "final_loss": history[-1]["loss"]})

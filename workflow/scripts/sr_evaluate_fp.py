@@ -1,0 +1,8 @@
+import _repo  # noqa: F401  (puts the repository's library on sys.path)
+from dqss.sr_ptq import run_evaluate_fp
+from dqss.workflow import setup, track_of
+
+device = setup(snakemake)
+out = snakemake.output
+run_evaluate_fp(track_of(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None, out.fp,
+                out.bicubic, {"gt": out.gt_crop, "fp": out.fp_crop, "bicubic": out.bicubic_crop}, device)

@@ -1,0 +1,7 @@
+import _repo  # noqa: F401  (puts the repository's library on sys.path)
+from dqss.sr_ptq import run_train
+from dqss.workflow import setup, track_of
+
+device = setup(snakemake)
+run_train(track_of(snakemake), snakemake.wildcards.backbone, snakemake.output.ckpt, snakemake.output.history,
+          device)
