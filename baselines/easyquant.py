@@ -17,9 +17,11 @@ from dqss.quant import fake_quantize, range_to_qparams
 from dqss.strategy import Strategy, register_strategy, row_minmax, shrink_grid
 
 
-def _cosine_per_channel(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    y = y.transpose(0, 1).reshape(y.shape[1], -1)
-    ref = ref.transpose(0, 1).reshape(ref.shape[1], -1)
+def _cosine_per_channel(y: torch.Tensor, ref: torch.Tensor, axis: int) -> torch.Tensor:
+    """Cosine similarity per output channel; ``axis`` is the channel dimension (1 for a conv's
+    NCHW output, -1 for a linear layer's ``[..., out]`` output, e.g. a transformer's tokens)."""
+    y = y.movedim(axis, 0).reshape(y.shape[axis], -1)
+    ref = ref.movedim(axis, 0).reshape(ref.shape[axis], -1)
     return F.cosine_similarity(y, ref, dim=1, eps=1e-12)
 
 
@@ -48,11 +50,12 @@ class EasyQuant(Strategy):
         weight = ctx.module.weight.detach().float()
         ref = ctx.run(x, weight)
         lo, hi = row_minmax(w)
+        axis = -1 if isinstance(ctx.module, torch.nn.Linear) else 1
         best, best_f = None, torch.ones_like(lo)
         for f in shrink_grid(self.options.grid, self.options.min_ratio):
             s, z = range_to_qparams(lo * f, hi * f, spec)
             wq = fake_quantize(w, s, z, spec.qmin, spec.qmax).reshape(weight.shape)
-            cos = _cosine_per_channel(ctx.run(x, wq), ref)
+            cos = _cosine_per_channel(ctx.run(x, wq), ref, axis)
             if not spec.per_channel:
                 cos = cos.mean().reshape(1)
             if best is None:
