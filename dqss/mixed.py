@@ -105,9 +105,16 @@ class MixedQuantizer(nn.Module):
         self.candidates = nn.ModuleList(candidates.values())
         self.logits = nn.Parameter(torch.zeros(len(self.names)))
         self.tau = 1.0
+        self.hard = False
 
     def probs(self) -> torch.Tensor:
-        return torch.softmax(self.logits / self.tau, dim=0)
+        """softmax(logits / tau); with ``hard`` the forward value is the argmax one-hot while the
+        gradient is the softmax's (straight-through), so the search sees the discrete model it ends as."""
+        p = torch.softmax(self.logits / self.tau, dim=0)
+        if not self.hard:
+            return p
+        one_hot = torch.zeros_like(p).scatter_(0, torch.argmax(p.detach()).reshape(1), 1.0)
+        return one_hot + (p - p.detach())
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [q(x) for q in self.candidates]
@@ -188,6 +195,17 @@ def mixed_layers(model: nn.Module) -> dict[str, MixedQuantLayer]:
 def set_mode(model: nn.Module, mode: str) -> None:
     for m in mixed_layers(model).values():
         m.mode = mode
+
+
+RELAXATIONS = ("soft", "hard")
+
+
+def set_relaxation(model: nn.Module, relaxation: str) -> None:
+    """'soft': the softmax mixture; 'hard': argmax forward, softmax gradient (straight-through)."""
+    if relaxation not in RELAXATIONS:
+        raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
+    for m in mixed_layers(model).values():
+        m.weight_quant.hard = m.act_quant.hard = relaxation == "hard"
 
 
 def set_temperature(model: nn.Module, tau: float) -> None:

@@ -10,7 +10,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .layers import first_nonfinite_output
-from .mixed import MODES, arch_parameters, mixed_layers, set_mode, set_temperature
+from .mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,16 @@ class SearchConfig:
     tau_end: float = 1.0
     mode: str = "efficient"
     candidates: list[str] | None = None
+    # soft: the softmax mixture throughout; hard: argmax forward with the softmax's gradient
+    # (straight-through) for the last ``1 - soft_fraction`` of the iterations
+    relaxation: str = "soft"
+    soft_fraction: float = 0.5
 
     def __post_init__(self):
+        if self.relaxation not in RELAXATIONS:
+            raise ValueError(f"dqss.relaxation: unknown '{self.relaxation}'; valid values are {list(RELAXATIONS)}")
+        if not 0.0 <= self.soft_fraction <= 1.0:
+            raise ValueError("dqss.soft_fraction must lie in [0, 1]")
         if self.loss not in LOSSES:
             raise ValueError(f"dqss.loss: unknown '{self.loss}'; valid values are {list(LOSSES)}")
         if self.mode not in MODES:
@@ -39,6 +47,9 @@ class SearchConfig:
             raise ValueError("dqss.iterations and dqss.batch_size must be >= 1 and dqss.lr > 0")
         if self.tau_start <= 0 or self.tau_end <= 0:
             raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
+
+    def hard(self, step: int) -> bool:
+        return self.relaxation == "hard" and step >= round(self.soft_fraction * self.iterations)
 
     def tau(self, step: int) -> float:
         """Softmax temperature, annealed geometrically from tau_start to tau_end."""
@@ -96,6 +107,7 @@ def search(qmodel: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: 
         pos += cfg.batch_size
         x = inputs[idx].to(device)
         set_temperature(qmodel, cfg.tau(step))
+        set_relaxation(qmodel, "hard" if cfg.hard(step) else "soft")
         out = qmodel(x)
         loss = distillation_loss(cfg.loss, out, targets[idx].to(device),
                                  None if labels is None else labels[idx].to(device))
@@ -109,4 +121,5 @@ def search(qmodel: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: 
         history.append({"step": step, "loss": loss.item(), "tau": cfg.tau(step)})
         bar.set_postfix(loss=f"{loss.item():.4f}")
     set_temperature(qmodel, 1.0)
+    set_relaxation(qmodel, "soft")
     return history

@@ -172,10 +172,11 @@ def make_pair(name: str, hr: np.ndarray, scale: int, lr: np.ndarray | None = Non
         return SRPair(name, hr, bicubic_downsample(hr, scale))
     lr = as_rgb(lr)
     h, w = lr.shape[0] * scale, lr.shape[1] * scale
-    if hr.shape[0] < h or hr.shape[1] < w:
-        raise ValueError(f"{where}{name}: the HR image ({hr.shape[1]}x{hr.shape[0]}) is smaller than its LR "
-                         f"image ({lr.shape[1]}x{lr.shape[0]}) times the scale x{scale}; is the LR folder for "
-                         "another scale?")
+    # a mod-crop explains at most scale - 1 extra HR pixels per side; more means another scale's LR
+    if not (0 <= hr.shape[0] - h < scale and 0 <= hr.shape[1] - w < scale):
+        raise ValueError(f"{where}{name}: the HR image ({hr.shape[1]}x{hr.shape[0]}) is not its LR image "
+                         f"({lr.shape[1]}x{lr.shape[0]}) times the scale x{scale} (up to a mod-crop); is the LR "
+                         "folder for another scale?")
     return SRPair(name, np.ascontiguousarray(hr[:h, :w]), lr)
 
 
@@ -274,6 +275,8 @@ def load_sr_data(cfg: SRDataConfig, scale: int, with_train: bool = True, with_te
 def training_batch(pairs: list[SRPair], batch: int, patch: int, scale: int, g: np.random.Generator):
     """Random aligned (LR, HR) crops with flips and transposes, as basicsr's paired training data."""
     fits = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
+    if not fits:
+        raise ValueError(f"sr_ptq.train.patch={patch} is larger than every training image's LR size")
     lrs, hrs = [], []
     for _ in range(batch):
         p = fits[int(g.integers(len(fits)))]
@@ -296,13 +299,15 @@ def detail_box(hr: np.ndarray, size: int) -> tuple[int, int]:
     """Top-left corner of the ``size`` x ``size`` HR window with the most gradient energy (the crop
     shown in the figure); deterministic, and the same for every method."""
     y = hr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    gy, gx = np.abs(np.diff(y, axis=0))[:, :-1], np.abs(np.diff(y, axis=1))[:-1, :]
-    energy = gy + gx
-    ii = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    energy = np.zeros_like(y)
+    energy[:-1, :] += np.abs(np.diff(y, axis=0))
+    energy[:, :-1] += np.abs(np.diff(y, axis=1))
     s = min(size, energy.shape[0], energy.shape[1])
-    win = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]
+    ii = np.pad(energy.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    win = ii[s:, s:] - ii[:-s, s:] - ii[s:, :-s] + ii[:-s, :-s]  # win[y, x]: the window at (y, x)
     stride = max(1, s // 4)
-    sub = win[::stride, ::stride]
+    ys = sorted(set(range(0, win.shape[0], stride)) | {win.shape[0] - 1})
+    xs = sorted(set(range(0, win.shape[1], stride)) | {win.shape[1] - 1})
+    sub = win[np.ix_(ys, xs)]
     iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
-    return int(iy * stride), int(ix * stride)
-
+    return int(ys[iy]), int(xs[ix])

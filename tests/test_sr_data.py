@@ -197,7 +197,7 @@ def test_lr_of_smaller_scale_is_refused(sr_tree):
         load_sr_data(cfg, 3)
     msg = str(e.value)
     assert "sr_ptq.data.test_sets.Set5" in msg and "a" in msg
-    assert "smaller" in msg and "x3" in msg and "another scale" in msg
+    assert "is not its LR image" in msg and "x3" in msg and "another scale" in msg
 
 
 def test_lr_of_larger_scale_is_refused(sr_tree):

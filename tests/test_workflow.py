@@ -27,6 +27,9 @@ def test_dry_run(configfile, tmp_path):
     out = res.stdout + res.stderr
     assert "cls_dqss" in out and "cls_uniform" in out and "aggregate" in out
     assert "cls_qat_dqss" in out and "cls_qat_uniform" in out
+    assert "sr_dqss" in out and "sr_uniform" in out and "sr_evaluate_fp" in out
+    if configfile == "config/paper.yaml":  # official weights: one downloaded (checked by SHA-256), no training
+        assert "sr_download_weights" in out and "sr_train" not in out
 
 
 def test_dry_run_job_counts(tmp_path):
@@ -46,17 +49,29 @@ def test_dry_run_job_counts(tmp_path):
     assert counts["cls_qat_uniform"] == 8
     assert counts["cls_qat_dqss"] == 4
     assert counts["cls_qat_train"] == 1
+    # SR: 2 backbones x 2 seeds x 2 bit widths of DQSS, one uniform and one calibration job per backbone and seed
+    assert counts["sr_train"] == 2 and counts["sr_evaluate_fp"] == 2
+    assert counts["sr_calibrate"] == 4 and counts["sr_uniform"] == 4 and counts["sr_dqss"] == 8
 
 
 def test_dry_run_single_track(tmp_path):
     """A config may hold only some tracks."""
     cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
-    del cfg["cls_ptq"]
+    del cfg["cls_ptq"], cfg["sr_ptq"]
     path = tmp_path / "qat_only.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path))
     out = res.stdout + res.stderr
-    assert "cls_qat_dqss" in out and "cls_dqss" not in out.replace("cls_qat_dqss", "")
+    assert "cls_qat_dqss" in out and "cls_dqss" not in out.replace("cls_qat_dqss", "") and "sr_dqss" not in out
+
+
+def test_dry_run_sr_only(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    del cfg["cls_ptq"], cfg["cls_qat"]
+    path = tmp_path / "sr_only.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path)).stdout
+    assert "sr_dqss" in out and "cls_" not in out
 
 
 def test_lint():
@@ -84,6 +99,14 @@ def _bad_config(tmp_path, edit):
     (lambda c: c["cls_ptq"]["strategy_options"].update({"percentile": {"percentile": 20}})
      if c["cls_ptq"].get("strategy_options") else c["cls_ptq"].update(
         {"strategy_options": {"percentile": {"percentile": 20}}}), "percentile must lie"),
+    (lambda c: c["sr_ptq"]["backbones"].update({"edsr_x9": {"weights": "train"}}), "not supported"),
+    (lambda c: c["sr_ptq"]["backbones"].update({"vdsr_x2": {"weights": "train"}}), "unknown SR backbone"),
+    (lambda c: c["sr_ptq"]["bits"].append({"w": 8, "a": 1}), "minimum"),
+    (lambda c: c["sr_ptq"]["strategies"].append("lsq"), "registered PTQ strategies"),
+    (lambda c: c["sr_ptq"]["quant"].update({"high_precision": ["neck"]}) if c["sr_ptq"].get("quant")
+     else c["sr_ptq"].update({"quant": {"high_precision": ["neck"]}}), "neck"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "https://x/y.pth",
+                                                                           "sha256": "zz"}}), "sha256"),
 ])
 def test_bad_config_fails_before_any_job(tmp_path, edit, message):
     path = _bad_config(tmp_path, edit)
@@ -102,10 +125,23 @@ def test_end_to_end(tmp_path):
     snakemake(*args)
     df = pd.read_csv(work / "results/metrics.csv")
     for col in ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "seed", "metric", "value",
-                "delta_fp", "torch", "timm", "git_rev", "device", "config_hash"]:
+                "delta_fp", "torch", "timm", "basicsr", "git_rev", "device", "config_hash"]:
         assert col in df.columns, col
-    assert set(df.metric) == {"top1", "agree_fp", "kl_fp"}
-    assert set(df.task) == {"cls_ptq", "cls_qat"}
+    assert set(df.task) == {"cls_ptq", "cls_qat", "sr_ptq"}
+    sr = df[df.task == "sr_ptq"]
+    assert set(sr.metric) == {"psnr", "ssim"} and set(df[df.task != "sr_ptq"].metric) == {"top1", "agree_fp", "kl_fp"}
+    assert set(sr.dataset) == {"tiny", "grey"} and set(sr.backbone) == {"edsr_tiny_x2"}
+    assert set(sr.method) == {"fp32", "bicubic", "minmax", "mse", "dqss"}
+    psnr = sr[sr.metric == "psnr"]
+    assert (psnr.value > 15).all() and (sr[sr.metric == "ssim"].value <= 1).all()
+    fp_psnr = psnr[psnr.method == "fp32"].set_index("dataset")["value"]
+    for r in psnr.itertuples():
+        assert r.delta_fp == pytest.approx(r.value - fp_psnr[r.dataset])
+    assert (work / "results/report/tables/sr_ptq_edsr_tiny_x2_w4a4.tex").is_file()
+    assert (work / "results/report/figures/sr_ptq_edsr_tiny_x2_crops.png").is_file()
+    assert (work / "results/report/figures/assign_sr_ptq_edsr_tiny_x2.png").is_file()
+    assert "sr_ptq_edsr_tiny_x2_w4a4" in (work / "results/report/report.md").read_text()
+    df = df[df.task != "sr_ptq"]
     qat = df[df.task == "cls_qat"]
     assert set(qat.method) == {"fp32", "lsq", "pact", "dqss", "dqss_nofix"}
     assert set(qat.backbone) == {"resnet20"}
