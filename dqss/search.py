@@ -24,6 +24,7 @@ class SearchConfig:
     iterations: int = 200
     batch_size: int = 32
     lr: float = 0.05
+    beta1: float = 0.5  # Adam's momentum on the logits: higher averages the noisy strategy gradients longer
     loss: str = "kl"
     tau_start: float = 1.0
     tau_end: float = 1.0
@@ -45,6 +46,8 @@ class SearchConfig:
             raise ValueError(f"dqss.mode: unknown '{self.mode}'; valid values are {list(MODES)}")
         if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("dqss.iterations and dqss.batch_size must be >= 1 and dqss.lr > 0")
+        if not 0.0 <= self.beta1 < 1.0:
+            raise ValueError("dqss.beta1 must lie in [0, 1)")
         if self.tau_start <= 0 or self.tau_end <= 0:
             raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
 
@@ -94,7 +97,7 @@ def search(qmodel: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, cfg: 
         raise ValueError("the model has no mixed layers to search")
     set_mode(qmodel, cfg.mode)
     qmodel.to(device).eval()
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     g = torch.Generator().manual_seed(seed)
     n = len(inputs)
     order, pos = torch.randperm(n, generator=g), 0
