@@ -65,3 +65,47 @@ def test_nan_stops_with_step_and_layer(setup):
 def test_bad_search_config(bad):
     with pytest.raises(ValueError, match="dqss"):
         SearchConfig(**bad)
+
+
+def test_hard_relaxation_forward_is_the_argmax_model(setup):
+    """Straight-through: the forward value is the discrete (argmax) model, the gradient the softmax's."""
+    from dqss.mixed import discretize, set_relaxation
+
+    folded, plans, stats, strategies, x, teacher = setup
+    q = quantize_mixed(folded, plans, stats, strategies)
+    g = torch.Generator().manual_seed(3)
+    for p in arch_parameters(q):
+        p.data.copy_(torch.randn(p.shape, generator=g))
+    def moved(relaxation):
+        for p in arch_parameters(q):
+            p.grad = None
+        set_relaxation(q, relaxation)
+        out = q(x[:4])
+        (out ** 2).mean().backward()
+        return out, [p.grad is not None and float(p.grad.abs().sum()) > 0 for p in arch_parameters(q)]
+
+    _, soft = moved("soft")
+    out, hard = moved("hard")
+    assert hard == soft and any(hard)  # the softmax's gradient reaches the same logits
+    import copy
+
+    with torch.no_grad():
+        ref = copy.deepcopy(q)
+        discretize(ref)
+        torch.testing.assert_close(out.detach(), ref(x[:4]), rtol=1e-5, atol=1e-5)
+        set_relaxation(q, "soft")
+        assert not torch.allclose(q(x[:4]), out.detach(), atol=1e-5)
+
+
+def test_hard_phase_follows_soft_fraction():
+    cfg = SearchConfig(iterations=10, relaxation="hard", soft_fraction=0.3)
+    assert [cfg.hard(s) for s in range(10)] == [False] * 3 + [True] * 7
+    assert not any(SearchConfig(iterations=10).hard(s) for s in range(10))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"relaxation": "gumbel"}, "relaxation"),
+                                             ({"soft_fraction": 1.5}, "soft_fraction"),
+                                             ({"beta1": 1.0}, "beta1")])
+def test_search_config_checks(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**kwargs)
