@@ -292,3 +292,32 @@ def test_write_report_partial_results(df, tmp_path):
     assert "cls_ptq_imagenet_w4a4_kl_fp.md" in names and "cls_ptq_top1_drop.png" in names
     assert not any("agree_fp" in n or n.startswith("sr_") for n in names)
     assert "report.md" in names
+
+
+# -- SR crop figure ---------------------------------------------------------------------------------
+def _crop_files(root, methods, w=4, a=8):
+    from matplotlib.image import imsave
+
+    paths = []
+    rng = np.random.default_rng(0)
+    for m, (ww, aa) in methods:
+        d = root / "sr_ptq" / "embedded" / "edsr" / m / f"w{ww}a{aa}" / "seed0"
+        d.mkdir(parents=True, exist_ok=True)
+        for name in (["crop.png", "crop_gt.png"] if m == "fp32" else ["crop.png"]):
+            imsave(d / name, rng.random((16, 16, 3)))
+            paths.append(d / name)
+    return paths
+
+
+def test_sr_crop_figure(summary, tmp_path):
+    paths = _crop_files(tmp_path, [("fp32", (32, 32)), ("bicubic", (32, 32)), ("minmax", (4, 8)), ("dqss", (4, 8))])
+    crops = report.read_crops(paths)
+    assert ("sr_ptq", "edsr", "gt", 32, 32, 0) in crops and ("sr_ptq", "edsr", "dqss", 4, 8, 0) in crops
+    assert report.best_uniform(summary, "sr_ptq", "edsr", 4, 8) == "minmax"
+    out = [report.plot_sr_crops(summary, crops, "sr_ptq", "edsr", tmp_path / f"fig{i}") for i in (0, 1)]
+    assert out[0][0].suffix == ".png" and out[0][0].read_bytes() == out[1][0].read_bytes()
+    no_gt = {k: v for k, v in crops.items() if k[2] != "gt"}
+    with pytest.raises(ValueError, match="ground-truth"):
+        report.plot_sr_crops(summary, no_gt, "sr_ptq", "edsr", tmp_path / "bad")
+    with pytest.raises(ValueError, match="crop.png path"):
+        report.read_crops([tmp_path / "elsewhere.png"])
