@@ -93,17 +93,26 @@ class SRData:
         """``size`` LR crops of ``patch`` pixels from the training images, drawn by ``seed``;
         returns the batch and one ``image y x`` line per crop (positions in LR pixels)."""
         g = np.random.default_rng(seed)
-        fits = [p for p in self.train if min(p.lr.shape[:2]) >= patch]
-        if not fits:
-            raise ValueError(f"sr_ptq.calibration.patch={patch} is larger than every training image's LR size")
+        fits = _fitting(self.train, patch, "sr_ptq.calibration.patch")
         crops, ids = [], []
         for _ in range(size):
-            p = fits[int(g.integers(len(fits)))]
-            y = int(g.integers(p.lr.shape[0] - patch + 1))
-            x = int(g.integers(p.lr.shape[1] - patch + 1))
+            p, y, x = _random_crop(fits, patch, g)
             crops.append(to_tensor(p.lr[y:y + patch, x:x + patch]))
             ids.append(f"{p.name} {y} {x}")
         return torch.stack(crops), ids
+
+
+def _fitting(pairs: list[SRPair], patch: int, key: str) -> list[SRPair]:
+    fits = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
+    if not fits:
+        raise ValueError(f"{key}={patch} is larger than every training image's LR size")
+    return fits
+
+
+def _random_crop(fits: list[SRPair], patch: int, g: np.random.Generator) -> tuple[SRPair, int, int]:
+    """An image and the top-left LR corner of a ``patch`` crop in it, uniformly at random."""
+    p = fits[int(g.integers(len(fits)))]
+    return p, int(g.integers(p.lr.shape[0] - patch + 1)), int(g.integers(p.lr.shape[1] - patch + 1))
 
 
 # -- conversions ----------------------------------------------------------------------------
@@ -274,14 +283,10 @@ def load_sr_data(cfg: SRDataConfig, scale: int, with_train: bool = True, with_te
 
 def training_batch(pairs: list[SRPair], batch: int, patch: int, scale: int, g: np.random.Generator):
     """Random aligned (LR, HR) crops with flips and transposes, as basicsr's paired training data."""
-    fits = [p for p in pairs if min(p.lr.shape[:2]) >= patch]
-    if not fits:
-        raise ValueError(f"sr_ptq.train.patch={patch} is larger than every training image's LR size")
+    fits = _fitting(pairs, patch, "sr_ptq.train.patch")
     lrs, hrs = [], []
     for _ in range(batch):
-        p = fits[int(g.integers(len(fits)))]
-        y = int(g.integers(p.lr.shape[0] - patch + 1))
-        x = int(g.integers(p.lr.shape[1] - patch + 1))
+        p, y, x = _random_crop(fits, patch, g)
         lr = p.lr[y:y + patch, x:x + patch]
         hr = p.hr[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]
         if g.random() < 0.5:
