@@ -9,7 +9,7 @@ from torch import nn
 
 from dqss.cls_qat import quantize_qat
 from dqss.layers import QuantLayer, QuantPolicy, plan_layers
-from dqss.mixed import MixedQuantizer, MixedQuantLayer, mixed_layers
+from dqss.mixed import MixedQuantizer, mixed_layers
 from dqss.qat import LearnedQuantizer
 from dqss.qat_train import DQSSQATConfig, QATDiverged, QATRecipe, quantizer_parameters, train_qat
 from dqss.quant import QuantSpec

@@ -1,5 +1,4 @@
 """Each range strategy checked against an independent computation, the registry, ActStats."""
-import math
 
 import numpy as np
 import pytest
