@@ -253,15 +253,10 @@ def create_sr_backbone(name: str, spec: dict, key: str, checkpoint=None) -> SRNe
         if checkpoint is None:
             raise ValueError(f"{key}: 'train' weights need the checkpoint written by the sr_train rule")
         return load_sr_weights(model, checkpoint, key, param_key="state_dict", arch=name).eval()
-    path = checkpoint if checkpoint is not None else weights_path(spec, key)
+    if checkpoint is None and isinstance(weights, dict):
+        raise ValueError(f"{key}: {{url, sha256}} weights need the file written by the sr_download_weights rule")
+    path = checkpoint if checkpoint is not None else weights
     return load_sr_weights(model, path, key, param_key=spec.get("param_key")).eval()
-
-
-def weights_path(spec: dict, key: str) -> str:
-    w = spec.get("weights", "train")
-    if isinstance(w, dict):
-        return str(w["path"])
-    return str(w)
 
 
 # -- downloads ------------------------------------------------------------------------------

@@ -263,8 +263,11 @@ def test_create_sr_backbone_file_weights(tmp_path, edsr_pair):
     torch.save({"params_ema": a.net.state_dict(), "params": b.net.state_dict()}, path)
     m = create_sr_backbone("edsr_tiny_x2", {"weights": str(path)}, KEY)
     assert _states_equal(m.net.state_dict(), a.net.state_dict())
-    m = create_sr_backbone("edsr_tiny_x2", {"weights": {"path": str(path)}, "param_key": "params"}, KEY)
+    m = create_sr_backbone("edsr_tiny_x2", {"weights": str(path), "param_key": "params"}, KEY)
     assert _states_equal(m.net.state_dict(), b.net.state_dict())
+    with pytest.raises(ValueError, match="sr_download_weights"):
+        create_sr_backbone("edsr_tiny_x2", {"weights": {"url": "https://example.invalid/x.pth", "sha256": "0" * 8}},
+                           KEY)
     # a download rule's file is passed as the checkpoint
     m = create_sr_backbone("edsr_tiny_x2", {"weights": {"url": "https://example.invalid/x.pth"}}, KEY,
                            checkpoint=path)
