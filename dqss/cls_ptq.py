@@ -247,7 +247,8 @@ def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_p
 
 
 def _assignment_meta(cfg, backbone, seed, w, a):
-    return {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
+    """What an assignment file records besides its layers (any PTQ track's config)."""
+    return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
             "candidates": cfg.dqss.candidates,
             "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates}}
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cls_ptq import _build, check_names, parse_bits, parse_strategies, TrackMethods
+from .cls_ptq import _assignment_meta, _build, check_names, parse_bits, parse_strategies, TrackMethods
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                   quantize_uniform, save_assignment)
@@ -327,10 +327,8 @@ def run_evaluate_fp(cfg: SRPTQConfig, backbone: str, checkpoint, out_fp, out_bic
 
 def run_calibrate(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, out_stats, out_list, device) -> None:
     """One pass over the seed's calibration crops; statistics shared by every strategy and bit width."""
-    model = prepare(cfg, backbone, checkpoint)
-    ex = _example(cfg)
-    folded = fold_batchnorm(model, ex).to(device)
-    plans = cfg.quant.layer_plans(folded, 8, 8, ex.to(device))
+    folded, ex = _folded(cfg, backbone, checkpoint, device)
+    plans = cfg.quant.layer_plans(folded, 8, 8, ex)
     layers = {n: folded.get_submodule(n) for n in plans}
     x, ids = calibration_crops(cfg, backbone, seed)
     needs = any(cfg.strategy(s).needs_samples for s in set(cfg.strategies) | set(cfg.dqss.candidates))
@@ -359,12 +357,15 @@ def _calibration_inputs(cfg, backbone, seed, list_path=None):
     return x
 
 
-def _common(cfg, backbone, checkpoint, device):
-    model = prepare(cfg, backbone, checkpoint)
+def _folded(cfg, backbone, checkpoint, device):
+    """The FP network (BN folded, if it has any) on ``device`` and an example input for layer planning."""
     ex = _example(cfg)
-    folded = fold_batchnorm(model, ex).to(device)
-    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
-    return folded, ex.to(device), data
+    return fold_batchnorm(prepare(cfg, backbone, checkpoint), ex).to(device), ex.to(device)
+
+
+def _common(cfg, backbone, checkpoint, device):
+    folded, ex = _folded(cfg, backbone, checkpoint, device)
+    return folded, ex, load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
 
 
 def run_uniform(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, stats_path,
@@ -400,9 +401,7 @@ def run_dqss(cfg: SRPTQConfig, backbone: str, seed: int, w: int, a: int, checkpo
     with torch.no_grad():
         teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
     history = search(qmodel, x, teacher, cfg.dqss, seed, device)
-    meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
-            "candidates": cfg.dqss.candidates,
-            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates}}
+    meta = _assignment_meta(cfg, backbone, seed, w, a)
     save_assignment(export_assignment(qmodel, plans, meta), out_assignment)
     final = quantize_from_assignment(folded, plans, stats, load_assignment(out_assignment), strategies)
     results, crop_img = evaluate_sets(final, data, device, f"dqss W{w}A{a}", crop_spec(cfg, data))
