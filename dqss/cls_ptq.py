@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import torch
 from torch.utils.data import DataLoader
 
+from .config import (Section, TrackMethods, check_candidates, check_names, eval_batch_size, given, parse_backbones,
+                     parse_bits, parse_options)
 from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, predict
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
@@ -23,60 +25,11 @@ from .ptq import (export_assignment, load_assignment, quantize_from_assignment, 
 from .results import FP_METHOD, provenance, write_metrics
 from .search import SearchConfig, search
 from .stats import collect_act_stats, load_stats, save_stats
-from .strategy import get_strategy, strategy_names
 from .train import TrainConfig, train_classifier
 
 log = logging.getLogger(__name__)
 
 TASK = "cls_ptq"
-
-
-def _build(cls, section: dict | None, key: str):
-    section = dict(section or {})
-    valid = {f.name for f in fields(cls)}
-    unknown = sorted(set(section) - valid)
-    if unknown:
-        raise ValueError(f"{key}: unknown option(s) {unknown}; valid options are {sorted(valid)}")
-    return cls(**section)
-
-
-def check_names(names, key: str, kind: str) -> list[str]:
-    """``names`` if every one is a registered strategy of ``kind``, else a ValueError listing them."""
-    known = strategy_names(kind)
-    bad = [s for s in names if s not in known]
-    if bad:
-        raise ValueError(f"{key}: unknown {bad}; registered {kind.upper()} strategies are {known}")
-    return list(names)
-
-
-def parse_strategies(d: dict, key: str, kind: str) -> tuple[list[str], dict[str, dict]]:
-    """A track's ``strategies`` and ``strategy_options``, options validated before any work."""
-    strategies = check_names(d["strategies"], f"{key}.strategies", kind)
-    opts = d.get("strategy_options") or {}
-    check_names(list(opts), f"{key}.strategy_options", kind)
-    for name, o in opts.items():
-        get_strategy(name, o)
-    return strategies, opts
-
-
-def parse_bits(d: dict, key: str) -> list[tuple[int, int]]:
-    bits = []
-    for b in d["bits"]:
-        w, a = int(b["w"]), int(b["a"])
-        if not (2 <= w <= 8 and 2 <= a <= 8):
-            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
-        bits.append((w, a))
-    return bits
-
-
-class TrackMethods:
-    """What every classification track config answers the same way (a mixin of the dataclasses)."""
-
-    def strategy(self, name: str):
-        return get_strategy(name, self.strategy_options.get(name))
-
-    def weights(self, backbone: str) -> str:
-        return str(self.backbones[backbone].get("weights", "train"))
 
 
 @dataclass
@@ -104,25 +57,28 @@ class ClsPTQConfig(TrackMethods):
     quant: QuantPolicy
     dqss: SearchConfig
     eval_batch_size: int = 256
+    classes: int | None = None  # num_classes of real data (digits: 10)
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
 
     @classmethod
-    def from_dict(cls, d: dict, key: str = TASK) -> ClsPTQConfig:
-        strategies, opts = parse_strategies(d, key, "ptq")
-        dq = _build(SearchConfig, d.get("dqss"), f"{key}.dqss")
-        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
-        bits = parse_bits(d, key)
-        return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
-                   backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
-                   train=_build(TrainConfig, d.get("train"), f"{key}.train"), bits=bits,
-                   calibration=_build(CalibConfig, d.get("calibration"), f"{key}.calibration"),
-                   strategies=strategies, strategy_options=opts,
-                   quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"), dqss=dq,
-                   eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
+    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsPTQConfig:
+        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
+        s = Section(d, key, partial)
+        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "ptq"), required=True)
+        dq = s.build("dqss", SearchConfig)
+        if given(dq):
+            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
+        return cls(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
+                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
+                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
+                   calibration=s.build("calibration", CalibConfig), strategies=strategies,
+                   strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "ptq")),
+                   quant=s.build("quant", QuantPolicy), dqss=dq,
+                   eval_batch_size=s.get("eval", eval_batch_size), classes=s.get("num_classes"), raw=dict(d))
 
     def num_classes(self) -> int | None:
-        return 10 if self.data.name == "digits" else self.raw.get("num_classes")
+        return 10 if self.data.name == "digits" else self.classes
 
 
 def resolve_device(device: str) -> torch.device:
@@ -183,13 +139,17 @@ def run_train(cfg, backbone: str, out_ckpt, out_history, device) -> None:
         w.writerows(history)
 
 
-def run_evaluate_fp(cfg, backbone: str, checkpoint, out_metrics, out_logits, device) -> None:
+def run_evaluate_fp(cfg, backbone: str, checkpoint, out_metrics, out_logits, device, *, seed: int) -> None:
+    """The FP model on the test set: its metrics (the row labelled ``seed``) and its logits."""
     prep = prepare(cfg, backbone, checkpoint)
     loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
     logits, labels = predict(prep.model, loader, device, desc=f"FP {backbone}")
+    if not torch.isfinite(logits).all():
+        raise FloatingPointError(f"the FP {backbone} gives non-finite logits on the test set; check its weights "
+                                 "and the input normalisation")
     torch.save({"logits": logits, "labels": labels}, out_logits)
     write_metrics(out_metrics, task=cfg.task, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
-                  a_bits=32, seed=cfg.train.seed, metrics=classification_metrics(logits, labels, logits),
+                  a_bits=32, seed=seed, metrics=classification_metrics(logits, labels, logits),
                   prov=provenance(device, cfg.raw), extra={"n_test": len(labels)})
 
 
@@ -206,9 +166,8 @@ def run_calibrate(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, out_s
     plans = plan_layers(folded, cfg.quant, 8, 8, example_input(prep).to(device))
     layers = {n: folded.get_submodule(n) for n in plans}
     x, _, ids = _calibration_tensors(prep, cfg, seed)
-    needs = any(cfg.strategy(s).needs_samples for s in set(cfg.strategies) | set(cfg.dqss.candidates))
     stats = collect_act_stats(folded, layers, torch.split(x, cfg.calibration.batch_size),
-                              bins=cfg.calibration.bins, n_samples=cfg.calibration.samples if needs else 0,
+                              bins=cfg.calibration.bins, n_samples=cfg.calibration.samples,
                               device=device, desc=f"calibrate {backbone} seed {seed}")
     save_stats(stats, out_stats)
     Path(out_list).write_text("\n".join(ids) + "\n")

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cls_ptq import (CalibConfig, _build, _calibration_tensors, _evaluate, _load_fp_logits, TrackMethods,
-                      check_names, example_input, parse_bits, parse_strategies, prepare)
+from .cls_ptq import CalibConfig, _calibration_tensors, _evaluate, _load_fp_logits, example_input, prepare
+from .config import (Section, TrackMethods, check_candidates, check_names, eval_batch_size, given, parse_backbones,
+                     parse_bits, parse_options)
 from .data import DataConfig
 from .evaluate import predict
 from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
@@ -48,27 +49,29 @@ class ClsQATConfig(TrackMethods):
     qat: QATRecipe
     dqss: DQSSQATConfig
     eval_batch_size: int = 256
+    classes: int | None = None  # num_classes of other data (digits, CIFAR-10: 10)
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
 
     @classmethod
-    def from_dict(cls, d: dict, key: str = TASK) -> ClsQATConfig:
-        strategies, opts = parse_strategies(d, key, "qat")
-        dq = _build(DQSSQATConfig, d.get("dqss"), f"{key}.dqss")
-        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "qat")
-        bits = parse_bits(d, key)
-        calib = dict(d.get("calibration") or {})
-        calib.setdefault("samples", 0)
-        return cls(dataset=d["dataset"], data=_build(DataConfig, d.get("data"), f"{key}.data"),
-                   backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
-                   train=_build(TrainConfig, d.get("train"), f"{key}.train"), bits=bits,
-                   calibration=_build(CalibConfig, calib, f"{key}.calibration"), strategies=strategies,
-                   strategy_options=opts, quant=_build(QuantPolicy, d.get("quant"), f"{key}.quant"),
-                   qat=_build(QATRecipe, d.get("qat"), f"{key}.qat"), dqss=dq,
-                   eval_batch_size=int((d.get("eval") or {}).get("batch_size", 256)), raw=d)
+    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsQATConfig:
+        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
+        s = Section(d, key, partial)
+        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "qat"), required=True)
+        dq = s.build("dqss", DQSSQATConfig)
+        if given(dq):
+            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "qat")
+        return cls(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
+                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
+                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
+                   calibration=s.build("calibration", CalibConfig, defaults={"samples": 0}),
+                   strategies=strategies,
+                   strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "qat")),
+                   quant=s.build("quant", QuantPolicy), qat=s.build("qat", QATRecipe), dqss=dq,
+                   eval_batch_size=s.get("eval", eval_batch_size), classes=s.get("num_classes"), raw=dict(d))
 
     def num_classes(self) -> int | None:
-        return 10 if self.data.name in ("digits", "cifar10") else self.raw.get("num_classes")
+        return 10 if self.data.name in ("digits", "cifar10") else self.classes
 
     def methods(self) -> list[str]:
         return self.strategies + list(DQSS_VARIANTS)
@@ -144,7 +147,7 @@ def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a:
     stats = init_stats(fp, plans, prep, cfg, seed, device)
     names = cfg.dqss.candidates if is_dqss else [method]
     strategies = {s: cfg.strategy(s) for s in names}
-    qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode)
+    qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode if is_dqss else None)
     evaluate = _test_top1(prep, cfg, device)
     freeze_info = {}
 

@@ -18,12 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
+from .config import check_seed
+
 log = logging.getLogger(__name__)
 
 DATASETS = ("digits", "imagefolder", "cifar10")
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 CIFAR10_LAYOUT = "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"
+CIFAR10_TRAIN_SIZE = 50_000
+DIGITS_SIZE = 1797  # scikit-learn's load_digits (tests/test_data_models.py checks it)
 
 
 @dataclass
@@ -50,6 +54,33 @@ class DataConfig:
                              "fetched into it")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
+        check_seed(self.split_seed, "data.split_seed")
+
+
+def train_size(cfg: DataConfig) -> int | None:
+    """How many training images ``cfg`` holds, where that is known without reading the data."""
+    if cfg.name == "digits":
+        return DIGITS_SIZE - int(round(DIGITS_SIZE * cfg.test_fraction))
+    if cfg.name == "cifar10":
+        return CIFAR10_TRAIN_SIZE
+    return None  # an ImageFolder tree: counted when it is read
+
+
+def check_data_root(cfg: DataConfig, key: str) -> None:
+    """The data folders ``cfg`` names exist (a cheap check before any job runs; the loaders check the rest)."""
+    if cfg.name == "imagefolder":
+        for sub in ("train", "val"):
+            if not (Path(cfg.root) / sub).is_dir():
+                raise FileNotFoundError(f"{key}.root: directory {Path(cfg.root) / sub} not found. Expected "
+                                        f"ImageFolder layout {cfg.root}/train/<class_id>/<image>.JPEG and "
+                                        f"{cfg.root}/val/<class_id>/<image>.JPEG (ILSVRC-2012 with val/ sorted into "
+                                        f"class folders); set {key}.root to where the data lies")
+    elif cfg.name == "cifar10" and not cfg.download:
+        root = Path(cfg.root)
+        missing = [n for n in CIFAR10_FILES if not (root / CIFAR10_DIR / n).is_file()]
+        if missing:
+            raise FileNotFoundError(_cifar10_message(root, f"{root / CIFAR10_DIR} lacks {', '.join(missing)}",
+                                                     key=f"{key}.root"))
 
 
 @dataclass
@@ -91,6 +122,18 @@ def digits(cfg: DataConfig, mean, std) -> ClassificationData:
                               10, [f"digits:{i}" for i in train_idx])
 
 
+def load_rgb(path: str):
+    """ImageFolder's loader, with a one-line error naming a corrupt file instead of PIL's traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError... for a broken file
+        raise ValueError(f"{path}: corrupt or not an image ({type(exc).__name__}: {exc}); replace the file or "
+                         "delete it") from None
+
+
 def _image_folder(path: Path, key: str, transform):
     from torchvision.datasets import ImageFolder
 
@@ -99,7 +142,7 @@ def _image_folder(path: Path, key: str, transform):
                                 f"{path}/<class_id>/<image>.JPEG (e.g. ILSVRC-2012 with val/ sorted into class "
                                 "folders); set the config key to where the data lies")
     try:
-        return ImageFolder(str(path), transform=transform)
+        return ImageFolder(str(path), transform=transform, loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as exc:
         raise FileNotFoundError(f"{key}: {path} is not an ImageFolder tree ({exc}); expected "
                                 f"{path}/<class_id>/<image>.JPEG") from exc
@@ -120,39 +163,87 @@ def imagefolder(cfg: DataConfig, data_config: dict) -> ClassificationData:
 
 
 # -- CIFAR-10 ------------------------------------------------------------------------------------
+class _CIFARUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's python files hold: dicts, lists, strings, bytes, numbers and numpy
+    arrays.  A plain ``pickle.load`` imports and calls whatever a file names, so a tampered file runs
+    code; here any other global is refused before anything is called."""
+
+    # numpy's array reconstruction, and codecs.encode, with which Python 3's protocol 2 writes bytes
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which no CIFAR-10 file holds (a "
+                                         "tampered or foreign pickle; nothing in it was run)")
+        if name == "_reconstruct":
+            from numpy._core.multiarray import _reconstruct
+            return _reconstruct
+        if module == "_codecs":
+            import codecs
+            return codecs.encode
+        return getattr(np, name)
+
+
+def read_cifar_pickle(path: Path):
+    """One CIFAR-10 python file, unpickled with :class:`_CIFARUnpickler` (latin1, as the Python 2 files need)."""
+    with open(path, "rb") as f:
+        return _CIFARUnpickler(f, encoding="latin1").load()
+
+
 @functools.cache
 def _cifar10_class():
-    """torchvision's CIFAR10 where, without download, integrity means "every expected file exists".
+    """torchvision's CIFAR10 (file list, download, ``__getitem__``) reading its files safely.
 
-    torchvision compares each file with the official archive's md5 sum, which only the official files
-    pass; a copy written elsewhere in the same format is fine here. With download the md5 check stays
-    (the files then came from the official archive). Built on first use, so importing this module
-    does not import torchvision; picklable as ``dqss.data.CIFAR10Files`` (see ``__getattr__``).
+    torchvision unpickles the files with ``pickle.load``; this class reads the same files with
+    :func:`read_cifar_pickle`.  Without download, integrity means "every expected file exists":
+    torchvision's md5 check passes only the official files, and a copy written elsewhere in the same
+    format is fine here.  With download the md5 check stays.  Built on first use, so importing this
+    module does not import torchvision; picklable as ``dqss.data.CIFAR10Files``.
     """
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10, VisionDataset
 
     class CIFAR10Files(CIFAR10):
         def __init__(self, root, train: bool = True, transform=None, target_transform=None,
                      download: bool = False):
-            self.verify_md5 = download
-            super().__init__(root, train=train, transform=transform, target_transform=target_transform,
-                             download=download)
-
-        def missing_files(self) -> list[str]:
+            VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+            self.train = train
+            if download:
+                self.download()  # torchvision's: fetches the archive and checks its md5 sum
+                if not self._check_integrity():
+                    raise RuntimeError("the downloaded files do not match the official md5 sums")
             base = Path(self.root) / self.base_folder
-            names = [n for n, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-            return [n for n in names if not (base / n).is_file()]
-
-        def _check_integrity(self) -> bool:
-            return super()._check_integrity() if self.verify_md5 else not self.missing_files()
-
-        def _load_meta(self) -> None:
-            if self.verify_md5:
-                return super()._load_meta()
-            with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
-                meta = pickle.load(f, encoding="latin1")
-            self.classes = list(meta[self.meta["key"]])
+            data, targets = [], []
+            for name, _md5 in (self.train_list if train else self.test_list):
+                entry = self._read(base / name)
+                labels = entry.get("labels", entry.get("fine_labels"))
+                if not isinstance(entry.get("data"), np.ndarray) or labels is None:
+                    raise ValueError(f"{base / name} holds no 'data' array and 'labels' list")
+                if entry["data"].dtype != np.uint8 or entry["data"].ndim != 2 \
+                        or entry["data"].shape[1] != 3 * 32 * 32 or len(labels) != len(entry["data"]):
+                    raise ValueError(f"{base / name}: 'data' is {entry['data'].dtype} {entry['data'].shape} with "
+                                     f"{len(labels)} labels; each batch needs uint8 [N, 3072] and N labels")
+                data.append(entry["data"])
+                targets.extend(int(v) for v in labels)
+            self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC
+            self.targets = targets
+            meta = self._read(base / self.meta["filename"])
+            if not isinstance(meta.get(self.meta["key"]), list):
+                raise ValueError(f"{base / self.meta['filename']} holds no '{self.meta['key']}' list")
+            self.classes = [str(c) for c in meta[self.meta["key"]]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+        @staticmethod
+        def _read(path: Path) -> dict:
+            try:
+                entry = read_cifar_pickle(path)
+            except OSError:
+                raise
+            except Exception as exc:  # unpickling garbage raises almost anything
+                raise ValueError(f"{path} is not a CIFAR-10 python pickle ({type(exc).__name__}: {exc})") from None
+            if not isinstance(entry, dict):
+                raise ValueError(f"{path} holds a {type(entry).__name__}, not the dict of a CIFAR-10 file")
+            return entry
 
     CIFAR10Files.__module__ = __name__
     CIFAR10Files.__qualname__ = "CIFAR10Files"
@@ -165,10 +256,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _cifar10_message(root: Path, problem: str) -> str:
-    return (f"data.root: {problem}. CIFAR-10 is read from the python version of the archive "
+def _cifar10_message(root: Path, problem: str, key: str = "data.root") -> str:
+    return (f"{key}: {problem}. CIFAR-10 is read from the python version of the archive "
             f"(cifar-10-python.tar.gz, unpacked), layout {CIFAR10_LAYOUT} in python pickle format, with "
-            f"<root> = {root}; set data.root to where it lies, or set data.download: true to fetch it there")
+            f"<root> = {root}; set {key} to where it lies, or set data.download: true to fetch it there")
 
 
 def _open_cifar10(root: Path, train: bool, download: bool, transform):
@@ -181,24 +272,23 @@ def _open_cifar10(root: Path, train: bool, download: bool, transform):
             raise FileNotFoundError(_cifar10_message(root, f"{base} lacks {', '.join(missing)}"))
     try:
         ds = _cifar10_class()(str(root), train=train, transform=transform, download=download)
+    except ValueError as exc:  # a file that is not what it should be: the message names it
+        raise ValueError(_cifar10_message(root, str(exc))) from None
     except Exception as exc:
-        if download and isinstance(exc, RuntimeError):  # torchvision: md5 mismatch after the download
+        if download and isinstance(exc, RuntimeError):  # md5 mismatch after the download
             raise ValueError(_cifar10_message(root, f"the files in {base} do not match the official archive's "
                                                     f"md5 sums ({exc})")) from exc
         if download and isinstance(exc, OSError):  # urllib/socket errors
             raise RuntimeError(_cifar10_message(root, f"data.download: true could not fetch CIFAR-10 ({exc})")) \
                 from exc
         if isinstance(exc, OSError):
-            raise FileNotFoundError(_cifar10_message(root, f"cannot read {base} ({exc})")) from exc
-        # unpickling garbage raises almost anything
-        raise ValueError(_cifar10_message(root, f"the files in {base} are not CIFAR-10 python pickles "
-                                                f"({type(exc).__name__}: {exc})")) from exc
-    n = len(ds.data)
+            raise FileNotFoundError(_cifar10_message(root, f"cannot read {getattr(exc, 'filename', None) or base} "
+                                                           f"({exc})")) from exc
+        raise
     labels = np.asarray(ds.targets)
-    if ds.data.dtype != np.uint8 or len(labels) != n or n == 0:
-        raise ValueError(_cifar10_message(root, f"the {'train' if train else 'test'} batches in {base} hold "
-                                                f"{n} images ({ds.data.dtype}) and {len(labels)} labels; each "
-                                                "needs b'data' uint8 [N, 3072] and N b'labels'"))
+    if len(labels) == 0:
+        raise ValueError(_cifar10_message(root, f"the {'train' if train else 'test'} batches in {base} hold no "
+                                                "images"))
     if labels.min() < 0 or labels.max() >= len(ds.classes):
         raise ValueError(_cifar10_message(root, f"labels in {base} lie outside 0..{len(ds.classes) - 1} "
                                                 "(the label_names of batches.meta)"))

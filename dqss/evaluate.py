@@ -13,9 +13,15 @@ def predict(model: nn.Module, loader: DataLoader, device, desc: str = "evaluate"
     """Logits and labels of every item of ``loader``."""
     model.eval().to(device)
     logits, labels = [], []
-    for x, y in tqdm(loader, desc=desc, leave=False):
-        logits.append(model(x.to(device)).float().cpu())
-        labels.append(y)
+    try:
+        for x, y in tqdm(loader, desc=desc, leave=False):
+            logits.append(model(x.to(device)).float().cpu())
+            labels.append(y)
+    except ValueError as exc:
+        msg = str(exc).strip()
+        if "DataLoader worker" in msg:  # torch prepends the worker's traceback: keep the data's one-line error
+            raise ValueError(msg.splitlines()[-1].removeprefix("ValueError: ")) from None
+        raise
     return torch.cat(logits), torch.cat(labels)
 
 

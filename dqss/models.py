@@ -60,7 +60,7 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"{key}: weight file {path} not found; set it to an existing .pth/.bin/"
-                                    ".safetensors file for '{name}', or to 'timm' or 'train'")
+                                    f".safetensors file for '{name}', or to 'timm' or 'train'")
         try:
             # the overlay's num_classes tells timm the file's classifier matches the model,
             # otherwise it silently drops it as a 1000-class head
@@ -69,7 +69,21 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
         except Exception as exc:
             raise RuntimeError(f"{key}: cannot load weight file {path} into '{name}' ({exc}); is it the "
                                "state dict of that architecture?") from exc
-    return model.eval()
+    return check_finite(model, f"{key} ({checkpoint if weights == 'train' else weights})").eval()
+
+
+def check_finite(model: nn.Module, source: str) -> nn.Module:
+    """``model``, if every floating-point tensor of its state is finite; else an error naming them.
+
+    A NaN weight would otherwise pass the FP evaluation (its logits compared with themselves) and
+    fail later, far from its cause."""
+    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise ValueError(f"{source}: the weights hold NaN or inf in {', '.join(bad[:5])}{more}; the file is damaged "
+                         "or its training diverged: replace it (a checkpoint trained by the workflow: delete it and "
+                         "rerun to retrain)")
+    return model
 
 
 def save_checkpoint(model: nn.Module, name: str, path, **meta) -> None:

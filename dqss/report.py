@@ -676,7 +676,20 @@ def _read_metrics(metrics_csv):
         df[c] = df[c].astype(str)
     for c in PROVENANCE_COLUMNS:
         df[c] = df[c].fillna("").astype(str) if c in df.columns else ""
+    check_one_setting(df, metrics_csv)
     return df
+
+
+def check_one_setting(df, source) -> None:
+    """Refuse a table cell (mean and std over seeds) whose rows come from different job settings."""
+    keys = [k for k in GROUP_KEYS if k != "metric"]
+    n = df[df["config_hash"] != ""].groupby(keys)["config_hash"].nunique()
+    mixed = n[n > 1]
+    if len(mixed):
+        cells = ["/".join(str(v) for v in idx) for idx in mixed.index[:5]]
+        raise ValueError(f"{source}: the seeds of {len(mixed)} result(s) come from different settings (config_hash), "
+                         f"e.g. {cells}: a mean over them would mix two configurations. Rerun the workflow so that "
+                         "every job is computed with the current config, then rebuild the report")
 
 
 def _load_assignments(paths, tasks: set[str]) -> dict[tuple[str, str], list[dict]]:
@@ -701,8 +714,9 @@ def _provenance_line(df) -> str:
         vals = sorted({v for v in df[c] if v}) if c in df.columns else []
         return ", ".join(f"`{v}`" for v in vals) if vals else "n/a"
 
+    n_settings = len({v for v in df["config_hash"] if v})
     parts = [f"git_rev {uniq('git_rev')}", f"device {uniq('device')}", f"torch {uniq('torch')}",
-             f"timm {uniq('timm')}", f"config_hash {uniq('config_hash')}"]
+             f"timm {uniq('timm')}", f"job settings: {n_settings} (a config_hash per job; one per table cell)"]
     revs = {v for v in df["git_rev"] if v}
     if len(revs) > 1:
         log.warning("results come from %d git revisions: %s", len(revs), sorted(revs))

@@ -84,8 +84,20 @@ def _per_dataset(d: dict):
     return [(d["dataset"], d["metrics"])]
 
 
-def gather(paths) -> "pandas.DataFrame":
-    """Long table: one row per (job, metric), with provenance columns and the delta to FP."""
+def check_settings(d: dict, path, expected: str) -> None:
+    """A job result must come from the settings the current config gives its job."""
+    got = d.get("provenance", {}).get("config_hash")
+    if got != expected:
+        raise ValueError(f"{path} was computed with other settings than the config gives its job (settings hash "
+                         f"{got}, the config's {expected}): Snakemake reruns a job whose settings change, so this "
+                         "file was copied in or its records in .snakemake/ were lost. Delete the file (or rerun its "
+                         "rule with --forcerun) and run the workflow again")
+
+
+def gather(paths, expected: dict | None = None) -> "pandas.DataFrame":
+    """Long table: one row per (job, metric), with provenance columns and the delta to FP.
+
+    ``expected`` maps a path to the settings hash its job must have recorded (every path is checked)."""
     import pandas as pd
 
     rows = []
@@ -94,6 +106,8 @@ def gather(paths) -> "pandas.DataFrame":
             d = json.loads(Path(p).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read job result {p}: {exc}; delete it and rerun the workflow") from exc
+        if expected is not None:
+            check_settings(d, p, expected[str(p)])
         for dataset, metrics in _per_dataset(d):
             for metric, value in metrics.items():
                 rows.append({**{k: d[k] for k in KEYS}, "dataset": dataset, "metric": metric, "value": value,

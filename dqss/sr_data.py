@@ -243,6 +243,17 @@ def _images_in(folder: Path, key: str) -> list[Path]:
     return files
 
 
+def check_folders(cfg: SRDataConfig, scales: list[int]) -> None:
+    """Every folder a ``folders`` source names exists at every scale (a cheap check before any job)."""
+    specs = {"sr_ptq.data.train": cfg.train, **{f"sr_ptq.data.test_sets.{k}": v for k, v in cfg.test_sets.items()}}
+    for key, spec in specs.items():
+        for part in ("hr", "lr"):
+            for scale in scales:
+                if spec.get(part) and not (folder := _resolve(cfg.root, spec[part], scale)).is_dir():
+                    raise FileNotFoundError(f"{key}.{part}: folder {folder} not found (sr_ptq.data.root is "
+                                            f"{cfg.root!r}); expected {FOLDER_LAYOUT}")
+
+
 def folder_pairs(spec: dict, root: str | None, scale: int, key: str,
                  draw: tuple[int, int] | None = None) -> list[SRPair]:
     """The pairs of an HR folder (and an optional LR folder with the same file names).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import logging
 import re
 import sys
@@ -240,7 +241,9 @@ def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, 
     except RuntimeError as exc:
         raise RuntimeError(f"{key}: {path} does not fit this architecture ({str(exc)[:400]}); check the "
                            "backbone's preset, scale and options") from exc
-    return model
+    from .models import check_finite
+
+    return check_finite(model, f"{key} ({path})")
 
 
 def create_sr_backbone(name: str, spec: dict, key: str, checkpoint=None) -> SRNet:
@@ -253,8 +256,10 @@ def create_sr_backbone(name: str, spec: dict, key: str, checkpoint=None) -> SRNe
         if checkpoint is None:
             raise ValueError(f"{key}: 'train' weights need the checkpoint written by the sr_train rule")
         return load_sr_weights(model, checkpoint, key, param_key="state_dict", arch=name).eval()
-    if checkpoint is None and isinstance(weights, dict):
-        raise ValueError(f"{key}: {{url, sha256}} weights need the file written by the sr_download_weights rule")
+    if isinstance(weights, dict):
+        if checkpoint is None:
+            raise ValueError(f"{key}: {{url, sha256}} weights need the file written by the sr_download_weights rule")
+        check_sha256(checkpoint, weights["sha256"], key)
     path = checkpoint if checkpoint is not None else weights
     return load_sr_weights(model, path, key, param_key=spec.get("param_key")).eval()
 
@@ -269,6 +274,35 @@ def sha256_of(path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_sha256(path, sha256: str, key: str) -> None:
+    """Verify a downloaded weight file before every use: it may have been put there by hand, swapped
+    since, or be older than a changed ``sha256``.  The hash is cached beside the file
+    (``<file>.sha256``), keyed by its size, inode and modification time."""
+    path, sha256 = Path(path), str(sha256).lower()
+    st = path.stat()
+    stamp = {"size": st.st_size, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+    cache = path.with_name(path.name + ".sha256")
+    got = None
+    try:
+        saved = json.loads(cache.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp:
+            got = str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    if got is None:
+        got = sha256_of(path)
+        try:
+            tmp = cache.with_name(cache.name + ".tmp")
+            tmp.write_text(json.dumps({**stamp, "sha256": got}) + "\n")
+            tmp.replace(cache)
+        except OSError:  # a read-only weights folder: verify again next time
+            pass
+    if not got.startswith(sha256):
+        raise RuntimeError(f"{key}: {path} has SHA-256 {got}, not the configured {sha256}...: the file was replaced "
+                           f"or is another one. Delete it and rerun (the sr_download_weights rule fetches it again), "
+                           f"or correct {key}.sha256")
 
 
 def download_weights(url: str, sha256: str, dst, key: str) -> None:

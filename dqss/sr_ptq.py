@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cls_ptq import _assignment_meta, _build, check_names, parse_bits, parse_strategies, TrackMethods
+from .cls_ptq import _assignment_meta
+from .config import (Section, TrackMethods, build_section, check_candidates, check_names, check_seed, given,
+                     parse_backbones, parse_bits, parse_options)
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                   quantize_uniform, save_assignment)
@@ -52,6 +54,7 @@ class SRTrainConfig:
     def __post_init__(self):
         if self.iterations < 1 or self.batch_size < 1 or self.patch < 4 or self.lr <= 0:
             raise ValueError("sr_ptq.train: iterations and batch_size must be >= 1, patch >= 4 and lr > 0")
+        check_seed(self.seed, "sr_ptq.train.seed")
 
 
 @dataclass
@@ -136,26 +139,31 @@ class SRPTQConfig(TrackMethods):
     task: ClassVar[str] = TASK
 
     @classmethod
-    def from_dict(cls, d: dict, key: str = TASK) -> SRPTQConfig:
-        strategies, opts = parse_strategies(d, key, "ptq")
-        dq_section = {"loss": "l1", **(d.get("dqss") or {})}
-        dq = _build(SearchConfig, dq_section, f"{key}.dqss")
-        dq.candidates = check_names(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
-        if dq.loss not in ("l1", "mse"):
-            raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' or 'mse'")
-        cfg = cls(dataset=d["dataset"], data=_build(SRDataConfig, d.get("data"), f"{key}.data"),
-                  backbones={k: dict(v or {}) for k, v in d["backbones"].items()},
-                  train=_build(SRTrainConfig, d.get("train"), f"{key}.train"), bits=parse_bits(d, key),
-                  calibration=_build(SRCalibConfig, d.get("calibration"), f"{key}.calibration"),
-                  strategies=strategies, strategy_options=opts,
-                  quant=_build(SRQuantPolicy, d.get("quant"), f"{key}.quant"), dqss=dq,
-                  eval=_build(SREvalConfig, d.get("eval"), f"{key}.eval"),
-                  weights_dir=str(d.get("weights_dir", "data/pretrained")), raw=d)
+    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> SRPTQConfig:
+        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
+        s = Section(d, key, partial)
+        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "ptq"), required=True)
+        dq = s.build("dqss", SearchConfig, defaults={"loss": "l1"})
+        if given(dq):
+            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
+            if dq.loss not in ("l1", "mse"):
+                raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' "
+                                 "or 'mse'")
+        cfg = cls(dataset=s.get("dataset", required=True), data=s.build("data", SRDataConfig),
+                  backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", SRTrainConfig),
+                  bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
+                  calibration=s.build("calibration", SRCalibConfig), strategies=strategies,
+                  strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "ptq")),
+                  quant=s.build("quant", SRQuantPolicy), dqss=dq, eval=s.build("eval", SREvalConfig),
+                  weights_dir=s.get("weights_dir", lambda v: str(v or "data/pretrained")), raw=dict(d))
         for name, spec in cfg.backbones.items():
             parse_backbone(name, spec.get("options"))
-            cfg.weight_source(name)
-            cfg.train_for(name)
-        if cfg.eval.crop_set is not None and cfg.eval.crop_set not in cfg.data.test_set_names():
+            if given(cfg.data):
+                cfg.weight_source(name)
+            if given(cfg.train):
+                cfg.train_for(name)
+        if given(cfg.eval, cfg.data) and cfg.eval.crop_set is not None \
+                and cfg.eval.crop_set not in cfg.data.test_set_names():
             raise ValueError(f"{key}.eval.crop_set: '{cfg.eval.crop_set}' is not a test set; test sets are "
                              f"{cfg.data.test_set_names()}")
         return cfg
@@ -170,8 +178,13 @@ class SRPTQConfig(TrackMethods):
                                  "{url, sha256}")
             return "train"
         if isinstance(w, dict):
-            if set(w) - {"url", "sha256"} or not w.get("url") or not w.get("sha256"):
-                raise ValueError(f"{key}: a download needs exactly {{url: ..., sha256: ...}}, got {sorted(w)}")
+            extra = sorted(set(w) - {"url", "sha256"})
+            if extra:
+                raise ValueError(f"{key}: unknown key(s) {extra}; a download is {{url: ..., sha256: ...}}")
+            for part in ("url", "sha256"):
+                if not str(w.get(part) or "").strip():
+                    raise ValueError(f"{key}.{part} is missing or empty; a download needs both url and sha256 (the "
+                                     "file's SHA-256, or at least its first 8 hex digits)")
             return "url"
         if isinstance(w, str) and w:
             return "file"
@@ -188,7 +201,7 @@ class SRPTQConfig(TrackMethods):
         """``train:`` with the backbone's own ``train:`` overrides."""
         own = self.backbones[backbone].get("train") or {}
         merged = {f: getattr(self.train, f) for f in SRTrainConfig.__dataclass_fields__} | dict(own)
-        return _build(SRTrainConfig, merged, f"{TASK}.backbones.{backbone}.train")
+        return build_section(SRTrainConfig, merged, f"{TASK}.backbones.{backbone}.train")
 
     def scale(self, backbone: str) -> int:
         return parse_backbone(backbone, self.backbones[backbone].get("options")).scale
@@ -307,12 +320,12 @@ def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) ->
 
 
 def run_evaluate_fp(cfg: SRPTQConfig, backbone: str, checkpoint, out_fp, out_bicubic, out_crops: dict,
-                    device) -> None:
-    """The FP network and bicubic upsampling on every test set, plus the figure's GT/bicubic/FP crops."""
+                    device, *, seed: int) -> None:
+    """The FP network and bicubic upsampling on every test set (rows labelled ``seed``), plus the figure's
+    GT/bicubic/FP crops."""
     model = prepare(cfg, backbone, checkpoint).to(device)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
     crop = crop_spec(cfg, data)
-    seed = cfg.train.seed
     fp, fp_crop = evaluate_sets(model, data, device, f"FP {backbone}", crop)
     bic, bic_crop = evaluate_sets(None, data, device, "bicubic", crop)
     name, i, y, x, s = crop
@@ -331,9 +344,8 @@ def run_calibrate(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, out_st
     plans = cfg.quant.layer_plans(folded, 8, 8, ex)
     layers = {n: folded.get_submodule(n) for n in plans}
     x, ids = calibration_crops(cfg, backbone, seed)
-    needs = any(cfg.strategy(s).needs_samples for s in set(cfg.strategies) | set(cfg.dqss.candidates))
     stats = collect_act_stats(folded, layers, torch.split(x, cfg.calibration.batch_size), bins=cfg.calibration.bins,
-                              n_samples=cfg.calibration.samples if needs else 0, device=device,
+                              n_samples=cfg.calibration.samples, device=device,
                               desc=f"calibrate {backbone} seed {seed}")
     save_stats(stats, out_stats)
     Path(out_list).write_text("\n".join(ids) + "\n")

@@ -145,15 +145,36 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
         return fn
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    model.eval()
     try:
-        model.eval()
-        for images in tqdm(batches, desc=desc, leave=False):
-            model(images.to(device))
+        for i, images in enumerate(tqdm(batches, desc=desc, leave=False)):
+            try:
+                model(images.to(device))
+            except FloatingPointError:
+                bad = (i, images)
+                break
+        else:
+            bad = None
     finally:
         for h in handles:
             h.remove()
+    if bad is not None:
+        from .layers import first_nonfinite_output
+
+        i, images = bad
+        if not torch.isfinite(images).all():
+            where = "the input images themselves"
+        else:
+            layer = first_nonfinite_output(model, images.to(device), _leaves(model))
+            where = "an operation outside any module" if layer.startswith("none") else f"layer '{layer}'"
+        raise FloatingPointError(f"non-finite activation during calibration (batch {i}): the first non-finite output "
+                                 f"comes from {where}; check the model weights and the input normalisation")
     log.info("collected statistics of %d layers", len(stats))
     return stats
+
+
+def _leaves(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if n and not any(True for _ in m.children())}
 
 
 def save_stats(stats: dict[str, ActStats], path) -> None:

@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .config import check_seed
+
 log = logging.getLogger(__name__)
 
 
@@ -28,6 +30,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+        check_seed(self.seed, "train.seed")
 
 
 def random_shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:

@@ -1,13 +1,54 @@
-"""Glue between Snakemake and the library: config checks and the script-shim set-up."""
+"""Glue between Snakemake and the library: config checks, job settings and the script-shim set-up.
+
+Every rule passes its job, as ``params.settings``, exactly the keys of its track's config section
+that the job reads (:data:`JOB_KEYS`, projected by :func:`job_settings`), and the job builds its
+config from them alone (:func:`job_config`).  Snakemake reruns a job when its params change, so
+editing a key reruns exactly the jobs that read it; a job that touches a key it was not given fails
+(:class:`dqss.config.NotGiven`).  The settings' hash is each result's ``config_hash``, and the
+aggregate refuses a result whose hash is not the one the current config gives.
+"""
 from __future__ import annotations
 
 import logging
 import re
 import sys
+from pathlib import Path
 
 TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
 TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
+DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# The keys of its track's section each job reads.  "backbones" is cut to the job's backbone,
+# "dqss" carries its resolved candidates (so it needs no "strategies"), "strategies" and
+# "strategy_options" are cut to the strategies the job runs, and SR's "eval" names its crop set.
+_MODEL = ("backbones", "data", "num_classes")
+_CLS_TRAIN = (*_MODEL, "train")
+_CLS_EVAL = (*_MODEL, "dataset", "eval")
+JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "cls_ptq": {
+        "train": _CLS_TRAIN,
+        "evaluate_fp": _CLS_EVAL,
+        "calibrate": (*_MODEL, "quant", "calibration"),
+        "uniform": (*_CLS_EVAL, "quant", "calibration", "strategies", "strategy_options"),
+        "dqss": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options"),
+    },
+    "cls_qat": {
+        "train": _CLS_TRAIN,
+        "evaluate_fp": _CLS_EVAL,
+        "uniform": (*_CLS_EVAL, "quant", "calibration", "qat", "strategies", "strategy_options"),
+        "dqss": (*_CLS_EVAL, "quant", "calibration", "qat", "dqss", "strategy_options"),
+    },
+    "sr_ptq": {
+        "download": ("backbones",),
+        "train": ("backbones", "data", "train"),
+        "evaluate_fp": ("backbones", "data", "dataset", "eval"),
+        "calibrate": ("backbones", "data", "quant", "calibration"),
+        "uniform": ("backbones", "data", "dataset", "eval", "quant", "calibration", "strategies",
+                    "strategy_options"),
+        "dqss": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "strategy_options"),
+    },
+}
 
 
 def _config_class(track: str):
@@ -23,10 +64,24 @@ def _config_class(track: str):
     raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
 
 
+def check_top_level(config: dict) -> list[int]:
+    """The keys outside the tracks: ``seeds`` (returned) and ``device``."""
+    from .config import parse_seeds
+
+    if not any(t in config for t in TRACKS):
+        raise ValueError(f"the config has none of the tracks {list(TRACKS)}; is it the right file?")
+    device = str(config.get("device", "auto"))
+    if not DEVICES.match(device):
+        raise ValueError(f"device: '{device}' is not auto, cpu, cuda or cuda:<index>")
+    return parse_seeds(config.get("seeds"))
+
+
 def track_config(config: dict, track: str):
-    """The validated config of ``track`` (``None`` when the config has no such section); any
-    unknown backbone, strategy or bit width fails here, before any job runs, with the list
-    of valid values."""
+    """The validated config of ``track`` (``None`` when the config has no such section).
+
+    Everything that can be known before a job runs is checked here: unknown backbones, strategies
+    or bit widths, and the data folders and weight files the config names (so that a typo stops the
+    workflow before hours of training, with the key to fix)."""
     from .models import check_backbone
 
     config_class = _config_class(track)
@@ -35,14 +90,123 @@ def track_config(config: dict, track: str):
         return None
     cfg = config_class.from_dict(section, track)
     if track == "sr_ptq":
-        return cfg  # SR backbone names and weights are checked by SRPTQConfig itself
+        check_sr_inputs(cfg)
+        return cfg
     for name, spec in cfg.backbones.items():
         check_backbone(name)
         weights = str(spec.get("weights", "train"))
+        key = f"{track}.backbones.{name}.weights"
         if weights == "train" and cfg.data.name not in TRAINABLE[track]:
-            raise ValueError(f"{track}.backbones.{name}.weights: 'train' is only available on "
-                             f"{list(TRAINABLE[track])} data in this track; use 'timm' or a weight file")
+            raise ValueError(f"{key}: 'train' is only available on {list(TRAINABLE[track])} data in this track; "
+                             "use 'timm' or a weight file")
+        if weights not in ("train", "timm") and not Path(weights).is_file():
+            raise FileNotFoundError(f"{key}: weight file {weights} not found (relative paths are relative to the "
+                                    f"working directory {Path.cwd()}); set it to an existing .pth/.bin/"
+                                    f".safetensors file for '{name}', or to 'timm' or 'train'")
+    check_cls_inputs(cfg, track)
     return cfg
+
+
+def check_cls_inputs(cfg, track: str) -> None:
+    """The classification data are where the config says, and hold enough images to calibrate on."""
+    from .data import check_data_root, train_size
+
+    check_data_root(cfg.data, f"{track}.data")
+    n = train_size(cfg.data)
+    if n is not None and cfg.calibration.size > n:
+        raise ValueError(f"{track}.calibration.size={cfg.calibration.size} exceeds the {n} training images of "
+                         f"'{cfg.data.name}' the calibration draws from; lower it to at most {n}")
+
+
+def check_sr_inputs(cfg) -> None:
+    """The SR folders and local weight files are where the config says."""
+    from .sr_data import check_folders
+
+    if cfg.data.name == "folders":
+        check_folders(cfg.data, sorted({cfg.scale(b) for b in cfg.backbones}))
+    for name in cfg.backbones:
+        if cfg.weight_source(name) == "file":
+            path = Path(str(cfg.backbones[name]["weights"]))
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"sr_ptq.backbones.{name}.weights: weight file {path} not found (relative paths are relative "
+                    f"to the working directory {Path.cwd()}). Put the official pretrained file there (basicsr "
+                    "layout: experiments/pretrained_models/<file>.pth), give {url, sha256} to download it, or "
+                    "use weights: train on the embedded data")
+
+
+def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dict:
+    """The keys of ``cfg``'s section that ``job`` reads, for ``backbone`` (and a QAT ``method``)."""
+    raw = cfg.raw
+    keys = JOB_KEYS[cfg.task][job]
+    runs = None  # the strategies this job runs or searches over
+    if job == "dqss":
+        runs = list(cfg.dqss.candidates)
+    elif job == "uniform":
+        runs = [method] if method is not None else list(cfg.strategies)
+    out = {}
+    for k in keys:
+        if k == "backbones":
+            out[k] = {backbone: raw["backbones"][backbone]}
+        elif k == "dqss":
+            out[k] = {**(raw.get("dqss") or {}), "candidates": runs}
+        elif k == "strategies":
+            out[k] = runs
+        elif k == "strategy_options":
+            opts = raw.get("strategy_options") or {}
+            out[k] = {s: opts[s] for s in runs if s in opts}
+        elif k == "eval" and cfg.task == "sr_ptq":  # the crop's test set resolved: the sets' order is free
+            out[k] = {**(raw.get("eval") or {}), "crop_set": cfg.crop_set()}
+        else:
+            out[k] = raw.get(k)
+    return canonical(out)
+
+
+def canonical(value):
+    """``value`` with every mapping's keys sorted: Snakemake compares params by ``repr``, and a reordered
+    (but equal) config must not rerun anything.  List order is kept: it can matter."""
+    if isinstance(value, dict):
+        return {str(k): canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    return value
+
+
+def job_config(smk):
+    """The config of a job, built from its rule's ``params.settings`` only."""
+    track = smk.params.track
+    return _config_class(track).from_dict(smk.params.settings, track, partial=True)
+
+
+def load_yaml(path) -> object:
+    """A YAML file; a syntax error names the file, line and column (PyYAML's own message names neither
+    file nor, through Snakemake, anything)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        problem = "; ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ValueError(f"{where}: YAML syntax error: {problem or exc}") from None
+
+
+def check_config_file(path) -> dict:
+    """Everything the workflow checks before any job, on one config file, without Snakemake."""
+    config = load_yaml(path)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a config file is a mapping of keys (seeds, device, cls_ptq, ...), not a "
+                         f"{type(config).__name__}")
+    check_top_level(config)
+    for track in TRACKS:
+        track_config(config, track)
+    return config
 
 
 def valid_backbones_pattern(config: dict) -> str:
@@ -53,7 +217,7 @@ def valid_backbones_pattern(config: dict) -> str:
 def setup(smk):
     """Route logging and progress bars to the rule's log, pin threads, resolve the device.
 
-    Returns ``(track config, device)``.
+    Returns the device.
     """
     import torch
 
@@ -65,18 +229,30 @@ def setup(smk):
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     torch.set_num_threads(max(1, int(smk.threads)))
-    device = resolve_device(str(smk.config.get("device", "auto")))
+    device = resolve_device(str(smk.params.get("device", "auto")))
     logging.getLogger("dqss").info("rule %s on %s, %d thread(s)", smk.rule, device, smk.threads)
     return device
 
 
-def cls_ptq_config(smk):
-    from .cls_ptq import ClsPTQConfig
+def main(argv=None) -> int:
+    """``python -m dqss.workflow check FILE...``: check config files (YAML syntax with file, line and
+    column; the library's validation) without running Snakemake."""
+    import argparse
 
-    return ClsPTQConfig.from_dict(smk.config["cls_ptq"])
+    ap = argparse.ArgumentParser(prog="python -m dqss.workflow", description=main.__doc__)
+    ap.add_argument("command", choices=["check"])
+    ap.add_argument("files", nargs="+")
+    args = ap.parse_args(argv)
+    status = 0
+    for f in args.files:
+        try:
+            check_config_file(f)
+            print(f"{f}: ok")
+        except (ValueError, KeyError, FileNotFoundError) as exc:
+            print(str(exc) if str(exc).startswith(str(f)) else f"{f}: {exc}", file=sys.stderr)
+            status = 1
+    return status
 
 
-def track_of(smk):
-    """The config of the track a job belongs to (its ``track`` param)."""
-    track = smk.params.track
-    return _config_class(track).from_dict(smk.config[track], track)
+if __name__ == "__main__":
+    sys.exit(main())

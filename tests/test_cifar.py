@@ -396,7 +396,40 @@ def test_cifar10_corrupt_pickle(tmp_path, dcfg, victim):
     path.write_bytes(np.random.RandomState(1).randint(0, 256, 2000).astype(np.uint8).tobytes())
     with pytest.raises(ValueError) as e:
         _load(tmp_path, dcfg)
-    _check_message(str(e.value), "not CIFAR-10 python pickles")
+    _check_message(str(e.value), "not a CIFAR-10 python pickle")
+    assert str(path) in str(e.value)  # the file is named, not only its folder
+
+
+class _RunsCode:
+    """What a tampered pickle holds: unpickling it calls os.system (a plain pickle.load runs it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("victim", ["batches.meta", "data_batch_1", "test_batch"])
+def test_cifar10_tampered_pickle_runs_no_code(tmp_path, dcfg, victim):
+    """torchvision unpickles every CIFAR file with pickle.load, which runs whatever the file names; the
+    suite's reader accepts only the containers, numbers, strings and numpy arrays the real files hold."""
+    _write_cifar(tmp_path / "data")
+    path = tmp_path / "data" / "cifar-10-batches-py" / victim
+    marker = tmp_path / "code-ran"
+    entry = pickle.loads(path.read_bytes(), encoding="bytes")
+    entry[b"label_names" if victim == "batches.meta" else b"batch_label"] = _RunsCode(marker)
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    pickle.loads(path.read_bytes(), encoding="latin1")  # the plain way runs it ...
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ValueError) as e:  # ... the suite's reader refuses it, naming the file
+        _load(tmp_path / "data", dcfg)
+    assert not marker.exists()
+    msg = str(e.value)
+    assert str(path) in msg and "system" in msg and "nothing in it was run" in msg
 
 
 def test_cifar10_truncated_pickle(tmp_path, dcfg):

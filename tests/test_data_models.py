@@ -21,7 +21,7 @@ from dqss.layers import fold_batchnorm, plan_layers
 from dqss.models import (check_backbone, create_backbone, data_config, load_checkpoint,
                          save_checkpoint)
 from dqss.strategy import strategy_names
-from dqss.workflow import track_config
+from dqss.workflow import JOB_KEYS, job_settings, track_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -417,16 +417,21 @@ def test_bad_section_values():
         ClsPTQConfig.from_dict(d)
 
 
-def test_track_config_errors():
+def test_track_config_errors(tmp_path):
     config = copy.deepcopy(CONFIG)
     config["cls_ptq"]["backbones"] = {"resnet18": {"weights": "train"}, "resnett18": {"weights": "train"}}
     with pytest.raises(ValueError, match="resnett18"):
         track_config(config, "cls_ptq")
     config = copy.deepcopy(CONFIG)
-    config["cls_ptq"]["data"] = {"name": "imagefolder", "root": "/data/imagenet"}
+    root = tmp_path / "imagenet"
+    config["cls_ptq"]["data"] = {"name": "imagefolder", "root": str(root)}
     with pytest.raises(ValueError, match=r"weights.*'train'.*digits"):
         track_config(config, "cls_ptq")
     config["cls_ptq"]["backbones"] = {"resnet18": {"weights": "timm"}}
+    with pytest.raises(FileNotFoundError, match=r"cls_ptq\.data\.root: directory .*imagenet/train not found"):
+        track_config(config, "cls_ptq")  # checked before any job runs
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
     cfg = track_config(config, "cls_ptq")  # timm weights on ImageNet: valid, nothing loaded yet
     assert cfg.data.name == "imagefolder"
     with pytest.raises(ValueError, match="unknown track 'seg'"):
@@ -451,6 +456,11 @@ def _chain_section() -> dict:
     return d
 
 
+def _job_config(cfg):
+    """The config a job of ``cfg``'s track builds from its rule's settings (dqss.workflow.job_settings)."""
+    return lambda job: type(cfg).from_dict(job_settings(cfg, job, TINY), cfg.task, partial=True)
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
@@ -467,12 +477,14 @@ def chain(tmp_path_factory):
                 dqss_metrics="dqss/metrics.json", dqss_history="dqss/history.csv").items()}
             for v in p.values():
                 v.parent.mkdir(parents=True, exist_ok=True)
-            run_train(cfg, TINY, p["ckpt"], p["history"], dev)
-            run_evaluate_fp(cfg, TINY, p["ckpt"], p["fp_metrics"], p["fp_logits"], dev)
-            run_calibrate(cfg, TINY, SEED, p["ckpt"], p["stats"], p["calib_list"], dev)
+            job = _job_config(cfg)  # each job sees only its settings, as in the workflow
+            run_train(job("train"), TINY, p["ckpt"], p["history"], dev)
+            run_evaluate_fp(job("evaluate_fp"), TINY, p["ckpt"], p["fp_metrics"], p["fp_logits"], dev,
+                            seed=cfg.train.seed)
+            run_calibrate(job("calibrate"), TINY, SEED, p["ckpt"], p["stats"], p["calib_list"], dev)
             uniform = {(m, W, A): str(out / "uniform" / m / "metrics.json") for m in cfg.strategies}
-            run_uniform(cfg, TINY, SEED, p["ckpt"], p["stats"], p["fp_logits"], uniform, dev)
-            run_dqss(cfg, TINY, SEED, W, A, p["ckpt"], p["stats"], p["fp_logits"], p["dqss_metrics"],
+            run_uniform(job("uniform"), TINY, SEED, p["ckpt"], p["stats"], p["fp_logits"], uniform, dev)
+            run_dqss(job("dqss"), TINY, SEED, W, A, p["ckpt"], p["stats"], p["fp_logits"], p["dqss_metrics"],
                      p["assignment"], p["dqss_history"], dev)
             yield cfg, out, p, uniform
         finally:
@@ -580,3 +592,148 @@ def test_run_train_refuses_non_train_weights(chain, tmp_path):
     d["backbones"] = {TINY: {"weights": "timm"}}
     with pytest.raises(ValueError, match="nothing to train"):
         run_train(ClsPTQConfig.from_dict(d), TINY, tmp_path / "x.pt", tmp_path / "h.csv", "cpu")
+
+
+# -- inputs that must not give silent wrong numbers ------------------------------------------
+def test_digits_size_constant_matches_scikit_learn():
+    from sklearn.datasets import load_digits
+
+    from dqss.data import DIGITS_SIZE, train_size
+
+    assert DIGITS_SIZE == len(load_digits().target)
+    cfg = DataConfig(name="digits")
+    assert train_size(cfg) == len(digits(cfg, IMAGENET_MEAN, IMAGENET_STD).train)
+
+
+def test_corrupt_image_is_named_in_one_line(tmp_path, tiny_dcfg):
+    root = _write_tree(tmp_path / "imagenet")
+    bad = root / "val" / WNIDS[1] / "img2.JPEG"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    data = load_classification(DataConfig(name="imagefolder", root=str(root)), tiny_dcfg)
+    idx = next(i for i, (p, _) in enumerate(data.test.samples) if Path(p) == bad)
+    with pytest.raises(ValueError) as e:
+        data.test[idx]
+    msg = str(e.value)
+    assert str(bad) in msg and "corrupt" in msg and "\n" not in msg
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no PIL traceback chained
+    from torch.utils.data import DataLoader
+
+    from dqss.evaluate import predict
+
+    with pytest.raises(ValueError) as e:  # from a worker process, as in evaluation with data.workers > 0
+        predict(torch.nn.Flatten(), DataLoader(data.test, batch_size=4, num_workers=1), "cpu")
+    assert str(bad) in str(e.value) and "corrupt" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_nan_weights_are_refused_when_loaded(tmp_path):
+    sd, path = _resnet18_file(tmp_path, ".pth")
+    sd["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    sd["fc.bias"][3] = float("inf")
+    torch.save(sd, path)
+    key = "cls_ptq.backbones.resnet18.weights"
+    with pytest.raises(ValueError, match=r"NaN or inf in layer2\.0\.conv1\.weight, fc\.bias") as e:
+        create_backbone("resnet18", str(path), 10, key)
+    assert key in str(e.value) and str(path) in str(e.value)
+
+
+def test_calibration_names_the_first_layer_with_a_non_finite_output():
+    from torch import nn
+
+    from dqss.stats import collect_act_stats
+
+    class Blowup(nn.Module):
+        def forward(self, x):
+            return x * float("inf")
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), Blowup(), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    layers = {"0": model[0], "3": model[3]}
+    with pytest.raises(FloatingPointError, match=r"comes from layer '2'"):
+        collect_act_stats(model, layers, [torch.rand(2, 3, 8, 8)])
+    with pytest.raises(FloatingPointError, match="input images themselves"):
+        collect_act_stats(model, layers, [torch.full((2, 3, 8, 8), float("nan"))])
+
+
+def test_missing_weight_file_message_names_the_backbone(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        create_backbone("resnet18", str(tmp_path / "nope.pth"), 10, "k")
+    assert "for 'resnet18'" in str(e.value) and "{name}" not in str(e.value)
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ([0, 1, 0], r"\[0\] listed more than once"), ([2 ** 64], "0..4294967295"), ([-1], "0..4294967295"),
+    ([1.5], "integer"), ([True], "integer"), ([], "non-empty"), ("0", "non-empty list")])
+def test_seeds_validated(seeds, message):
+    from dqss.workflow import check_top_level
+
+    with pytest.raises(ValueError, match=message):
+        check_top_level({"seeds": seeds, "cls_ptq": {}})
+
+
+def test_duplicates_and_seed_ranges_in_sections():
+    d = _cls_section()
+    d["bits"] = [{"w": 8, "a": 8}, {"w": 8, "a": 8}]
+    with pytest.raises(ValueError, match=r"cls_ptq\.bits: W8A8 is listed twice"):
+        ClsPTQConfig.from_dict(d)
+    d = _cls_section(strategies=["minmax", "mse", "minmax"])
+    with pytest.raises(ValueError, match=r"cls_ptq\.strategies: \['minmax'\] listed more than once"):
+        ClsPTQConfig.from_dict(d)
+    d = _cls_section()
+    d["train"] = {**d["train"], "seed": 2 ** 32}
+    with pytest.raises(ValueError, match=r"cls_ptq\.train\.seed: a seed must be an integer in 0\.\.4294967295"):
+        ClsPTQConfig.from_dict(d)
+    d = _cls_section()
+    d["data"] = {**d["data"], "split_seed": -3}
+    with pytest.raises(ValueError, match=r"cls_ptq\.data\.split_seed"):
+        ClsPTQConfig.from_dict(d)
+
+
+def test_dqss_needs_two_candidates():
+    from dqss.cls_qat import ClsQATConfig
+
+    q = copy.deepcopy(CONFIG["cls_qat"])
+    q["strategies"] = ["lsq"]
+    with pytest.raises(ValueError, match=r"cls_qat\.dqss\.candidates: DQSS needs at least two"):
+        ClsQATConfig.from_dict(q)
+    with pytest.raises(ValueError, match="at least two"):
+        ClsPTQConfig.from_dict(_cls_section(dqss={"candidates": ["mse"]}))
+
+
+def test_error_messages_name_the_full_key():
+    with pytest.raises(ValueError, match=r"^cls_ptq\.dqss\.iterations"):
+        ClsPTQConfig.from_dict(_cls_section(dqss={"iterations": 0}))
+    with pytest.raises(ValueError, match=r"^cls_ptq\.train\.epochs"):
+        ClsPTQConfig.from_dict(_cls_section(train={"epochs": 0}))
+
+
+# -- job settings: what each rule passes, and what its job may read ---------------------------
+def test_job_settings_are_a_projection():
+    cfg = ClsPTQConfig.from_dict(_cls_section())
+    s = job_settings(cfg, "dqss", "resnet18")
+    assert set(s) == set(JOB_KEYS["cls_ptq"]["dqss"])
+    assert s["backbones"] == {"resnet18": {"weights": "train"}}  # only the job's backbone
+    assert s["dqss"]["candidates"] == cfg.strategies  # null resolved: no need for 'strategies'
+    assert set(s["strategy_options"]) <= set(cfg.strategies)
+    assert list(s["data"]) == sorted(s["data"])  # canonical: a reordered config reruns nothing
+    calib = job_settings(cfg, "calibrate", "resnet18")
+    assert "dqss" not in calib and "strategies" not in calib and "train" not in calib
+    # a job given these settings runs; touching a key it was not given fails, naming the key
+    job = ClsPTQConfig.from_dict(calib, partial=True)
+    assert job.calibration.size == cfg.calibration.size and job.num_classes() == 10
+    for read in (lambda: job.dqss.iterations, lambda: job.train.epochs, lambda: list(job.strategies)):
+        with pytest.raises(KeyError, match=r"cls_ptq\.(dqss|train|strategies) is not among this job's settings"):
+            read()
+    with pytest.raises(ValueError, match=r"cls_ptq\.strategies is required"):
+        ClsPTQConfig.from_dict({k: v for k, v in _cls_section().items() if k != "strategies"})
+
+
+def test_every_job_reads_only_its_settings(chain):
+    """The chain fixture ran every job on a partial config (job_settings): had one read a key outside
+    JOB_KEYS, it would have failed; and each result's config_hash is the hash of its job's settings."""
+    from dqss.results import config_hash
+
+    cfg, _, p, uniform = chain
+    for job, path in (("evaluate_fp", p["fp_metrics"]), ("uniform", next(iter(uniform.values()))),
+                      ("dqss", p["dqss_metrics"])):
+        recorded = json.loads(Path(path).read_text())["provenance"]["config_hash"]
+        assert recorded == config_hash(job_settings(cfg, job, TINY)), job

@@ -263,7 +263,7 @@ def test_write_report(df, tmp_path):
     names = {p.name for p in (out / "figures").iterdir()}
     assert {"cls_ptq_top1_drop.png", "cls_ptq_top1_drop.pdf", "cls_ptq_agree_fp_drop.png",
             "assign_cls_ptq_resnet18.png", "assign_cls_ptq_mobilenet_v2.png"} <= names
-    assert "abcdef123456" in text and "0123456789ab" in text and "2.5.0" in text
+    assert "abcdef123456" in text and "job settings: 1 " in text and "2.5.0" in text
     assert "| dqss |" in text  # the Markdown tables are included, not only linked
     summary = pd.read_csv(out / "summary.csv")
     assert {"mean", "std", "n_seeds", "delta_fp"} <= set(summary.columns)
@@ -321,3 +321,29 @@ def test_sr_crop_figure(summary, tmp_path):
         report.plot_sr_crops(summary, no_gt, "sr_ptq", "edsr", tmp_path / "bad")
     with pytest.raises(ValueError, match="crop.png path"):
         report.read_crops([tmp_path / "elsewhere.png"])
+
+
+# -- one configuration per table cell --------------------------------------------------------------
+def test_report_refuses_a_cell_mixing_settings(df, tmp_path):
+    """A mean +- std over seeds whose rows come from two configurations is refused, naming the cell."""
+    csv = tmp_path / "metrics.csv"
+    mixed = df.copy()
+    sel = (mixed.method == "mse") & (mixed.backbone == "resnet18") & (mixed.seed == 1)
+    mixed.loc[sel, "config_hash"] = "fedcba987654"
+    mixed.to_csv(csv, index=False)
+    with pytest.raises(ValueError, match=r"different settings .*resnet18/mse"):
+        report.write_report(csv, [], tmp_path / "report")
+    df.to_csv(csv, index=False)  # one hash per cell: fine
+    assert report.write_report(csv, [], tmp_path / "ok")
+
+
+def test_gather_refuses_a_result_of_other_settings(tmp_path):
+    """The aggregate knows the settings hash each job must have recorded under the current config."""
+    from dqss.results import gather, write_metrics
+
+    path = tmp_path / "m.json"
+    write_metrics(path, task="cls_ptq", dataset="digits", backbone="resnet18", method="mse", w_bits=4, a_bits=4,
+                  seed=0, metrics={"top1": 50.0}, prov={**PROV, "config_hash": "aaaaaaaaaaaa"})
+    assert len(gather([path], expected={str(path): "aaaaaaaaaaaa"})) == 1
+    with pytest.raises(ValueError, match=r"m\.json was computed with other settings .*bbbbbbbbbbbb.*\.snakemake"):
+        gather([path], expected={str(path): "bbbbbbbbbbbb"})

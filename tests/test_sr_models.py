@@ -268,9 +268,10 @@ def test_create_sr_backbone_file_weights(tmp_path, edsr_pair):
     with pytest.raises(ValueError, match="sr_download_weights"):
         create_sr_backbone("edsr_tiny_x2", {"weights": {"url": "https://example.invalid/x.pth", "sha256": "0" * 8}},
                            KEY)
-    # a download rule's file is passed as the checkpoint
-    m = create_sr_backbone("edsr_tiny_x2", {"weights": {"url": "https://example.invalid/x.pth"}}, KEY,
-                           checkpoint=path)
+    # a download rule's file is passed as the checkpoint (and verified against its sha256)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    m = create_sr_backbone("edsr_tiny_x2", {"weights": {"url": "https://example.invalid/x.pth", "sha256": sha}},
+                           KEY, checkpoint=path)
     assert _states_equal(m.net.state_dict(), a.net.state_dict())
     # options apply before the weights: a smaller net does not fit
     with pytest.raises(RuntimeError, match="does not fit"):
@@ -415,3 +416,42 @@ def test_mean_metrics():
     m = mean_metrics(per_image)
     assert m == {"psnr": pytest.approx(27.0), "ssim": pytest.approx(0.8)}
     assert all(isinstance(v, float) for v in m.values())
+
+
+def test_downloaded_weights_verified_before_every_use(tmp_path, edsr_pair, monkeypatch):
+    """A file at weights_dir/<backbone>.pth may be put there by hand, swapped later, or older than a changed
+    sha256: it is checked before each use (the hash cached by size, inode and mtime), never used unverified."""
+    from dqss import sr_models
+
+    a, b, _ = edsr_pair
+    path = tmp_path / "pretrained" / "edsr_tiny_x2.pth"
+    path.parent.mkdir()
+    torch.save({"params": a.net.state_dict()}, path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = {"weights": {"url": "https://example.invalid/edsr.pth", "sha256": sha[:8]}}
+    hashed = []
+    monkeypatch.setattr(sr_models, "sha256_of", lambda p, real=sr_models.sha256_of: hashed.append(p) or real(p))
+    m = create_sr_backbone("edsr_tiny_x2", spec, KEY, checkpoint=path)
+    assert _states_equal(m.net.state_dict(), a.net.state_dict()) and len(hashed) == 1
+    create_sr_backbone("edsr_tiny_x2", spec, KEY, checkpoint=path)  # unchanged file: the cached hash
+    assert len(hashed) == 1
+    torch.save({"params": b.net.state_dict()}, path)  # swapped in place
+    with pytest.raises(RuntimeError, match=r"edsr_tiny_x2\.pth has SHA-256 .* not the configured") as e:
+        create_sr_backbone("edsr_tiny_x2", spec, KEY, checkpoint=path)
+    assert "Delete it and rerun" in str(e.value) and f"{KEY}.sha256" in str(e.value)
+    assert len(hashed) == 2
+    wrong = {"weights": {"url": "https://example.invalid/edsr.pth", "sha256": "0" * 64}}  # a changed sha256
+    torch.save({"params": a.net.state_dict()}, path)
+    with pytest.raises(RuntimeError, match="not the configured 0000"):
+        create_sr_backbone("edsr_tiny_x2", wrong, KEY, checkpoint=path)
+
+
+def test_weights_with_nan_are_refused(tmp_path, edsr_pair):
+    a, _, _ = edsr_pair
+    state = {k: v.clone() for k, v in a.net.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and "body" in k)
+    state[name][0] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save({"params": state}, path)
+    with pytest.raises(ValueError, match=rf"{KEY}.*NaN or inf in net[.]{name.replace('.', '[.]')};"):
+        create_sr_backbone("edsr_tiny_x2", {"weights": str(path)}, KEY)

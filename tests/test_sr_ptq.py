@@ -22,6 +22,7 @@ from dqss.sr_ptq import (SRPTQConfig, SRQuantPolicy, calibration_crops, run_cali
                          run_train, run_uniform)
 from dqss.stats import collect_act_stats
 from dqss.strategy import get_strategy, strategy_names
+from dqss.workflow import job_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -182,13 +183,17 @@ def chain(tmp_path_factory):
         assignment="dqss/assignment.yaml", search="dqss/search.csv", dqss_crop="dqss/crop.png").items()}
     for v in p.values():
         v.parent.mkdir(parents=True, exist_ok=True)
-    run_train(cfg, BB, p["ckpt"], p["history"], dev)
-    run_evaluate_fp(cfg, BB, p["ckpt"], p["fp"], p["bicubic"],
-                    {"gt": p["gt_crop"], "fp": p["fp_crop"], "bicubic": p["bicubic_crop"]}, dev)
-    run_calibrate(cfg, BB, 0, p["ckpt"], p["stats"], p["crops"], dev)
+    def job(name):  # each job sees only its settings, as in the workflow
+        return SRPTQConfig.from_dict(job_settings(cfg, name, BB), partial=True)
+
+    run_train(job("train"), BB, p["ckpt"], p["history"], dev)
+    run_evaluate_fp(job("evaluate_fp"), BB, p["ckpt"], p["fp"], p["bicubic"],
+                    {"gt": p["gt_crop"], "fp": p["fp_crop"], "bicubic": p["bicubic_crop"]}, dev,
+                    seed=cfg.train.seed)
+    run_calibrate(job("calibrate"), BB, 0, p["ckpt"], p["stats"], p["crops"], dev)
     uniform = {(m, W, A): (str(out / m / "metrics.json"), str(out / m / "crop.png")) for m in cfg.strategies}
-    run_uniform(cfg, BB, 0, p["ckpt"], p["stats"], uniform, dev)
-    run_dqss(cfg, BB, 0, W, A, p["ckpt"], p["stats"], p["crops"], p["dqss"], p["assignment"], p["search"],
+    run_uniform(job("uniform"), BB, 0, p["ckpt"], p["stats"], uniform, dev)
+    run_dqss(job("dqss"), BB, 0, W, A, p["ckpt"], p["stats"], p["crops"], p["dqss"], p["assignment"], p["search"],
              p["dqss_crop"], dev)
     return cfg, out, p, uniform
 
@@ -255,7 +260,10 @@ def test_chain_dqss_is_deterministic(chain, tmp_path):
     f = {k: tmp_path / k for k in ("m.json", "a.yaml", "s.csv", "c.png")}
     run_dqss(cfg, BB, 0, W, A, p["ckpt"], p["stats"], p["crops"], f["m.json"], f["a.yaml"], f["s.csv"], f["c.png"],
              "cpu")
-    assert json.loads(f["m.json"].read_text())["results"] == json.loads(p["dqss"].read_text())["results"]
+    def by_set(path):  # the job's settings list the test sets in sorted order, the full config in its own
+        return {r["dataset"]: r for r in json.loads(path.read_text())["results"]}
+
+    assert by_set(f["m.json"]) == by_set(p["dqss"])
     assert f["a.yaml"].read_text() == p["assignment"].read_text()
     assert f["c.png"].read_bytes() == p["dqss_crop"].read_bytes()
 

@@ -1,9 +1,13 @@
-"""The workflow: dry runs, lint, config errors before any job, and one real run end to end."""
+"""The workflow: the README's commands from the repo root, dry runs, lint, config errors before any job,
+and one real run end to end whose config edits rerun exactly the jobs that read them."""
 from __future__ import annotations
 
+import copy
+import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -11,67 +15,146 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+TEST_CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+END = {"aggregate", "report", "all"}
 
 
 def snakemake(*args, cwd=ROOT, check=True):
+    """``snakemake ARGS`` as typed in ``cwd`` (the repo root unless a test says otherwise)."""
     res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
 
 
-@pytest.mark.parametrize("configfile", ["config/config.yaml", "config/paper.yaml", "config/test.yaml"])
-def test_dry_run(configfile, tmp_path):
-    res = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "--configfile", str(ROOT / configfile))
-    out = res.stdout + res.stderr
-    assert "cls_dqss" in out and "cls_uniform" in out and "aggregate" in out
-    assert "cls_qat_dqss" in out and "cls_qat_uniform" in out
-    assert "sr_dqss" in out and "sr_uniform" in out and "sr_evaluate_fp" in out
-    if configfile == "config/paper.yaml":  # official weights: one downloaded (checked by SHA-256), no training
-        assert "sr_download_weights" in out and "sr_train" not in out
-
-
-def test_dry_run_job_counts(tmp_path):
-    """The embedded matrix: 3 backbones x 2 seeds x 2 bit widths of DQSS, one uniform job per backbone and seed."""
-    res = snakemake("-n", "--cores", "2", "--directory", str(tmp_path), "--configfile",
-                    str(ROOT / "config/config.yaml"))
-    counts = {}
+def job_counts(res) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run."""
+    counts, table = {}, False
     for line in res.stdout.splitlines():
+        if line.startswith("Job stats:"):
+            table = True
         parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
+        if table and len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
-    assert counts["cls_dqss"] == 12
-    assert counts["cls_uniform"] == 6
-    assert counts["cls_calibrate"] == 6
-    assert counts["cls_train"] == 3
+        if table and parts and parts[0] == "total":
+            break
+    counts.pop("total", None)
+    return counts
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # key order kept: the first test set is the crop's
+    return path
+
+
+def reordered(d, under: str = ""):
+    """``d`` with the keys of every mapping in reverse order, except the test sets (whose first one is the
+    default crop set: their order means something)."""
+    if isinstance(d, dict):
+        items = list(d.items()) if under == "test_sets" else list(reversed(d.items()))
+        return {k: reordered(v, k) for k, v in items}
+    return d
+
+
+def paper_inputs(base: Path) -> None:
+    """Empty stand-ins, under ``base``, for every data folder and weight file config/paper.yaml names
+    (a dry run checks that they exist; nothing reads them)."""
+    cfg = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
+    imagenet = base / cfg["cls_ptq"]["data"]["root"]
+    for sub in ("train", "val"):
+        (imagenet / sub).mkdir(parents=True)
+    cifar = base / cfg["cls_qat"]["data"]["root"] / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (cifar / name).touch()
+    sr = cfg["sr_ptq"]
+    for spec in [sr["data"]["train"], *sr["data"]["test_sets"].values()]:
+        for part in ("hr", "lr"):
+            for scale in (2, 4):
+                if spec.get(part):
+                    (base / sr["data"]["root"] / spec[part].replace("{scale}", str(scale))).mkdir(parents=True,
+                                                                                                 exist_ok=True)
+    for track in ("cls_ptq", "cls_qat", "sr_ptq"):
+        for spec in cfg[track]["backbones"].values():
+            w = spec.get("weights")
+            if isinstance(w, str) and w not in ("train", "timm"):
+                (base / w).parent.mkdir(parents=True, exist_ok=True)
+                (base / w).touch()
+
+
+EMBEDDED_COUNTS = {
+    # classification PTQ: 3 backbones x 2 seeds x 2 bit widths of DQSS, one uniform job per backbone and seed
+    "cls_train": 3, "cls_evaluate_fp": 3, "cls_calibrate": 6, "cls_uniform": 6, "cls_dqss": 12,
     # QAT: resnet20 x 2 seeds x (4 methods + dqss + dqss_nofix)
-    assert counts["cls_qat_uniform"] == 8
-    assert counts["cls_qat_dqss"] == 4
-    assert counts["cls_qat_train"] == 1
+    "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 8, "cls_qat_dqss": 4,
     # SR: 2 backbones x 2 seeds x 2 bit widths of DQSS, one uniform and one calibration job per backbone and seed
-    assert counts["sr_train"] == 2 and counts["sr_evaluate_fp"] == 2
-    assert counts["sr_calibrate"] == 4 and counts["sr_uniform"] == 4 and counts["sr_dqss"] == 8
+    "sr_train": 2, "sr_evaluate_fp": 2, "sr_calibrate": 4, "sr_uniform": 4, "sr_dqss": 8,
+    "aggregate": 1, "report": 1, "all": 1,
+}
+TEST_COUNTS = {"cls_train": 1, "cls_evaluate_fp": 1, "cls_calibrate": 1, "cls_uniform": 1, "cls_dqss": 1,
+               "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 2, "cls_qat_dqss": 2,
+               "sr_train": 1, "sr_evaluate_fp": 1, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1,
+               "aggregate": 1, "report": 1, "all": 1}
+
+
+# -- the README's commands, literally, from the repository root -----------------------------
+def test_readme_main_command_from_repo_root():
+    """`snakemake --cores all` (as a forced dry run, so a finished run in the checkout changes nothing)."""
+    assert job_counts(snakemake("-n", "-F", "--cores", "all")) == EMBEDDED_COUNTS
+
+
+def test_configfile_replaces_the_default_from_repo_root(tmp_path):
+    """A --configfile replaces config/config.yaml: the tiny config stays tiny (no backbones of the default)."""
+    res = snakemake("-n", "-F", "--cores", "2", "--configfile", "config/test.yaml")
+    assert job_counts(res) == TEST_COUNTS
+    assert "resnet18" not in res.stdout and "msrresnet_tiny_x2" not in res.stdout
+    # --config alone still edits the default, which is loaded underneath it
+    res = snakemake("-n", "-F", "--cores", "2", "--config", "device=cpu")
+    assert job_counts(res) == EMBEDDED_COUNTS
+
+
+def test_readme_paper_command_from_repo_root(tmp_path):
+    """`snakemake --profile profiles/gpu --configfile config/paper.yaml` (dry run).  Where the datasets and
+    weights are missing (as on CI), it stops before any job, naming the config key and the expected
+    layout; with them in place (stand-ins here) it plans every paper job."""
+    args = ["-n", "-F", "--profile", "profiles/gpu", "--configfile", "config/paper.yaml"]
+    res = snakemake(*args, check=False)
+    out = res.stdout + res.stderr
+    assert "edsr_tiny_x2" not in out and "'train' is only available" not in out  # nothing merged in
+    if res.returncode != 0:
+        assert "not found" in out and any(f"{t}." in out for t in ("cls_ptq", "cls_qat", "sr_ptq")), out[-2000:]
+        assert "Expected" in out or "expected" in out
+    paper_inputs(tmp_path)
+    counts = job_counts(snakemake(*args, "--directory", str(tmp_path)))
+    assert counts["cls_dqss"] == 5 * 3 * 2 and counts["cls_uniform"] == 5 * 3  # ImageNet: 5 backbones, 3 seeds
+    assert counts["cls_qat_train"] == 2 and counts["cls_qat_dqss"] == 2 * 3 * 2
+    assert counts["sr_dqss"] == 8 * 3 * 2 and counts["sr_download_weights"] == 1  # one {url, sha256} file
+    assert "sr_train" not in counts and "cls_train" not in counts  # official weights: nothing trained
+
+
+def test_unlock_needs_no_cores(tmp_path):
+    """`snakemake --unlock` is what Snakemake prints after a kill -9; it must work without --cores."""
+    res = snakemake("--unlock", "--directory", str(tmp_path), "--configfile", str(ROOT / "config/test.yaml"),
+                    check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_dry_run_single_track(tmp_path):
-    """A config may hold only some tracks."""
-    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    """A config may hold only some tracks; run from the repo root, nothing of the default is added."""
+    cfg = copy.deepcopy(TEST_CONFIG)
     del cfg["cls_ptq"], cfg["sr_ptq"]
-    path = tmp_path / "qat_only.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path))
-    out = res.stdout + res.stderr
-    assert "cls_qat_dqss" in out and "cls_dqss" not in out.replace("cls_qat_dqss", "") and "sr_dqss" not in out
+    path = write_config(tmp_path / "qat_only.yaml", cfg)
+    counts = job_counts(snakemake("-n", "-F", "--cores", "1", "--configfile", str(path)))
+    assert set(counts) == {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"} | END
 
 
 def test_dry_run_sr_only(tmp_path):
-    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    cfg = copy.deepcopy(TEST_CONFIG)
     del cfg["cls_ptq"], cfg["cls_qat"]
-    path = tmp_path / "sr_only.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path)).stdout
-    assert "sr_dqss" in out and "cls_" not in out
+    path = write_config(tmp_path / "sr_only.yaml", cfg)
+    counts = job_counts(snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path)))
+    assert set(counts) == {"sr_train", "sr_evaluate_fp", "sr_calibrate", "sr_uniform", "sr_dqss"} | END
 
 
 def test_lint():
@@ -80,15 +163,46 @@ def test_lint():
     assert "Congratulations" in res.stdout + res.stderr
 
 
+def test_local_weight_files_are_inputs(tmp_path):
+    """Replacing a local weight file in place reruns every job that loads it (it is a rule input)."""
+    cfg = copy.deepcopy(TEST_CONFIG)
+    cls_w, sr_w = tmp_path / "w" / "test_resnet.pth", tmp_path / "w" / "edsr.pth"
+    cls_w.parent.mkdir()
+    cls_w.touch()
+    sr_w.touch()
+    cfg["cls_ptq"]["backbones"]["test_resnet"]["weights"] = str(cls_w)
+    cfg["sr_ptq"]["backbones"]["edsr_tiny_x2"]["weights"] = str(sr_w)
+    path = write_config(tmp_path / "local.yaml", cfg)
+    res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path))
+    users = {}
+    rule = None
+    for line in res.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("input:") and rule:
+            users.setdefault(rule, set()).update(p.strip() for p in line.split(":", 1)[1].split(","))
+    assert {r for r, ins in users.items() if str(cls_w) in ins} == {"cls_evaluate_fp", "cls_calibrate", "cls_uniform",
+                                                                   "cls_dqss"}
+    assert {r for r, ins in users.items() if str(sr_w) in ins} == {"sr_evaluate_fp", "sr_calibrate", "sr_uniform",
+                                                                  "sr_dqss"}
+    assert "cls_train" not in job_counts(res) and "sr_train" not in job_counts(res)
+
+
 def _bad_config(tmp_path, edit):
-    cfg = yaml.safe_load((ROOT / "config/test.yaml").read_text())
+    cfg = copy.deepcopy(TEST_CONFIG)
     edit(cfg)
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return write_config(tmp_path / "bad.yaml", cfg)
 
 
-@pytest.mark.parametrize("edit, message", [
+def _set(section: str, key: str, value):
+    return lambda c: c[section].__setitem__(key, value)
+
+
+def _set_in(section: str, sub: str, key: str, value):
+    return lambda c: c[section].setdefault(sub, {}).__setitem__(key, value)
+
+
+BAD_CONFIGS = [
     (lambda c: c["cls_ptq"]["backbones"].update({"resnet_nonexistent": {"weights": "train"}}), "unknown backbone"),
     (lambda c: c["cls_ptq"]["strategies"].append("nope"), "registered PTQ strategies"),
     (lambda c: c["cls_ptq"]["bits"].append({"w": 9, "a": 8}), "maximum"),
@@ -96,33 +210,82 @@ def _bad_config(tmp_path, edit):
     (lambda c: c["cls_qat"]["strategies"].append("minmax"), "registered QAT strategies"),
     (lambda c: c["cls_qat"]["dqss"].update({"search_fraction": 0}), "search_fraction"),
     (lambda c: c["cls_qat"]["backbones"].update({"resnet21": {"weights": "train"}}), "unknown backbone"),
-    (lambda c: c["cls_ptq"]["strategy_options"].update({"percentile": {"percentile": 20}})
-     if c["cls_ptq"].get("strategy_options") else c["cls_ptq"].update(
-        {"strategy_options": {"percentile": {"percentile": 20}}}), "percentile must lie"),
+    (_set_in("cls_ptq", "strategy_options", "percentile", {"percentile": 20}), "percentile must lie"),
     (lambda c: c["sr_ptq"]["backbones"].update({"edsr_x9": {"weights": "train"}}), "not supported"),
     (lambda c: c["sr_ptq"]["backbones"].update({"vdsr_x2": {"weights": "train"}}), "unknown SR backbone"),
     (lambda c: c["sr_ptq"]["bits"].append({"w": 8, "a": 1}), "minimum"),
     (lambda c: c["sr_ptq"]["strategies"].append("lsq"), "registered PTQ strategies"),
-    (lambda c: c["sr_ptq"]["quant"].update({"high_precision": ["neck"]}) if c["sr_ptq"].get("quant")
-     else c["sr_ptq"].update({"quant": {"high_precision": ["neck"]}}), "neck"),
+    (_set_in("sr_ptq", "quant", "high_precision", ["neck"]), "neck"),
     (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "https://x/y.pth",
                                                                            "sha256": "zz"}}), "sha256"),
-])
-def test_bad_config_fails_before_any_job(tmp_path, edit, message):
-    path = _bad_config(tmp_path, edit)
-    res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path), check=False)
+    # duplicates would be counted twice in every mean and std
+    (lambda c: c.update({"seeds": [0, 0]}), "seeds"),
+    (lambda c: c["cls_ptq"]["bits"].append({"w": 4, "a": 4}), "non-unique"),
+    (lambda c: c.update({"seeds": [2 ** 64]}), "4294967295"),
+    (_set_in("cls_ptq", "train", "seed", 2 ** 40), "4294967295"),
+    # DQSS needs something to choose from
+    (_set("cls_qat", "strategies", ["lsq"]), "at least two"),
+    (_set_in("sr_ptq", "dqss", "candidates", ["mse"]), "DQSS"),
+    # found before any training, not after it
+    (_set_in("cls_ptq", "calibration", "size", 5000), "exceeds the 1204 training images"),
+    (lambda c: c["cls_qat"]["backbones"]["resnet20"].update({"weights": "weights/resnet20_typo.pth"}),
+     "cls_qat.backbones.resnet20.weights: weight file weights/resnet20_typo.pth not found"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": "pretrained/edsr.pth"}),
+     "sr_ptq.backbones.edsr_tiny_x2.weights: weight file pretrained/edsr.pth not found"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "", "sha256": "ab" * 32}}),
+     "sr_ptq.backbones.edsr_tiny_x2.weights.url is missing or empty"),
+    (lambda c: c["cls_qat"].update({"data": {"name": "cifar10", "root": "nowhere/cifar"}}),
+     "cls_qat.data.root: nowhere/cifar/cifar-10-batches-py lacks data_batch_1"),
+    (lambda c: c["cls_ptq"].update({"data": {"name": "imagefolder", "root": "nowhere/imagenet"},
+                                     "backbones": {"resnet18": {"weights": "timm"}}}),
+     "cls_ptq.data.root: directory nowhere/imagenet/train not found. Expected ImageFolder layout"),
+]
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    """Each bad config stops the dry run with a message naming the key, and nothing is written
+    (the cases run two at a time; every mismatch is listed)."""
+    def attempt(i):
+        edit, message = BAD_CONFIGS[i]
+        work = tmp_path / f"case{i}"
+        work.mkdir()
+        path = _bad_config(work, edit)
+        res = snakemake("-n", "--cores", "1", "--directory", str(work), "--configfile", str(path), check=False)
+        out = res.stdout + res.stderr
+        if res.returncode == 0 or message not in out or (work / "results").exists():
+            return f"case {i} ({message!r}): exit {res.returncode}, output ends {out[-600:]!r}"
+        return None
+
+    with ThreadPoolExecutor(2) as pool:
+        wrong = [w for w in pool.map(attempt, range(len(BAD_CONFIGS))) if w]
+    assert not wrong, "\n".join(wrong)
+
+
+
+
+def test_default_config_syntax_error_names_file_line_column(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/config.yaml").write_text("seeds: [0, 1]\ncls_ptq:\n  data: {name: digits\n  bits: []\n")
+    res = snakemake("-n", "--cores", "1", "--directory", str(tmp_path), check=False)
     assert res.returncode != 0
-    assert message in res.stdout + res.stderr
-    assert not (tmp_path / "results").exists()
+    assert "config/config.yaml, line 4, column" in res.stdout + res.stderr
+
+
+# -- one real run of the tiny config ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config run to the end in a fresh directory: (work dir, snakemake args)."""
+    work = tmp_path_factory.mktemp("run")
+    args = ["--cores", "2", "--directory", str(work)]
+    snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"))
+    yield work, args
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_end_to_end(tmp_path):
-    """A real run of the tiny config: every job, the CSV contract, the report, and an idempotent rerun."""
-    work = tmp_path / "run"
-    work.mkdir()
-    args = ["--cores", "2", "--directory", str(work), "--configfile", str(ROOT / "config/test.yaml")]
-    snakemake(*args)
+def test_end_to_end(tiny_run):
+    """Every job, the CSV contract, the report, and an idempotent rerun."""
+    work, args = tiny_run
     df = pd.read_csv(work / "results/metrics.csv")
     for col in ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "seed", "metric", "value",
                 "delta_fp", "torch", "timm", "basicsr", "git_rev", "device", "config_hash"]:
@@ -141,6 +304,10 @@ def test_end_to_end(tmp_path):
     assert (work / "results/report/figures/sr_ptq_edsr_tiny_x2_crops.png").is_file()
     assert (work / "results/report/figures/assign_sr_ptq_edsr_tiny_x2.png").is_file()
     assert "sr_ptq_edsr_tiny_x2_w4a4" in (work / "results/report/report.md").read_text()
+    # every row of one job shares the hash of that job's settings; jobs of one kind agree across methods
+    cls = df[df.task == "cls_ptq"]
+    assert cls.groupby("method")["config_hash"].nunique().max() == 1
+    assert cls[cls.method.isin(["minmax", "mse"])]["config_hash"].nunique() == 1
     df = df[df.task != "sr_ptq"]
     qat = df[df.task == "cls_qat"]
     assert set(qat.method) == {"fp32", "lsq", "pact", "dqss", "dqss_nofix"}
@@ -173,21 +340,104 @@ def test_end_to_end(tmp_path):
     assert {e["weight"] for e in assign["layers"]} <= {"minmax", "mse"}
     assert any((work / "results/report/figures").glob("assign_*test_resnet*.png"))
 
-    # nothing to redo on a rerun; after an interruption (a job's result and the aggregate
-    # missing) only that job and the aggregation run again
-    res = snakemake(*args, "-n")
+    # nothing to redo on a rerun, nor for the same config with its keys reordered
+    res = snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
+    path = write_config(work / "reordered.yaml", reordered(TEST_CONFIG))
+    assert list(yaml.safe_load(path.read_text())) != list(TEST_CONFIG)
+    assert "Nothing to be done" in snakemake(*args, "--configfile", str(path), "-n").stdout
+
+
+CLS_ALL = {"cls_train", "cls_evaluate_fp", "cls_calibrate", "cls_uniform", "cls_dqss"}
+QAT_ALL = {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"}
+SR_ALL = {"sr_train", "sr_evaluate_fp", "sr_calibrate", "sr_uniform", "sr_dqss"}
+CLS_Q = {"cls_calibrate", "cls_uniform", "cls_dqss"}
+SR_Q = {"sr_calibrate", "sr_uniform", "sr_dqss"}
+# (key path, new value, the jobs that must rerun: rule -> count, or a set of rules with their full counts)
+EDITS = [
+    (("cls_ptq", "data", "test_fraction"), 0.3, CLS_ALL),
+    (("cls_ptq", "train", "epochs"), 3, CLS_ALL),
+    (("cls_ptq", "calibration", "bins"), 1024, CLS_Q),
+    (("cls_ptq", "quant", "first_last_bits"), 6, CLS_Q),
+    (("cls_ptq", "strategies"), ["minmax", "mse", "percentile"], {"cls_uniform", "cls_dqss"}),
+    (("cls_ptq", "strategy_options"), {"mse": {"grid": 50}}, {"cls_uniform", "cls_dqss"}),
+    (("cls_ptq", "dqss", "iterations"), 6, {"cls_dqss"}),
+    (("cls_ptq", "eval", "batch_size"), 128, {"cls_evaluate_fp", "cls_uniform", "cls_dqss"}),
+    (("cls_qat", "train", "epochs"), 2, QAT_ALL),
+    (("cls_qat", "calibration", "size"), 32, {"cls_qat_uniform", "cls_qat_dqss"}),
+    (("cls_qat", "qat", "lr"), 0.02, {"cls_qat_uniform", "cls_qat_dqss"}),
+    (("cls_qat", "dqss", "arch_lr"), 0.02, {"cls_qat_dqss"}),
+    (("cls_qat", "strategy_options"), {"pact": {"rescale": False}}, {"cls_qat_uniform": 1, "cls_qat_dqss": 2}),
+    (("cls_qat", "eval", "batch_size"), 128, {"cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"}),
+    (("sr_ptq", "train", "iterations"), 20, SR_ALL),
+    (("sr_ptq", "calibration", "size"), 8, SR_Q),
+    (("sr_ptq", "quant", "high_precision"), ["head", "tail"], SR_Q),
+    (("sr_ptq", "dqss", "lr"), 0.1, {"sr_dqss"}),
+    (("sr_ptq", "eval", "crop_size"), 24, {"sr_evaluate_fp", "sr_uniform", "sr_dqss"}),
+    (("device",), "auto", CLS_ALL | QAT_ALL | SR_ALL),
+    (("seeds",), [0, 1], {"cls_calibrate": 1, "cls_uniform": 1, "cls_dqss": 1, "cls_qat_uniform": 2,
+                          "cls_qat_dqss": 2, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1}),  # seed 1 only
+]
+
+
+@pytest.mark.slow
+def test_config_edit_reruns_exactly_its_jobs(tiny_run):
+    """In the finished run, an edit of one key of each section schedules exactly the jobs that read it
+    (and what depends on their outputs), as a dry run shows."""
+    work, args = tiny_run
+
+    def dry_run(i, edit):
+        keys, value, _ = edit
+        cfg = copy.deepcopy(TEST_CONFIG)
+        d = cfg
+        for k in keys[:-1]:
+            d = d.setdefault(k, {})
+        d[keys[-1]] = value
+        path = write_config(work / f"edit{i}.yaml", cfg)
+        return job_counts(snakemake(*args, "--configfile", str(path), "-n", "--nolock"))
+
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(dry_run, range(len(EDITS)), EDITS))
+    wrong = []
+    for (keys, value, want), counts in zip(EDITS, got):
+        if isinstance(want, set):
+            want = {r: TEST_COUNTS[r] for r in want}
+        want = {**want, **{r: 1 for r in END}}
+        if counts != want:
+            wrong.append(f"{'.'.join(keys)} = {value!r}: scheduled {counts}, expected {want}")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.slow
+def test_interrupted_or_deleted_job_is_recomputed(tiny_run):
+    """After an interruption (a result and the aggregate missing) only that job and the aggregation run
+    again; a deleted job directory is recomputed and its numbers reach metrics.csv."""
+    work, args = tiny_run
+    args = [*args, "--configfile", str(ROOT / "config/test.yaml")]
     victim = work / "results/cls_ptq/digits/test_resnet/dqss/w4a4/seed0/metrics.json"
-    before = victim.read_text()
+    before = json.loads(victim.read_text())
     victim.unlink()
     (work / "results/metrics.csv").unlink()
-    res = snakemake(*args, "-n")
-    jobs = res.stdout
-    assert "cls_dqss" in jobs and "cls_uniform" not in jobs and "cls_train" not in jobs
+    counts = job_counts(snakemake(*args, "-n"))
+    assert counts == {"cls_dqss": 1, **{r: 1 for r in END}}
     snakemake(*args)
-    # determinism: the recomputed DQSS result equals the first one up to provenance
-    import json
+    assert json.loads(victim.read_text())["metrics"] == before["metrics"]  # determinism
 
-    a, b = json.loads(before), json.loads(victim.read_text())
-    assert a["metrics"] == b["metrics"]
-    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    # a whole job directory deleted; the numbers in metrics.csv are made stale on purpose, so that a
+    # metrics.csv not rebuilt from the recomputed job would show
+    job_dir = work / "results/sr_ptq/embedded/edsr_tiny_x2/dqss/w4a4/seed0"
+    shutil.rmtree(job_dir)
+    csv = work / "results/metrics.csv"
+    df = pd.read_csv(csv)
+    sel = (df.task == "sr_ptq") & (df.method == "dqss")
+    df.loc[sel, "value"] = -1.0
+    df.to_csv(csv, index=False)
+    assert job_counts(snakemake(*args, "-n")) == {"sr_dqss": 1, **{r: 1 for r in END}}
+    snakemake(*args)
+    job = json.loads((job_dir / "metrics.json").read_text())
+    df = pd.read_csv(csv)
+    for r in job["results"]:
+        for metric, value in r["metrics"].items():
+            row = df[(df.task == "sr_ptq") & (df.method == "dqss") & (df.dataset == r["dataset"])
+                     & (df.metric == metric)]
+            assert row["value"].tolist() == [pytest.approx(value)]

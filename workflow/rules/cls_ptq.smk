@@ -8,6 +8,8 @@ rule cls_train:
         history=f"{CLS}/fp32/train.csv",
     params:
         track="cls_ptq",
+        settings=settings("cls_ptq", "train"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -32,6 +34,8 @@ rule cls_evaluate_fp:
         logits=f"{CLS}/fp32/w32a32/seed{{seed}}/logits.pt",
     params:
         track="cls_ptq",
+        settings=settings("cls_ptq", "evaluate_fp"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -54,6 +58,10 @@ rule cls_calibrate:
     output:
         stats=f"{CLS}/calib/seed{{seed}}/stats.pt",
         images=f"{CLS}/calib/seed{{seed}}/images.txt",
+    params:
+        track="cls_ptq",
+        settings=settings("cls_ptq", "calibrate"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -78,6 +86,9 @@ rule cls_uniform:
     output:
         list(uniform_outputs().values()),
     params:
+        track="cls_ptq",
+        settings=settings("cls_ptq", "uniform"),
+        device=DEVICE,
         jobs=list(uniform_outputs()),
     conda:
         ENV
@@ -104,6 +115,10 @@ rule cls_dqss:
         metrics=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
         assignment=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
         history=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
+    params:
+        track="cls_ptq",
+        settings=settings("cls_ptq", "dqss"),
+        device=DEVICE,
     conda:
         ENV
     log:

@@ -8,6 +8,8 @@ rule cls_qat_train:
         history=f"{QAT}/fp32/train.csv",
     params:
         track="cls_qat",
+        settings=settings("cls_qat", "train"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -32,6 +34,8 @@ rule cls_qat_evaluate_fp:
         logits=f"{QAT}/fp32/w32a32/seed{{seed}}/logits.pt",
     params:
         track="cls_qat",
+        settings=settings("cls_qat", "evaluate_fp"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -59,6 +63,8 @@ rule cls_qat_uniform:
         method=qat_methods_pattern(),
     params:
         track="cls_qat",
+        settings=settings("cls_qat", "uniform"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -87,6 +93,8 @@ rule cls_qat_dqss:
         method="dqss|dqss_nofix",
     params:
         track="cls_qat",
+        settings=settings("cls_qat", "dqss"),
+        device=DEVICE,
     conda:
         ENV
     log:

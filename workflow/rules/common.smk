@@ -1,21 +1,20 @@
-# Config validation and the lists every track's rules expand over.
-import sys
+# Config validation, the job settings every rule passes, and the lists every track's rules expand over.
 from pathlib import Path
 
 from snakemake.utils import validate
 
-# The library sits next to the Snakefile (jobs find it through scripts/_repo.py).
-sys.path.insert(0, workflow.basedir)
-
-from dqss.workflow import track_config, valid_backbones_pattern
+# (the Snakefile put the library on sys.path; jobs find it through scripts/_repo.py)
+from dqss.results import config_hash
+from dqss.workflow import check_top_level, job_settings, track_config, valid_backbones_pattern
 
 validate(config, "../schemas/config.schema.yaml")
+SEEDS = check_top_level(config)
 
 # None when the config leaves a track out
 CLS_PTQ = track_config(config, "cls_ptq")
 CLS_QAT = track_config(config, "cls_qat")
 SR_PTQ = track_config(config, "sr_ptq")
-SEEDS = [int(s) for s in config["seeds"]]
+TRACK = {"cls_ptq": CLS_PTQ, "cls_qat": CLS_QAT, "sr_ptq": SR_PTQ}
 DEVICE = config.get("device", "auto")
 GPU = 0 if DEVICE == "cpu" else 1
 
@@ -35,45 +34,76 @@ QAT = f"results/cls_qat/{CLS_QAT.dataset if CLS_QAT else 'none'}/{{backbone}}"
 SR = f"results/sr_ptq/{SR_PTQ.dataset if SR_PTQ else 'none'}/{{backbone}}"
 
 
+def settings(track, job):
+    """The keys of the track's config a job reads (its params): an edit of one reruns exactly its jobs."""
+    return lambda wc: job_settings(TRACK[track], job, wc.backbone, wc.get("method"))
+
+
+def local_weights(cfg, backbone):
+    """A local weight file is an input: replacing it reruns what used it."""
+    if cfg.task == "sr_ptq":
+        return str(cfg.backbones[backbone]["weights"]) if cfg.weight_source(backbone) == "file" else []
+    weights = cfg.weights(backbone)
+    return [] if weights in ("train", "timm") else weights
+
+
 def cls_checkpoint(wildcards):
-    """The trained checkpoint for 'train' weights; nothing for timm or local weights."""
+    """The trained checkpoint for 'train' weights, or the local weight file; nothing for timm weights."""
     if CLS_PTQ.weights(wildcards.backbone) == "train":
         return f"{CLS}/fp32/model.pt"
-    return []
+    return local_weights(CLS_PTQ, wildcards.backbone)
 
 
 def qat_checkpoint(wildcards):
-    """The FP checkpoint QAT starts from, when the workflow trains it."""
+    """The FP checkpoint QAT starts from, when the workflow trains it, or the local weight file."""
     if CLS_QAT.weights(wildcards.backbone) == "train":
         return f"{QAT}/fp32/model.pt"
-    return []
+    return local_weights(CLS_QAT, wildcards.backbone)
 
 
 def sr_checkpoint(wildcards):
-    """The weights an SR job loads when the workflow makes them: trained here or downloaded."""
+    """The weights an SR job loads: trained here, downloaded, or the local file."""
     source = SR_PTQ.weight_source(wildcards.backbone)
     if source == "train":
         return f"{SR}/fp32/model.pt".format(backbone=wildcards.backbone)
     if source == "url":
         return SR_PTQ.download_path(wildcards.backbone)
-    return []
+    return local_weights(SR_PTQ, wildcards.backbone)
 
 
 def sr_fp_dir(backbone, method="fp32"):
     return f"{SR}/{method}/w32a32/seed{SR_PTQ.train.seed}".format(backbone=backbone)
 
 
-def sr_ptq_targets():
-    if SR_PTQ is None:
-        return []
+def metric_jobs():
+    """Every job result the tables use, as (metrics.json path, track, job, backbone, method)."""
     out = []
-    for bb in SR_PTQ.backbones:
-        out += [f"{sr_fp_dir(bb)}/metrics.json", f"{sr_fp_dir(bb, 'bicubic')}/metrics.json"]
-        for seed in SEEDS:
-            for w, a in SR_PTQ.bits:
-                for method in SR_PTQ.strategies + ["dqss"]:
-                    out.append(f"{SR}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
+    for track, base in (("cls_ptq", CLS), ("cls_qat", QAT), ("sr_ptq", SR)):
+        cfg = TRACK[track]
+        if cfg is None:
+            continue
+        references = ["fp32", "bicubic"] if track == "sr_ptq" else ["fp32"]
+        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + ["dqss"]
+        for bb in cfg.backbones:
+            d = base.format(backbone=bb)
+            for m in references:
+                out.append((f"{d}/{m}/w32a32/seed{cfg.train.seed}/metrics.json", track, "evaluate_fp", bb, None))
+            for seed in SEEDS:
+                for w, a in cfg.bits:
+                    for m in methods:
+                        job = "dqss" if m in ("dqss", "dqss_nofix") else "uniform"
+                        out.append((f"{d}/{m}/w{w}a{a}/seed{seed}/metrics.json", track, job, bb,
+                                    m if track == "cls_qat" else None))
     return out
+
+
+def targets(track):
+    return [p for p, t, *_ in metric_jobs() if t == track]
+
+
+def expected_hashes():
+    """The settings hash each result must carry under the current config (the aggregate checks it)."""
+    return {p: config_hash(job_settings(TRACK[t], job, bb, m)) for p, t, job, bb, m in metric_jobs()}
 
 
 def sr_uniform_outputs():
@@ -88,34 +118,8 @@ def sr_uniform_outputs():
 
 def all_crops():
     """The SR outputs' crops the report composes into its figure."""
-    crops = [p.replace("metrics.json", "crop.png") for p in sr_ptq_targets()]
+    crops = [p.replace("metrics.json", "crop.png") for p in targets("sr_ptq")]
     return crops + [f"{sr_fp_dir(bb)}/crop_gt.png" for bb in (SR_PTQ.backbones if SR_PTQ else [])]
-
-
-def cls_ptq_targets():
-    if CLS_PTQ is None:
-        return []
-    out = []
-    for bb in CLS_PTQ.backbones:
-        out.append(f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/metrics.json".format(backbone=bb))
-        for seed in SEEDS:
-            for w, a in CLS_PTQ.bits:
-                for method in CLS_PTQ.strategies + ["dqss"]:
-                    out.append(f"{CLS}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
-    return out
-
-
-def cls_qat_targets():
-    if CLS_QAT is None:
-        return []
-    out = []
-    for bb in CLS_QAT.backbones:
-        out.append(f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed}/metrics.json".format(backbone=bb))
-        for seed in SEEDS:
-            for w, a in CLS_QAT.bits:
-                for method in CLS_QAT.methods():
-                    out.append(f"{QAT}/{method}/w{w}a{a}/seed{seed}/metrics.json".format(backbone=bb))
-    return out
 
 
 def qat_methods_pattern():
@@ -133,14 +137,14 @@ def uniform_outputs():
 
 
 def all_metric_files():
-    return cls_ptq_targets() + cls_qat_targets() + sr_ptq_targets()
+    return [p for p, *_ in metric_jobs()]
 
 
 def all_assignments():
-    dqss = [p for p in all_metric_files() if Path(p).parts[-4] in ("dqss", "dqss_nofix")]
-    return [p.replace("metrics.json", "assignment.yaml") for p in dqss]
+    return [p.replace("metrics.json", "assignment.yaml") for p, _, job, *_ in metric_jobs() if job == "dqss"]
 
 
 def all_histories():
     """The QAT training curves."""
-    return [p.replace("metrics.json", "train.csv") for p in cls_qat_targets() if Path(p).parts[-4] != "fp32"]
+    return [p.replace("metrics.json", "train.csv") for p, t, job, *_ in metric_jobs()
+            if t == "cls_qat" and job != "evaluate_fp"]

@@ -7,6 +7,8 @@ rule aggregate:
         all_metric_files(),
     output:
         "results/metrics.csv",
+    params:
+        expected=expected_hashes(),
     conda:
         ENV
     log:

@@ -7,6 +7,7 @@ rule sr_download_weights:
         f"{SR_PTQ.weights_dir}/{{backbone}}.pth",
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "download"),
     conda:
         ENV
     log:
@@ -26,6 +27,8 @@ rule sr_train:
         history=f"{SR}/fp32/train.csv",
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "train"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -46,19 +49,21 @@ rule sr_evaluate_fp:
     input:
         ckpt=sr_checkpoint,
     output:
-        fp=f"{SR}/fp32/w32a32/seed{SR_PTQ.train.seed}/metrics.json",
-        bicubic=f"{SR}/bicubic/w32a32/seed{SR_PTQ.train.seed}/metrics.json",
-        gt_crop=f"{SR}/fp32/w32a32/seed{SR_PTQ.train.seed}/crop_gt.png",
-        fp_crop=f"{SR}/fp32/w32a32/seed{SR_PTQ.train.seed}/crop.png",
-        bicubic_crop=f"{SR}/bicubic/w32a32/seed{SR_PTQ.train.seed}/crop.png",
+        fp=f"{SR}/fp32/w32a32/seed{{seed}}/metrics.json",
+        bicubic=f"{SR}/bicubic/w32a32/seed{{seed}}/metrics.json",
+        gt_crop=f"{SR}/fp32/w32a32/seed{{seed}}/crop_gt.png",
+        fp_crop=f"{SR}/fp32/w32a32/seed{{seed}}/crop.png",
+        bicubic_crop=f"{SR}/bicubic/w32a32/seed{{seed}}/crop.png",
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "evaluate_fp"),
+        device=DEVICE,
     conda:
         ENV
     log:
-        "logs/sr_ptq/{backbone}/fp32.log",
+        "logs/sr_ptq/{backbone}/fp32_seed{seed}.log",
     benchmark:
-        "benchmarks/sr_ptq/{backbone}/fp32.tsv"
+        "benchmarks/sr_ptq/{backbone}/fp32_seed{seed}.tsv"
     threads: 1
     resources:
         gpu=GPU,
@@ -77,6 +82,8 @@ rule sr_calibrate:
         crops=f"{SR}/calib/seed{{seed}}/crops.txt",
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "calibrate"),
+        device=DEVICE,
     conda:
         ENV
     log:
@@ -101,6 +108,8 @@ rule sr_uniform:
         [f"{d}/{f}" for d in sr_uniform_outputs().values() for f in ("metrics.json", "crop.png")],
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "uniform"),
+        device=DEVICE,
         jobs=list(sr_uniform_outputs()),
     conda:
         ENV
@@ -130,6 +139,8 @@ rule sr_dqss:
         crop=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/crop.png",
     params:
         track="sr_ptq",
+        settings=settings("sr_ptq", "dqss"),
+        device=DEVICE,
     conda:
         ENV
     log:

@@ -1,9 +1,9 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_qat import run_qat
-from dqss.workflow import setup, track_of
+from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
 wc, out = snakemake.wildcards, snakemake.output
-run_qat(track_of(snakemake), wc.backbone, wc.method, int(wc.seed), int(wc.w), int(wc.a),
+run_qat(job_config(snakemake), wc.backbone, wc.method, int(wc.seed), int(wc.w), int(wc.a),
         snakemake.input.get("ckpt") or None, snakemake.input.fp, out.metrics, out.history, device,
         out.get("assignment"))

@@ -1,7 +1,7 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_train
-from dqss.workflow import setup, track_of
+from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
-run_train(track_of(snakemake), snakemake.wildcards.backbone, snakemake.output.ckpt, snakemake.output.history,
+run_train(job_config(snakemake), snakemake.wildcards.backbone, snakemake.output.ckpt, snakemake.output.history,
           device)

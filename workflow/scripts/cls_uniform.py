@@ -1,8 +1,8 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_uniform
-from dqss.workflow import cls_ptq_config, setup
+from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
 outputs = {tuple(k): path for k, path in zip(snakemake.params.jobs, snakemake.output)}
-run_uniform(cls_ptq_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
+run_uniform(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
             snakemake.input.get("ckpt") or None, snakemake.input.stats, snakemake.input.fp, outputs, device)

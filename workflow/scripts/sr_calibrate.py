@@ -1,7 +1,7 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_calibrate
-from dqss.workflow import setup, track_of
+from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
-run_calibrate(track_of(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
+run_calibrate(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
               snakemake.input.get("ckpt") or None, snakemake.output.stats, snakemake.output.crops, device)

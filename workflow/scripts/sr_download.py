@@ -1,6 +1,6 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_download
-from dqss.workflow import setup, track_of
+from dqss.workflow import job_config, setup
 
 setup(snakemake)
-run_download(track_of(snakemake), snakemake.wildcards.backbone, snakemake.output[0])
+run_download(job_config(snakemake), snakemake.wildcards.backbone, snakemake.output[0])

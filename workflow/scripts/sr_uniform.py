@@ -1,9 +1,9 @@
 import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_uniform
-from dqss.workflow import setup, track_of
+from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
 files = iter(snakemake.output)
 outputs = {tuple(k): (next(files), next(files)) for k in snakemake.params.jobs}
-run_uniform(track_of(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
+run_uniform(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
             snakemake.input.get("ckpt") or None, snakemake.input.stats, outputs, device)

@@ -1,0 +1,173 @@
+"""Config plumbing shared by every track: sections, validation helpers and partial configs.
+
+A track's config class is built from its config section in one of two ways:
+
+* **whole** (``partial=False``): the workflow validates the full section before any job runs;
+* **partial** (``partial=True``): a job builds its config from the *settings* its rule passes as
+  ``params`` -- only the keys that job reads (:func:`dqss.workflow.job_settings`).  A key it was not
+  given becomes :class:`NotGiven`, whose use is an error, so a job can never read a setting that an
+  edit would not rerun it for.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+SEED_MAX = 2 ** 32 - 1  # numpy's RandomState (the digits split) takes seeds below 2**32
+
+
+class NotGiven:
+    """A config key a job was not given: any use of it fails, naming the key and the fix."""
+
+    def __init__(self, key: str):
+        object.__setattr__(self, "_key", key)
+
+    def _fail(self, *_args, **_kwargs):
+        raise KeyError(f"{self._key} is not among this job's settings: add the key to the job's entry in "
+                       "dqss.workflow.JOB_KEYS so that the rule passes it (and reruns when it changes)")
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # copy, pickle and friends probe for optional hooks
+            raise AttributeError(name)
+        self._fail()
+
+    __getitem__ = __iter__ = __len__ = __contains__ = __bool__ = __call__ = _fail
+
+    def __repr__(self) -> str:
+        return f"NotGiven({self._key!r})"
+
+
+class Section:
+    """Reads the keys of a track's config section ``d`` (named ``key`` in messages)."""
+
+    def __init__(self, d: dict, key: str, partial: bool = False):
+        self.d, self.key, self.partial = dict(d or {}), key, partial
+
+    def has(self, name: str) -> bool:
+        return name in self.d
+
+    def get(self, name: str, parse=lambda v: v, required: bool = False):
+        """``parse(value)`` of ``name`` (``None`` when absent), or :class:`NotGiven` in a partial config."""
+        if name not in self.d:
+            if self.partial:
+                return NotGiven(f"{self.key}.{name}")
+            if required:
+                raise ValueError(f"{self.key}.{name} is required")
+        return parse(self.d.get(name))
+
+    def build(self, name: str, cls, defaults: dict | None = None):
+        """The dataclass ``cls`` of sub-section ``name`` (``defaults`` under the user's values)."""
+        return self.get(name, lambda v: build_section(cls, {**(defaults or {}), **(v or {})},
+                                                       f"{self.key}.{name}"))
+
+
+def given(*values) -> bool:
+    """Whether none of ``values`` is :class:`NotGiven` (cross-checks run only on what a job was given)."""
+    return not any(isinstance(v, NotGiven) for v in values)
+
+
+def build_section(cls, section: dict | None, key: str):
+    """The dataclass ``cls`` from a config section, refusing unknown options by name."""
+    section = dict(section or {})
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(section) - valid)
+    if unknown:
+        raise ValueError(f"{key}: unknown option(s) {unknown}; valid options are {sorted(valid)}")
+    try:
+        return cls(**section)
+    except ValueError as exc:
+        msg = str(exc)
+        # the dataclasses name their keys relative to the track ("dqss.lr"); say the full key
+        short = key.split(".", 1)[1] if "." in key else key
+        if msg.startswith(f"{short}") and not msg.startswith(key):
+            msg = f"{key.split('.', 1)[0]}.{msg}"
+        raise ValueError(msg) from exc
+
+
+def check_names(names, key: str, kind: str) -> list[str]:
+    """``names`` if every one is a registered strategy of ``kind``, else a ValueError listing them."""
+    from .strategy import strategy_names
+
+    known = strategy_names(kind)
+    bad = [s for s in names if s not in known]
+    if bad:
+        raise ValueError(f"{key}: unknown {bad}; registered {kind.upper()} strategies are {known}")
+    dup = sorted({s for s in names if list(names).count(s) > 1})
+    if dup:
+        raise ValueError(f"{key}: {dup} listed more than once; list each strategy once")
+    return list(names)
+
+
+def check_candidates(names, key: str, kind: str) -> list[str]:
+    """DQSS's candidates: registered, distinct, and at least two (one candidate leaves nothing to search)."""
+    names = check_names(names, key, kind)
+    if len(names) < 2:
+        raise ValueError(f"{key}: DQSS needs at least two candidate strategies, got {names}; list two or more "
+                         "in dqss.candidates (or in strategies, which null candidates stand for)")
+    return names
+
+
+def parse_options(opts: dict | None, key: str, kind: str) -> dict[str, dict]:
+    """``strategy_options``: each strategy registered and its options valid, before any work."""
+    from .strategy import get_strategy
+
+    opts = dict(opts or {})
+    check_names(list(opts), f"{key}.strategy_options", kind)
+    for name, o in opts.items():
+        try:
+            get_strategy(name, o)
+        except ValueError as exc:
+            raise ValueError(f"{key}.strategy_options.{name}: {exc}") from exc
+    return opts
+
+
+def parse_bits(bits, key: str) -> list[tuple[int, int]]:
+    """``bits``: a list of distinct ``{w, a}`` with both widths in 2..8."""
+    out = []
+    for b in bits or []:
+        w, a = int(b["w"]), int(b["a"])
+        if not (2 <= w <= 8 and 2 <= a <= 8):
+            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
+        if (w, a) in out:
+            raise ValueError(f"{key}.bits: W{w}A{a} is listed twice; list each bit width once")
+        out.append((w, a))
+    if not out:
+        raise ValueError(f"{key}.bits must list at least one {{w: ..., a: ...}}")
+    return out
+
+
+def check_seed(seed, key: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"{key}: a seed must be an integer in 0..{SEED_MAX} (2**32 - 1), got {seed!r}")
+    return seed
+
+
+def parse_seeds(seeds, key: str = "seeds") -> list[int]:
+    """The top-level ``seeds``: distinct integers in 0..2**32-1 (a repeated seed would count twice)."""
+    if not isinstance(seeds, list) or not seeds:
+        raise ValueError(f"{key} must be a non-empty list of integers, e.g. [0, 1]")
+    out = [check_seed(s, f"{key}[{i}]") for i, s in enumerate(seeds)]
+    dup = sorted({s for s in out if out.count(s) > 1})
+    if dup:
+        raise ValueError(f"{key}: {dup} listed more than once; each seed must be distinct (a repeated seed "
+                         "would count the same run twice in every mean and std)")
+    return out
+
+
+def parse_backbones(v) -> dict[str, dict]:
+    return {k: dict(spec or {}) for k, spec in (v or {}).items()}
+
+
+def eval_batch_size(v) -> int:
+    return int((v or {}).get("batch_size", 256))
+
+
+class TrackMethods:
+    """What every track config answers the same way (a mixin of the track dataclasses)."""
+
+    def strategy(self, name: str):
+        from .strategy import get_strategy
+
+        return get_strategy(name, self.strategy_options.get(name))
+
+    def weights(self, backbone: str) -> str:
+        return str(self.backbones[backbone].get("weights", "train"))
