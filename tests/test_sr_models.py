@@ -455,3 +455,21 @@ def test_weights_with_nan_are_refused(tmp_path, edsr_pair):
     torch.save({"params": state}, path)
     with pytest.raises(ValueError, match=rf"{KEY}.*NaN or inf in net[.]{name.replace('.', '[.]')};"):
         create_sr_backbone("edsr_tiny_x2", {"weights": str(path)}, KEY)
+
+
+def test_download_job_runs_on_its_settings_only(tmp_path, weight_file):
+    """The download rule's job gets only its backbone's entry (url, sha256): a changed sha256 reruns it."""
+    from dqss.sr_ptq import SRPTQConfig, run_download
+    from dqss.workflow import job_settings
+
+    src, sha = weight_file
+    section = {"dataset": "div2k", "data": {"name": "embedded"}, "strategies": ["minmax", "mse"],
+               "bits": [{"w": 8, "a": 8}],
+               "backbones": {"edsr_tiny_x2": {"weights": {"url": src.as_uri(), "sha256": sha}},
+                             "msrresnet_tiny_x2": {"weights": "train"}}}
+    cfg = SRPTQConfig.from_dict(section)
+    settings = job_settings(cfg, "download", "edsr_tiny_x2")
+    assert settings == {"backbones": {"edsr_tiny_x2": {"weights": {"sha256": sha, "url": src.as_uri()}}}}
+    dst = tmp_path / "pretrained" / "edsr_tiny_x2.pth"
+    run_download(SRPTQConfig.from_dict(settings, partial=True), "edsr_tiny_x2", dst)
+    assert dst.read_bytes() == src.read_bytes()

@@ -1,6 +1,4 @@
 # Config validation, the job settings every rule passes, and the lists every track's rules expand over.
-from pathlib import Path
-
 from snakemake.utils import validate
 
 # (the Snakefile put the library on sys.path; jobs find it through scripts/_repo.py)
