@@ -65,20 +65,27 @@ class ClsPTQConfig(TrackMethods):
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsPTQConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
-        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "ptq"), required=True)
-        dq = s.build("dqss", SearchConfig)
-        if given(dq):
-            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
-        return cls(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
-                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
-                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
-                   calibration=s.build("calibration", CalibConfig), strategies=strategies,
-                   strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "ptq")),
-                   quant=s.build("quant", QuantPolicy), dqss=dq,
-                   eval_batch_size=s.get("eval", eval_batch_size), classes=s.get("num_classes"), raw=dict(d))
+        return cls(**classification_sections(s, "ptq", SearchConfig), calibration=s.build("calibration", CalibConfig))
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name == "digits" else self.classes
+
+
+def classification_sections(s: Section, kind: str, search_class, **extra_sections) -> dict:
+    """The config fields both classification tracks read the same way (``kind``: their strategies'), less
+    ``calibration``; ``extra_sections`` adds track-specific dataclass sections (QAT's ``qat``)."""
+    key = s.key
+    strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", kind), required=True)
+    dq = s.build("dqss", search_class)
+    if given(dq):
+        dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", kind)
+    return dict(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
+                backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
+                bits=s.get("bits", lambda v: parse_bits(v, key), required=True), strategies=strategies,
+                strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, kind)),
+                quant=s.build("quant", QuantPolicy), dqss=dq, eval_batch_size=s.get("eval", eval_batch_size),
+                classes=s.get("num_classes"), raw=dict(s.d),
+                **{name: s.build(name, c) for name, c in extra_sections.items()})
 
 
 def resolve_device(device: str) -> torch.device:

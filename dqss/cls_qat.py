@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cls_ptq import CalibConfig, _calibration_tensors, _evaluate, _load_fp_logits, example_input, prepare
-from .config import (Section, TrackMethods, check_candidates, check_names, eval_batch_size, given, parse_backbones,
-                     parse_bits, parse_options)
+from .cls_ptq import (CalibConfig, _calibration_tensors, _evaluate, _load_fp_logits, classification_sections,
+                      example_input, prepare)
+from .config import Section, TrackMethods
 from .data import DataConfig
 from .evaluate import predict
 from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
@@ -57,18 +57,8 @@ class ClsQATConfig(TrackMethods):
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsQATConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
-        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "qat"), required=True)
-        dq = s.build("dqss", DQSSQATConfig)
-        if given(dq):
-            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "qat")
-        return cls(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
-                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
-                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
-                   calibration=s.build("calibration", CalibConfig, defaults={"samples": 0}),
-                   strategies=strategies,
-                   strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "qat")),
-                   quant=s.build("quant", QuantPolicy), qat=s.build("qat", QATRecipe), dqss=dq,
-                   eval_batch_size=s.get("eval", eval_batch_size), classes=s.get("num_classes"), raw=dict(d))
+        return cls(**classification_sections(s, "qat", DQSSQATConfig, qat=QATRecipe),
+                   calibration=s.build("calibration", CalibConfig, defaults={"samples": 0}))
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name in ("digits", "cifar10") else self.classes
