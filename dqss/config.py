@@ -42,9 +42,6 @@ class Section:
     def __init__(self, d: dict, key: str, partial: bool = False):
         self.d, self.key, self.partial = dict(d or {}), key, partial
 
-    def has(self, name: str) -> bool:
-        return name in self.d
-
     def get(self, name: str, parse=lambda v: v, required: bool = False):
         """``parse(value)`` of ``name`` (``None`` when absent), or :class:`NotGiven` in a partial config."""
         if name not in self.d:

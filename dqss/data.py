@@ -77,7 +77,7 @@ def check_data_root(cfg: DataConfig, key: str) -> None:
                                         f"class folders); set {key}.root to where the data lies")
     elif cfg.name == "cifar10" and not cfg.download:
         root = Path(cfg.root)
-        missing = [n for n in CIFAR10_FILES if not (root / CIFAR10_DIR / n).is_file()]
+        missing = _missing_cifar10_files(root)
         if missing:
             raise FileNotFoundError(_cifar10_message(root, f"{root / CIFAR10_DIR} lacks {', '.join(missing)}",
                                                      key=f"{key}.root"))
@@ -256,6 +256,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _missing_cifar10_files(root: Path) -> list[str]:
+    return [n for n in CIFAR10_FILES if not (root / CIFAR10_DIR / n).is_file()]
+
+
 def _cifar10_message(root: Path, problem: str, key: str = "data.root") -> str:
     return (f"{key}: {problem}. CIFAR-10 is read from the python version of the archive "
             f"(cifar-10-python.tar.gz, unpacked), layout {CIFAR10_LAYOUT} in python pickle format, with "
@@ -267,7 +271,7 @@ def _open_cifar10(root: Path, train: bool, download: bool, transform):
     if not download:
         if not root.is_dir():
             raise FileNotFoundError(_cifar10_message(root, f"directory {root} not found"))
-        missing = [n for n in CIFAR10_FILES if not (base / n).is_file()]
+        missing = _missing_cifar10_files(root)
         if missing:
             raise FileNotFoundError(_cifar10_message(root, f"{base} lacks {', '.join(missing)}"))
     try:

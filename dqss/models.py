@@ -57,10 +57,7 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
                                "offline machine set HF_HUB_OFFLINE=1 with the weights in the Hugging Face "
                                "cache, or set the key to a local weight file") from exc
     else:
-        path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"{key}: weight file {path} not found; set it to an existing .pth/.bin/"
-                                    f".safetensors file for '{name}', or to 'timm' or 'train'")
+        path = require_weight_file(weights, key, name)
         try:
             # the overlay's num_classes tells timm the file's classifier matches the model,
             # otherwise it silently drops it as a 1000-class head
@@ -70,6 +67,16 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
             raise RuntimeError(f"{key}: cannot load weight file {path} into '{name}' ({exc}); is it the "
                                "state dict of that architecture?") from exc
     return check_finite(model, f"{key} ({checkpoint if weights == 'train' else weights})").eval()
+
+
+def require_weight_file(path, key: str, name: str) -> Path:
+    """``path`` if it is a file; else an error naming the config ``key`` (checked before any job, and on load)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: weight file {path} not found (relative paths are relative to the working "
+                                f"directory {Path.cwd()}); set it to an existing .pth/.bin/.safetensors file for "
+                                f"'{name}', or to 'timm' or 'train'")
+    return path
 
 
 def check_finite(model: nn.Module, source: str) -> nn.Module:

@@ -220,13 +220,20 @@ def _state_dict_of(obj, path, key: str | None):
     return obj
 
 
-def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, arch: str | None = None) -> SRNet:
-    """Load a weight file into ``model.net`` (strict); errors name the config ``key``."""
+def require_weight_file(path, key: str) -> Path:
+    """``path`` if it is a file; else an error naming the config ``key`` (checked before any job, and on load)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}: weight file {path} not found. Put the official pretrained file there "
-                                "(basicsr layout: experiments/pretrained_models/<file>.pth), give its url and "
-                                "sha256 to download it, or use weights: train on the embedded data")
+        raise FileNotFoundError(f"{key}: weight file {path} not found (relative paths are relative to the working "
+                                f"directory {Path.cwd()}). Put the official pretrained file there (basicsr layout: "
+                                "experiments/pretrained_models/<file>.pth), give its url and sha256 to download it, "
+                                "or use weights: train on the embedded data")
+    return path
+
+
+def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, arch: str | None = None) -> SRNet:
+    """Load a weight file into ``model.net`` (strict); errors name the config ``key``."""
+    path = require_weight_file(path, key)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -293,10 +300,10 @@ def check_sha256(path, sha256: str, key: str) -> None:
         pass
     if got is None:
         got = sha256_of(path)
+        from .results import write_json
+
         try:
-            tmp = cache.with_name(cache.name + ".tmp")
-            tmp.write_text(json.dumps({**stamp, "sha256": got}) + "\n")
-            tmp.replace(cache)
+            write_json(cache, {**stamp, "sha256": got})
         except OSError:  # a read-only weights folder: verify again next time
             pass
     if not got.startswith(sha256):

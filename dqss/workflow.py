@@ -82,7 +82,7 @@ def track_config(config: dict, track: str):
     Everything that can be known before a job runs is checked here: unknown backbones, strategies
     or bit widths, and the data folders and weight files the config names (so that a typo stops the
     workflow before hours of training, with the key to fix)."""
-    from .models import check_backbone
+    from .models import check_backbone, require_weight_file
 
     config_class = _config_class(track)
     section = config.get(track)
@@ -99,10 +99,8 @@ def track_config(config: dict, track: str):
         if weights == "train" and cfg.data.name not in TRAINABLE[track]:
             raise ValueError(f"{key}: 'train' is only available on {list(TRAINABLE[track])} data in this track; "
                              "use 'timm' or a weight file")
-        if weights not in ("train", "timm") and not Path(weights).is_file():
-            raise FileNotFoundError(f"{key}: weight file {weights} not found (relative paths are relative to the "
-                                    f"working directory {Path.cwd()}); set it to an existing .pth/.bin/"
-                                    f".safetensors file for '{name}', or to 'timm' or 'train'")
+        if weights not in ("train", "timm"):
+            require_weight_file(weights, key, name)
     check_cls_inputs(cfg, track)
     return cfg
 
@@ -121,18 +119,13 @@ def check_cls_inputs(cfg, track: str) -> None:
 def check_sr_inputs(cfg) -> None:
     """The SR folders and local weight files are where the config says."""
     from .sr_data import check_folders
+    from .sr_models import require_weight_file
 
     if cfg.data.name == "folders":
         check_folders(cfg.data, sorted({cfg.scale(b) for b in cfg.backbones}))
     for name in cfg.backbones:
         if cfg.weight_source(name) == "file":
-            path = Path(str(cfg.backbones[name]["weights"]))
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"sr_ptq.backbones.{name}.weights: weight file {path} not found (relative paths are relative "
-                    f"to the working directory {Path.cwd()}). Put the official pretrained file there (basicsr "
-                    "layout: experiments/pretrained_models/<file>.pth), give {url, sha256} to download it, or "
-                    "use weights: train on the embedded data")
+            require_weight_file(str(cfg.backbones[name]["weights"]), f"sr_ptq.backbones.{name}.weights")
 
 
 def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dict:
