@@ -14,16 +14,16 @@ from typing import ClassVar
 import torch
 from torch.utils.data import DataLoader
 
-from .config import (Section, TrackMethods, check_candidates, check_names, eval_batch_size, given, parse_backbones,
-                     parse_bits, parse_options)
+from .config import (Section, TrackMethods, check_candidates, check_hold_fraction, check_names, eval_batch_size,
+                     given, parse_backbones, parse_bits, parse_options)
 from .data import DataConfig, load_classification
-from .evaluate import classification_metrics, predict
+from .evaluate import classification_metrics, per_image, predict
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .models import create_backbone, data_config, save_checkpoint
-from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
-                  quantize_uniform, save_assignment)
+from .ptq import export_assignment, load_assignment, quantize_from_assignment, quantize_uniform, save_assignment
+from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
 from .results import FP_METHOD, provenance, write_metrics
-from .search import SearchConfig, search
+from .search import SearchConfig
 from .stats import collect_act_stats, load_stats, save_stats
 from .train import TrainConfig, train_classifier
 
@@ -38,10 +38,12 @@ class CalibConfig:
     batch_size: int = 64
     bins: int = 2048
     samples: int = 16
+    hold_fraction: float = 0.25  # held part of the draw: the DQSS selection's guard (BRECQ/AdaRound: 1024 -> 768/256)
 
     def __post_init__(self):
         if self.size < 1 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
             raise ValueError("calibration: size and batch_size must be >= 1, bins >= 256, samples >= 0")
+        check_hold_fraction(self.hold_fraction, "calibration.hold_fraction")
 
 
 @dataclass
@@ -65,7 +67,11 @@ class ClsPTQConfig(TrackMethods):
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsPTQConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
-        return cls(**classification_sections(s, "ptq", SearchConfig), calibration=s.build("calibration", CalibConfig))
+        cfg = cls(**classification_sections(s, "ptq", SearchConfig), calibration=s.build("calibration", CalibConfig))
+        if given(cfg.dqss) and cfg.dqss.objective == "mse_y":
+            raise ValueError(f"{key}.dqss.objective: 'mse_y' measures images; classification selects on 'kl' (the "
+                             "default), 'l1' or 'mse' of the logits")
+        return cfg
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name == "digits" else self.classes
@@ -186,9 +192,10 @@ def _load_fp_logits(path):
 
 
 def _evaluate(qmodel, prep, cfg, fp_logits, device, desc):
+    """The test metrics of ``qmodel`` and their per-image values (for the paired significance tests)."""
     loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
     logits, labels = predict(qmodel, loader, device, desc=desc)
-    return classification_metrics(logits, labels, fp_logits)
+    return classification_metrics(logits, labels, fp_logits), per_image(logits, labels, fp_logits)
 
 
 def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_path, fp_logits_path,
@@ -205,46 +212,46 @@ def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_p
             plans_by_bits[w, a] = plan_layers(folded, cfg.quant, w, a, example_input(prep).to(device))
         plans = plans_by_bits[w, a]
         qmodel = quantize_uniform(folded, plans, stats, cfg.strategy(method))
-        metrics = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+        metrics, images = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
         write_metrics(path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
-                      seed=seed, metrics=metrics, prov=prov,
+                      seed=seed, metrics=metrics, prov=prov, per_image=images,
                       extra={"calib_size": cfg.calibration.size, "first_last_bits": cfg.quant.first_last_bits})
 
 
-def _assignment_meta(cfg, backbone, seed, w, a):
-    """What an assignment file records besides its layers (any PTQ track's config)."""
-    return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a, "seed": seed,
-            "candidates": cfg.dqss.candidates,
-            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates}}
-
-
-def run_dqss(cfg: ClsPTQConfig, backbone: str, seed: int, w: int, a: int, checkpoint, stats_path, fp_logits_path,
-             out_metrics, out_assignment, out_history, device) -> None:
-    """Search the per-layer strategies, rebuild the discrete model from the assignment, evaluate."""
+def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, checkpoint, stats, fp,
+             metrics, assignment, history, selection, argmax_metrics, argmax_assignment, device) -> None:
+    """Search the per-layer strategies on the calibration's search part, choose the final assignment
+    (``dqss``: ``dqss.select``; ``dqss_argmax``: the logits' argmax), rebuild both discrete models from
+    their assignment files and evaluate them on the test set."""
     torch.manual_seed(seed)
     prep = prepare(cfg, backbone, checkpoint)
     ex = example_input(prep).to(device)
     folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
-    stats = load_stats(stats_path)
+    act_stats = load_stats(stats)
     plans = plan_layers(folded, cfg.quant, w, a, ex)
     strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
-    qmodel = quantize_mixed(folded, plans, stats, strategies, cfg.dqss.mode)
-    x, y, _ = _calibration_tensors(prep, cfg, seed)
-    with torch.no_grad():
-        teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
-    history = search(qmodel, x, teacher, cfg.dqss, seed, device, labels=y)
-    assignment = export_assignment(qmodel, plans, _assignment_meta(cfg, backbone, seed, w, a))
-    save_assignment(assignment, out_assignment)
-    final = quantize_from_assignment(folded, plans, stats, load_assignment(out_assignment), strategies)
-    fp_logits, _ = _load_fp_logits(fp_logits_path)
-    metrics = _evaluate(final, prep, cfg, fp_logits, device, f"dqss W{w}A{a}")
-    log.info("%s dqss W%dA%d seed %d: %s", backbone, w, a, seed, metrics)
-    with open(out_history, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["step", "loss", "tau"])
-        wr.writeheader()
-        wr.writerows(history)
-    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method="dqss", w_bits=w,
-                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw),
-                  extra={"calib_size": cfg.calibration.size, "iterations": cfg.dqss.iterations,
-                         "candidates": cfg.dqss.candidates, "final_loss": history[-1]["loss"]})
+    x, y, ids = _calibration_tensors(prep, cfg, seed)
+    out = search_and_select(folded, plans, act_stats, strategies, x, ids, cfg=cfg.dqss,
+                            hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device, objective="kl",
+                            batch_size=cfg.calibration.batch_size, labels=y)
+    fp_logits, _ = _load_fp_logits(fp)
+    prov = provenance(device, cfg.raw)
+    common = {"calib_size": cfg.calibration.size, "hold_fraction": cfg.calibration.hold_fraction,
+              "iterations": cfg.dqss.iterations, "candidates": cfg.dqss.candidates,
+              "final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, choice, metrics_path, assignment_path in (("dqss_argmax", out.argmax, argmax_metrics,
+                                                           argmax_assignment),
+                                                          ("dqss", out.selected, metrics, assignment)):
+        meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
+        save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
+        final = quantize_from_assignment(folded, plans, act_stats, load_assignment(assignment_path), strategies)
+        values, images = _evaluate(final, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, values)
+        write_metrics(metrics_path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
+                      a_bits=a, seed=seed, metrics=values, prov=prov, per_image=images,
+                      extra={**common, "select": "argmax" if method == "dqss_argmax" else cfg.dqss.select})
+    write_history(out.history, history)
+    mixture, _ = _evaluate(out.qmodel, prep, cfg, fp_logits, device, f"mixture W{w}A{a}")
+    write_selection(out, selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
+                                      "a_bits": a, "seed": seed}, test={"mixture": mixture})

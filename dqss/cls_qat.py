@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 TASK = "cls_qat"
 DQSS_VARIANTS = {"dqss": True, "dqss_nofix": False}  # method name -> under-fitting fix on
+RETRAIN_METHOD = "dqss_retrain"  # the frozen DQSS assignment (of method dqss), retrained from the FP checkpoint
 
 
 @dataclass
@@ -64,7 +65,7 @@ class ClsQATConfig(TrackMethods):
         return 10 if self.data.name in ("digits", "cifar10") else self.classes
 
     def methods(self) -> list[str]:
-        return self.strategies + list(DQSS_VARIANTS)
+        return self.strategies + list(DQSS_VARIANTS) + [RETRAIN_METHOD]
 
 
 # -- building the quantized models --------------------------------------------------------
@@ -77,13 +78,19 @@ def quantize_qat(model: nn.Module, plans, stats, choice: dict[str, dict[str, obj
     """A trainable copy of ``model`` whose planned layers carry QAT quantizers.
 
     ``choice[layer]`` maps strategy names to strategies: one entry gives a plain
-    :class:`QuantLayer`, several a DQSS :class:`MixedQuantLayer` over them (``mode``).
+    :class:`QuantLayer`, several a DQSS :class:`MixedQuantLayer` over them (``mode``); a
+    ``(weight strategy, activation strategy)`` pair gives a plain layer with one of each.
     Every quantizer is initialised from the FP weights and ``stats``.
     """
     qmodel = copy.deepcopy(model)
     new = {}
     for name, ctx in _contexts(qmodel, plans).items():
         plan, st = plans[name], stats[name]
+        if isinstance(choice[name], tuple):
+            w_strat, a_strat = choice[name]
+            new[name] = QuantLayer(ctx.module, w_strat.build_weight_quantizer(plan.w_spec, ctx),
+                                   a_strat.build_act_quantizer(plan.a_spec, st, ctx))
+            continue
         wq = {s: strat.build_weight_quantizer(plan.w_spec, ctx) for s, strat in choice[name].items()}
         aq = {s: strat.build_act_quantizer(plan.a_spec, st, ctx) for s, strat in choice[name].items()}
         if len(choice[name]) == 1:
@@ -119,50 +126,145 @@ def _write_history(rows: list[dict], path) -> None:
         w.writerows(rows)
 
 
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches) -> None:
+    """BN running statistics recomputed (cumulative average) for the model's current assignment."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        m.eval()
+
+
+def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dict):
+    """The DQSS-QAT freeze point's choice: ``dqss.select`` on the seed's calibration draw.
+
+    'measured': the PTQ tracks' selection with the task loss (cross-entropy on the draw's labels) as the
+    objective and BN statistics re-estimated on the search part for each evaluated assignment; the
+    model's own BN statistics are restored afterwards.  ``record`` receives the selection record."""
+    from .ptq_search import split_calibration
+    from .select import Evaluator, argmax_assignment, measured_selection
+
+    def select(model):
+        if cfg.dqss.select == "argmax":
+            record.update(rule="argmax")
+            return argmax_assignment(model)
+        x, y, _ = _calibration_tensors(prep, cfg, seed)
+        s_idx, h_idx = (torch.tensor(i) for i in split_calibration(len(x), cfg.calibration.hold_fraction, seed))
+        bs = cfg.calibration.batch_size
+        search_batches = [b.to(device) for b in torch.split(x[s_idx], bs)]
+        saved = {k: v.clone() for k, v in model.state_dict().items()
+                 if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        model.eval()
+        prepare = lambda m: reestimate_bn(m, search_batches)  # noqa: E731
+        ev_s = Evaluator(model, x[s_idx], y[s_idx], "ce", bs, device, prepare=prepare)
+        ev_h = Evaluator(model, x[h_idx], y[h_idx], "ce", bs, device, prepare=prepare)
+        try:
+            sel = measured_selection(model, names, argmax_assignment(model), ev_s, ev_h, sweeps=cfg.dqss.sweeps,
+                                     accept_z=cfg.dqss.accept_z, progress="freeze")
+        finally:
+            model.load_state_dict(saved, strict=False)
+            model.train()
+        record.update(sel.record)
+        return sel.assignment
+
+    return select
+
+
+def _assignment_choice(cfg, plans, path) -> dict[str, tuple]:
+    """The (weight, activation) strategies of a DQSS-QAT assignment file, checked against the plan."""
+    from .ptq import load_assignment
+
+    asg = load_assignment(path)
+    chosen = {e["name"]: e for e in asg["layers"]}
+    if list(chosen) != list(plans):
+        raise ValueError(f"{path}: its layers do not match the model's quantized layers; it was frozen for another "
+                         "backbone or quant policy: rerun its dqss job")
+    out = {}
+    for name, e in chosen.items():
+        for role in ("weight", "act"):
+            if e[role] not in cfg.dqss.candidates:
+                raise ValueError(f"{path}: layer '{name}' uses '{e[role]}', not among dqss.candidates "
+                                 f"{cfg.dqss.candidates}: rerun its dqss job")
+        out[name] = (cfg.strategy(e["weight"]), cfg.strategy(e["act"]))
+    return out
+
+
 # -- the job --------------------------------------------------------------------------------
 def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a: int, checkpoint,
-            fp_logits_path, out_metrics, out_history, device, out_assignment=None) -> None:
-    """Train ``backbone`` at W{w}A{a} with ``method`` (a QAT strategy, ``dqss`` or ``dqss_nofix``)
-    from the FP checkpoint, evaluate the deployed (discrete) model, write metrics and curves."""
+            fp_logits_path, out_metrics, out_history, device, out_assignment=None, *, out_selection=None,
+            assignment=None) -> None:
+    """Train ``backbone`` at W{w}A{a} with ``method`` (a QAT strategy, ``dqss``, ``dqss_nofix``, or
+    ``dqss_retrain``: the DQSS ``assignment`` file trained from the FP checkpoint for the full schedule),
+    evaluate the deployed (discrete) model, write metrics and curves (and, for DQSS, the frozen assignment
+    and the freeze point's selection record)."""
     is_dqss = method in DQSS_VARIANTS
-    if not is_dqss and method not in cfg.strategies:
+    if not is_dqss and method != RETRAIN_METHOD and method not in cfg.strategies:
         raise ValueError(f"{TASK}: unknown method '{method}'; configured: {cfg.methods()}")
     if is_dqss and out_assignment is None:
         raise ValueError("a DQSS run needs an assignment output path")
+    if method == RETRAIN_METHOD and assignment is None:
+        raise ValueError(f"{RETRAIN_METHOD} needs the DQSS assignment file to retrain")
     torch.manual_seed(seed)
     prep = prepare(cfg, backbone, checkpoint)
     fp = prep.model.to(device)
     ex = example_input(prep).to(device)
     plans = plan_layers(fp, cfg.quant, w, a, ex)
     stats = init_stats(fp, plans, prep, cfg, seed, device)
-    names = cfg.dqss.candidates if is_dqss else [method]
+    names = cfg.dqss.candidates if is_dqss or method == RETRAIN_METHOD else [method]
     strategies = {s: cfg.strategy(s) for s in names}
-    qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode if is_dqss else None)
+    if method == RETRAIN_METHOD:
+        qmodel = quantize_qat(fp, plans, stats, _assignment_choice(cfg, plans, assignment))
+    else:
+        qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode if is_dqss else None)
     evaluate = _test_top1(prep, cfg, device)
-    freeze_info = {}
+    freeze_info, record = {}, {}
+    chooser = freeze_selection(cfg, prep, seed, names, device, record) if is_dqss else None
 
     def on_freeze(model, step):
-        meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a,
-                "seed": seed, "method": method, "frozen_at_step": step, "candidates": names,
-                "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in names}}
-        save_assignment(export_assignment(model, plans, meta), out_assignment)
-        freeze_info["mixture_top1"] = evaluate(model)  # the trained mixture, before the argmax
+        freeze_info["mixture_top1"] = evaluate(model)  # the trained mixture, before the discrete choice
         freeze_info["frozen_at_step"] = step
         model.train()
+
+    def select(model):
+        choice = chooser(model)
+        meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a,
+                "seed": seed, "method": method, "frozen_at_step": freeze_info["frozen_at_step"],
+                "candidates": names, "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in names},
+                "select": cfg.dqss.select}
+        save_assignment(export_assignment(model, plans, meta, choice), out_assignment)
+        return choice
 
     history = train_qat(qmodel, prep.data.training_set(), cfg.qat, device, seed,
                         search=cfg.dqss if is_dqss else None, fix=DQSS_VARIANTS.get(method, True),
                         evaluate=evaluate, on_freeze=on_freeze if is_dqss else None,
-                        workers=cfg.data.workers, desc=f"{method} W{w}A{a}")
+                        workers=cfg.data.workers, desc=f"{method} W{w}A{a}", select=select if is_dqss else None)
+    if is_dqss and out_selection is not None:
+        from .results import write_json
+
+        write_json(out_selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
+                                   "a_bits": a, "seed": seed, "method": method, **record})
     qmodel.eval()
     fp_logits, _ = _load_fp_logits(fp_logits_path)
-    metrics = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+    metrics, images = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
     log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
     _write_history(history, out_history)
     extra = {"epochs": cfg.qat.epochs, "lr": cfg.qat.lr, "quant_lr": cfg.qat.quant_lr,
              "first_last_bits": cfg.quant.first_last_bits, "final_loss": history[-1]["loss"]}
     if is_dqss:
         extra.update(candidates=names, arch_lr=cfg.dqss.arch_lr, fix=DQSS_VARIANTS[method],
-                     search_fraction=cfg.dqss.search_fraction if DQSS_VARIANTS[method] else 1.0, **freeze_info)
+                     search_fraction=cfg.dqss.search_fraction if DQSS_VARIANTS[method] else 1.0, **freeze_info,
+                     select=cfg.dqss.select, sampling=cfg.dqss.sampling,
+                     **{f"selection_{k}": record[k] for k in ("chosen", "moves_accepted", "evaluations", "seconds")
+                        if k in record})
+    if method == RETRAIN_METHOD:
+        extra.update(candidates=names, retrained_from=str(assignment))
     write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
-                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw), extra=extra)
+                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw), extra=extra,
+                  per_image=images)

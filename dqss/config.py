@@ -168,3 +168,10 @@ class TrackMethods:
 
     def weights(self, backbone: str) -> str:
         return str(self.backbones[backbone].get("weights", "train"))
+
+
+def check_hold_fraction(value, key: str) -> None:
+    """The held part of the calibration draw: a fraction strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"{key} must be a number in (0, 1) (the part of each seed's calibration draw held out "
+                         f"for the DQSS selection's guard), got {value!r}")

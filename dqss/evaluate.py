@@ -38,3 +38,14 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
         out["kl_fp"] = F.kl_div(F.log_softmax(logits.double(), 1), F.log_softmax(fp_logits.double(), 1),
                                 reduction="batchmean", log_target=True).item()
     return out
+
+
+def per_image(logits: torch.Tensor, labels: torch.Tensor, fp_logits: torch.Tensor | None = None) -> dict[str, list]:
+    """The per-image values behind :func:`classification_metrics` (what paired significance tests need):
+    ``top1`` and ``agree_fp`` as 0/1, ``kl_fp`` as floats; their means are the metrics (in %)."""
+    out = {"top1": (logits.argmax(1) == labels).int().tolist()}
+    if fp_logits is not None:
+        out["agree_fp"] = (logits.argmax(1) == fp_logits.argmax(1)).int().tolist()
+        lp, lq = F.log_softmax(fp_logits.double(), 1), F.log_softmax(logits.double(), 1)
+        out["kl_fp"] = [round(v, 10) for v in (lp.exp() * (lp - lq)).sum(1).tolist()]
+    return out

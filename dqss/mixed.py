@@ -97,7 +97,12 @@ def _split(flat, quantizers):
 
 
 class MixedQuantizer(nn.Module):
-    """sum_i softmax(logits / tau)_i * candidate_i(x)."""
+    """sum_i softmax(logits / tau)_i * candidate_i(x); or, pinned, one candidate alone.
+
+    ``pinned`` (a candidate index, or None for the mixture) makes the forward that candidate's
+    and nothing else: no mixture and no bookkeeping for the logits' gradient.  A whole network's
+    discrete assignment is then evaluated by setting indices (:func:`pin`), without rebuilding it.
+    """
 
     def __init__(self, candidates: dict[str, nn.Module]):
         super().__init__()
@@ -106,6 +111,17 @@ class MixedQuantizer(nn.Module):
         self.logits = nn.Parameter(torch.zeros(len(self.names)))
         self.tau = 1.0
         self.hard = False
+        self.pinned: int | None = None
+        self.sampled: int | None = None  # single-path search: this step's candidate (see sample_paths)
+
+    def pin(self, name: str | None) -> None:
+        """Forward only candidate ``name`` (None: the mixture again)."""
+        if name is None:
+            self.pinned = None
+            return
+        if name not in self.names:
+            raise KeyError(f"'{name}' is not a candidate of this layer; candidates are {self.names}")
+        self.pinned = self.names.index(name)
 
     def probs(self) -> torch.Tensor:
         """softmax(logits / tau); with ``hard`` the forward value is the argmax one-hot while the
@@ -120,6 +136,13 @@ class MixedQuantizer(nn.Module):
         return [q(x) for q in self.candidates]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pinned is not None:
+            return self.candidates[self.pinned](x)
+        if self.sampled is not None:
+            # the sampled candidate alone (full gradient to its parameters); p_s / p_s.detach() is 1 in value
+            # and gives the logits the straight-through gradient of that path (as in GDAS)
+            p = torch.softmax(self.logits / self.tau, dim=0)[self.sampled]
+            return self.candidates[self.sampled](x) * (p / p.detach())
         p = self.probs()
         if all(isinstance(q, FakeQuantizer) for q in self.candidates):
             return _LeanMixture.apply(x, p, tuple(self.candidates))
@@ -173,6 +196,13 @@ class MixedQuantLayer(QuantLayer):
         self._mode = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wq, aq = self.weight_quant, self.act_quant
+        if wq.pinned is not None and aq.pinned is not None:
+            w = self.layer.weight
+            weight = wq.candidates[wq.pinned](w) if w.requires_grad else self.weight_candidates()[wq.pinned]
+            return self.compute(aq.candidates[aq.pinned](x), weight)
+        if wq.sampled is not None or aq.sampled is not None:
+            return self.compute(aq(x), wq(self.layer.weight))
         weights = self.weight_candidates()
         beta = self.weight_quant.probs()
         if self.mode == "efficient":
@@ -218,15 +248,45 @@ def arch_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for m in mixed_layers(model).values() for p in (m.weight_quant.logits, m.act_quant.logits)]
 
 
-def discretize(model: nn.Module) -> dict[str, tuple[str, str]]:
-    """Replace every mixed layer of ``model`` (in place) by a plain quantized layer using its
-    argmax weight and activation candidates; returns ``{layer: (weight, act)}`` choices.
+def pin(model: nn.Module, assignment: dict[str, tuple[str, str]] | None) -> None:
+    """Pin every mixed layer to its ``(weight, act)`` candidates; None unpins (the mixture again).
+
+    An assignment must name every mixed layer: a partial one would leave some layers mixed."""
+    layers = mixed_layers(model)
+    if assignment is not None and set(assignment) != set(layers):
+        differ = sorted(set(assignment) ^ set(layers))
+        raise ValueError(f"the assignment does not name exactly the model's mixed layers (differing: {differ[:5]})")
+    for name, m in layers.items():
+        w, a = (None, None) if assignment is None else assignment[name]
+        m.weight_quant.pin(w)
+        m.act_quant.pin(a)
+
+
+def sample_paths(model: nn.Module, generator: torch.Generator | None) -> None:
+    """Single-path search: each mixed quantizer forwards one candidate drawn from its softmax (None: the
+    mixture again)."""
+    for m in mixed_layers(model).values():
+        for q in (m.weight_quant, m.act_quant):
+            if generator is None:
+                q.sampled = None
+            else:
+                p = torch.softmax(q.logits.detach().float().cpu() / q.tau, dim=0)
+                q.sampled = int(torch.multinomial(p, 1, generator=generator))
+
+
+def discretize(model: nn.Module, choice: dict[str, tuple[str, str]] | None = None) -> dict[str, tuple[str, str]]:
+    """Replace every mixed layer of ``model`` (in place) by a plain quantized layer using the
+    ``choice`` (default: the argmax) weight and activation candidates; returns ``{layer: (weight, act)}``.
 
     In QAT the chosen candidates keep the parameters they learned under the mixture.
     """
-    new, choice = {}, {}
+    new, chosen = {}, {}
     for name, m in mixed_layers(model).items():
-        choice[name] = (m.weight_quant.choice(), m.act_quant.choice())
-        new[name] = QuantLayer(m.layer, m.weight_quant.chosen(), m.act_quant.chosen())
+        wq, aq = m.weight_quant, m.act_quant
+        w, a = (wq.choice(), aq.choice()) if choice is None else choice[name]
+        chosen[name] = (w, a)
+        for q in (wq, aq):
+            q.pinned = q.sampled = None
+        new[name] = QuantLayer(m.layer, wq.candidates[wq.names.index(w)], aq.candidates[aq.names.index(a)])
     swap_layers(model, new)
-    return choice
+    return chosen

@@ -69,23 +69,29 @@ def quantize_mixed(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[st
 
 
 # -- assignments ------------------------------------------------------------------------
-def export_assignment(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: dict) -> dict:
-    """The per-layer choice (argmax) and softmax weights of a searched model."""
+def export_assignment(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: dict,
+                      choice: dict[str, tuple[str, str]] | None = None) -> dict:
+    """The per-layer choice (``choice``, default the argmax) and the softmax weights of a searched model."""
     layers = []
     mixed = mixed_layers(qmodel)
     for name, plan in plans.items():
         m = mixed[name]
         entry = {"name": name, "w_bits": plan.w_spec.bits, "a_bits": plan.a_spec.bits}
-        for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
+        for k, (role, q) in enumerate((("weight", m.weight_quant), ("act", m.act_quant))):
             p = torch.softmax(q.logits.detach(), 0)
-            entry[role] = q.choice()
+            entry[role] = q.choice() if choice is None else choice[name][k]
             entry[f"{role}_probs"] = {n: round(float(v), 6) for n, v in zip(q.names, p)}
         layers.append(entry)
     return {"format": ASSIGNMENT_FORMAT, **meta, "layers": layers}
 
 
 def save_assignment(assignment: dict, path) -> None:
-    Path(path).write_text(yaml.safe_dump(assignment, sort_keys=False))
+    """Write atomically (a crash never leaves a truncated file that looks complete)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(assignment, sort_keys=False))
+    tmp.replace(path)
 
 
 def load_assignment(path) -> dict:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .layers import QuantLayer, first_nonfinite_output
-from .mixed import MODES, arch_parameters, discretize, mixed_layers, set_mode, set_temperature
+from .mixed import MODES, arch_parameters, discretize, mixed_layers, sample_paths, set_mode, set_temperature
 from .qat import LearnedQuantizer
 from .train import random_shift
 
@@ -60,6 +60,9 @@ class QATRecipe:
             raise ValueError("qat.weight_decay and qat.quant_weight_decay must be >= 0")
 
 
+SAMPLINGS = ("mixture", "single_path")
+
+
 @dataclass
 class DQSSQATConfig:
     """The ``dqss:`` section of the QAT track."""
@@ -68,10 +71,29 @@ class DQSSQATConfig:
     arch_lr: float = 0.005  # Adam on the logits
     tau_start: float = 1.0
     tau_end: float = 0.1  # annealed geometrically over the search steps
-    search_fraction: float = 0.5  # the under-fitting fix: search this part, then freeze the argmax
+    search_fraction: float = 0.5  # the under-fitting fix: search this part, then freeze the assignment
     mode: str = "efficient"
+    # the frozen assignment: 'measured' = the PTQ tracks' selection on the calibration draw's search part
+    # (task loss, BN statistics re-estimated per assignment), guarded on its held part; 'argmax' = the logits'
+    select: str = "measured"
+    sweeps: int = 1
+    accept_z: float = 2.0
+    # search-phase forward: 'mixture' = every candidate weighted by its softmax (the paper's relaxation);
+    # 'single_path' = one candidate per tensor per step, drawn from the softmax (SPOS/GDAS): full gradients
+    sampling: str = "mixture"
 
     def __post_init__(self):
+        from .select import RULES
+
+        if self.select not in RULES:
+            raise ValueError(f"dqss.select: unknown '{self.select}'; valid values are {list(RULES)}")
+        if not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool) or not 1 <= self.sweeps <= 20:
+            raise ValueError(f"dqss.sweeps must be an integer in 1..20, got {self.sweeps!r}")
+        if isinstance(self.accept_z, bool) or not isinstance(self.accept_z, (int, float)) \
+                or not 0.0 <= self.accept_z <= 10.0:
+            raise ValueError(f"dqss.accept_z must be a number in [0, 10], got {self.accept_z!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"dqss.sampling: unknown '{self.sampling}'; valid values are {list(SAMPLINGS)}")
         if self.arch_lr <= 0:
             raise ValueError("dqss.arch_lr must be > 0")
         if self.tau_start <= 0 or self.tau_end <= 0:
@@ -128,13 +150,13 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
               search: DQSSQATConfig | None = None, fix: bool = True,
               evaluate: Callable[[nn.Module], float] | None = None,
               on_freeze: Callable[[nn.Module, int], None] | None = None, workers: int = 0,
-              desc: str = "qat") -> list[dict]:
+              desc: str = "qat", select: Callable[[nn.Module], dict] | None = None) -> list[dict]:
     """Train ``model`` (quantized layers already swapped in) with ``recipe``.
 
     With mixed layers, ``search`` drives the strategy logits; ``on_freeze(model, step)`` is
     called just before the mixture is discretised (at the fix point, or after the last
-    step without the fix).  ``evaluate(model)`` gives a test metric logged once per epoch.
-    Returns one history row per epoch.
+    step without the fix) to ``select(model)``'s assignment (default: the argmax).
+    ``evaluate(model)`` gives a test metric logged once per epoch.  Returns one history row per epoch.
     """
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -159,12 +181,15 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, cosine) for o in opts]
     opt_arch = torch.optim.Adam(arch, lr=search.arch_lr, betas=(0.5, 0.999)) if searching else None
     search_steps = search.search_steps(total, fix) if searching else 0
+    paths = torch.Generator().manual_seed(seed + 1)  # single-path draws: the data order stays the uniform runs'
 
     def freeze(step: int) -> None:
         nonlocal searching
+        sample_paths(model, None)
         if on_freeze is not None:
             on_freeze(model, step)
-        choice = discretize(model)
+        choice = discretize(model, select(model) if select is not None else None)
+        model.train()
         searching = False
         log.info("step %d: assignment frozen (%d layers)", step, len(choice))
 
@@ -179,6 +204,8 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
                 phase = "fixed"
             if searching:
                 set_temperature(model, search.tau(step, search_steps))
+                if search.sampling == "single_path":
+                    sample_paths(model, paths)
             x = random_shift(x, recipe.shift, g).to(device)
             y = y.to(device)
             out = model(x)

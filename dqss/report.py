@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 FP_METHOD = "fp32"
 BICUBIC_METHOD = "bicubic"
 REFERENCE_METHODS = frozenset({FP_METHOD, BICUBIC_METHOD})  # reference rows: shown, never ranked
-DQSS_METHODS = ("dqss_nofix", "dqss")  # always last, in this order
+DQSS_METHODS = ("dqss_nofix", "dqss_argmax", "dqss")  # always last, in this order
+HELD_ROW = "uniform: held-chosen"
+ORACLE_ROW = "uniform: oracle"
 LOWER_IS_BETTER = frozenset({"kl_fp"})
 GROUP_KEYS = ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "metric"]
 REQUIRED_COLUMNS = GROUP_KEYS + ["seed", "value"]
@@ -75,7 +77,8 @@ PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None, "Creato
 
 # -- ordering and colours -------------------------------------------------------------------
 def method_order(methods) -> list[str]:
-    """fp32, bicubic, the baselines alphabetically, other ``dqss*`` variants, dqss_nofix, dqss."""
+    """fp32, bicubic, the baselines alphabetically, the two best-uniform rows, other ``dqss*`` variants,
+    dqss_nofix, dqss_argmax, dqss."""
     uniq = sorted({str(m) for m in methods})
 
     def rank(m: str):
@@ -84,8 +87,10 @@ def method_order(methods) -> list[str]:
         if m == BICUBIC_METHOD:
             return (1, "")
         if m in DQSS_METHODS:
-            return (4, str(DQSS_METHODS.index(m)))
+            return (5, str(DQSS_METHODS.index(m)))
         if m.startswith("dqss"):
+            return (4, m)
+        if m in (HELD_ROW, ORACLE_ROW):
             return (3, m)
         return (2, m)
 
@@ -197,6 +202,37 @@ def _reference_text(methods) -> str:
             f"and are not ranked.")
 
 
+SIGNIFICANCE_TEXT = ("marks: H = against the uniform strategy chosen on the held calibration part (per seed), "
+                     "O = against the test-chosen (oracle) best uniform; + / - = significantly better / worse "
+                     "(p < 0.05; McNemar's exact test on paired images for top-1 and agreement, a paired bootstrap "
+                     "95% interval otherwise; seeds pooled), = not significant, · = the row is that strategy")
+
+
+def _marks_for_column(per_image, means: dict, **cell) -> dict | None:
+    """The significance of one column's quantized rows, or None without per-image results."""
+    from .paired import cell_marks
+
+    if per_image is None or not means:
+        return None
+    info = cell_marks(per_image, means, **cell)
+    if all(m.endswith("?") for mk in info["marks"].values() for m in mk.split()):
+        return None
+    return info
+
+
+def _uniform_rows(info: dict, means: dict, dec: int, md_cells: dict, tex_cells: dict, col) -> None:
+    """The two best-uniform rows of a column: value (strategy)."""
+    if info["oracle"] is not None:
+        text = f"{_num(means[info['oracle']], dec)} ({info['oracle']})"
+        md_cells[(ORACLE_ROW, col)] = text
+        tex_cells[(ORACLE_ROW, col)] = latex_escape(text)
+    if info["held_mean"] is not None:
+        names = "/".join(sorted(set(info["held"].values())))
+        text = f"{_num(info['held_mean'], dec)} ({names})"
+        md_cells[(HELD_ROW, col)] = text
+        tex_cells[(HELD_ROW, col)] = latex_escape(text)
+
+
 def _safe_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "x"
 
@@ -257,12 +293,15 @@ def _stats(frame) -> dict:
     return out
 
 
-def cls_tables(summary, task: str) -> dict[str, tuple[str, str]]:
+def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]:
     """One table per (dataset, W/A bits, metric) of a classification task.
 
     Rows are methods (FP reference first), columns backbones; a cell is "mean ± std" (std only
-    with more than one seed).  The best quantized method of each column is bold, ties at the
-    displayed precision included.  Keys are file stems ``{task}_{dataset}_w{W}a{A}_{metric}``.
+    with more than one seed).  With ``per_image`` (:class:`dqss.paired.PerImage`) every quantized cell
+    carries its significance marks against the held-chosen and the oracle best uniform strategy, both
+    shown as rows, and **bold** is the best method and every method not significantly worse than it;
+    without, the best at the displayed precision is bold.  Keys are file stems
+    ``{task}_{dataset}_w{W}a{A}_{metric}``.
     """
     sub = summary[summary["task"] == task]
     tables: dict[str, tuple[str, str]] = {}
@@ -287,25 +326,41 @@ def cls_tables(summary, task: str) -> dict[str, tuple[str, str]]:
                     spread = n > 1 and m != "—"
                     md_cells[key] = f"{m} ± {_num(std, dec)}" if spread else m
                     tex_cells[key] = rf"{m} $\pm$ {_num(std, dec)}" if spread else m
-                bold = set()
+                bold, marked = set(), False
                 for c in cols:
                     shown = {(m, c): _num(stats[(m, c)][0], dec) for m in methods
                              if m not in REFERENCE_METHODS and (m, c) in stats}
-                    bold |= _best(shown, metric in LOWER_IS_BETTER)
+                    means = {m: stats[(m, c)][0] for m in methods if m not in REFERENCE_METHODS and (m, c) in stats}
+                    info = _marks_for_column(per_image, means, task=task, dataset=dataset, backbone=c, w=w, a=a,
+                                             metric=metric, lower_is_better=metric in LOWER_IS_BETTER)
+                    if info is None:
+                        bold |= _best(shown, metric in LOWER_IS_BETTER)
+                        continue
+                    marked = True
+                    for m, mk in info["marks"].items():
+                        md_cells[(m, c)] += f" {mk}"
+                        tex_cells[(m, c)] += f" {latex_escape(mk).replace('·', '.')}"
+                    _uniform_rows(info, means, dec, md_cells, tex_cells, c)
+                    bold |= {(m, c) for m in info["tied"]}
+                if marked:
+                    methods = method_order(set(methods) | {k[0] for k in md_cells})
+                rule = ("**bold** = the best quantized method per backbone and every one not significantly worse "
+                        f"than it; {SIGNIFICANCE_TEXT}; " if marked else
+                        "**bold** = best quantized method per backbone (ties at the shown precision all bold); ")
                 caption = (f"**{task} — {dataset}, W{w}A{a}: {_metric_text(metric)}.** Mean ± std over "
-                           f"{_seeds_text(qm['n_seeds'])}; **bold** = best quantized method per backbone "
-                           f"(ties at the shown precision all bold); " + _reference_text(methods))
+                           f"{_seeds_text(qm['n_seeds'])}; " + rule + _reference_text(methods))
                 stem = _safe_stem(f"{task}_{dataset}_w{w}a{a}_{metric}")
                 tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
     return tables
 
 
-def sr_tables(summary, task: str = "sr_ptq") -> dict[str, tuple[str, str]]:
+def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[str, str]]:
     """One table per (backbone, W/A bits) of a super-resolution task.
 
     Rows are methods (fp32 and bicubic references first), columns the test sets (Set5, Set14,
     B100, Urban100, then others); a cell is "PSNR/SSIM" (means over seeds).  The best quantized
-    method per test set by PSNR is bold.  Keys are file stems ``{task}_{backbone}_w{W}a{A}``.
+    method per test set by PSNR is bold; with ``per_image``, the marks and bold of :func:`cls_tables`
+    by PSNR.  Keys are file stems ``{task}_{backbone}_w{W}a{A}``.
     """
     sub = summary[summary["task"] == task]
     ref = sub[sub["method"].isin(REFERENCE_METHODS)]
@@ -335,13 +390,29 @@ def sr_tables(summary, task: str = "sr_ptq") -> dict[str, tuple[str, str]]:
                 if key[0] not in REFERENCE_METHODS:
                     shown[key] = p if rank_metric == "psnr" else s
             tex_cells = {k: v.replace("—", "--") for k, v in md_cells.items()}
-            bold = set()
+            bold, marked = set(), False
+            dec = SR_PSNR_DECIMALS if rank_metric == "psnr" else SR_SSIM_DECIMALS
             for c in cols:
-                bold |= _best({k: v for k, v in shown.items() if k[1] == c}, lower=False)
+                means = {k[0]: v.get(rank_metric) for k, v in cell.items()
+                         if k[1] == c and k[0] not in REFERENCE_METHODS and v.get(rank_metric) is not None}
+                info = _marks_for_column(per_image, means, task=task, dataset=c, backbone=backbone, w=w, a=a,
+                                         metric=rank_metric, lower_is_better=False)
+                if info is None:
+                    bold |= _best({k: v for k, v in shown.items() if k[1] == c}, lower=False)
+                    continue
+                marked = True
+                for m, mk in info["marks"].items():
+                    md_cells[(m, c)] += f" {mk}"
+                    tex_cells[(m, c)] += f" {latex_escape(mk).replace('·', '.')}"
+                _uniform_rows(info, means, dec, md_cells, tex_cells, c)
+                bold |= {(m, c) for m in info["tied"]}
+            if marked:
+                methods = method_order(set(methods) | {k[0] for k in md_cells})
+            rule = (f"**bold** = the best quantized method per test set by {rank_metric.upper()} and every one not "
+                    f"significantly worse than it; {SIGNIFICANCE_TEXT}; " if marked else
+                    f"**bold** = best quantized method per test set by {rank_metric.upper()} (ties all bold); ")
             caption = (f"**{task} — {backbone}, W{w}A{a}: PSNR (dB) / SSIM per test set (higher is "
-                       f"better).** Mean over {_seeds_text(qs['n_seeds'])}; **bold** = best quantized "
-                       f"method per test set by {rank_metric.upper()} (ties all bold); "
-                       + _reference_text(methods))
+                       f"better).** Mean over {_seeds_text(qs['n_seeds'])}; " + rule + _reference_text(methods))
             stem = _safe_stem(f"{task}_{backbone}_w{w}a{a}")
             tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
     return tables
@@ -486,7 +557,7 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
 
     n_rows, n_cols = 2 * len(rows_in), len(layers)
     img = np.full((n_rows, n_cols, 3), 0.92)  # light grey: layer absent from that assignment
-    labels = []
+    labels, differ = [], []
     col = {n: i for i, n in enumerate(layers)}
     for r, a in enumerate(rows_in):
         tag = f"W{a.get('w_bits', '?')}A{a.get('a_bits', '?')} s{a.get('seed', '?')}"
@@ -502,6 +573,9 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
                 alpha = 1.0 if p is None or k_min >= 1 else 0.2 + 0.8 * max(float(p) - k_min, 0.0) / (1 - k_min)
                 rgb = np.array(to_rgb(colors.get(choice, "#333333")))
                 img[2 * r + k, col[e["name"]]] = alpha * rgb + (1 - alpha) * 1.0
+                ref = a.get("reference_uniform")
+                if ref and choice != ref:
+                    differ.append((col[e["name"]], 2 * r + k))
 
     step = 1 if n_cols <= 60 else math.ceil(n_cols / 60)
     with matplotlib.rc_context(STYLE):
@@ -511,6 +585,9 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         fig = _new_figure(figsize=(fig_w, fig_h), layout="constrained")
         ax = fig.subplots()
         ax.imshow(img, aspect="auto", interpolation="nearest")
+        if differ:
+            xs, ys = zip(*differ)
+            ax.scatter(xs, ys, s=4, color="black", marker="o", linewidths=0)
         ax.grid(False)
         for side in ("top", "right", "left", "bottom"):
             ax.spines[side].set_visible(False)
@@ -726,14 +803,24 @@ def _provenance_line(df) -> str:
 
 
 def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: list | None = None,
-                 crop_paths: list | None = None) -> list[Path]:
-    """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``."""
+                 crop_paths: list | None = None, job_paths: list | None = None,
+                 selection_paths: list | None = None) -> list[Path]:
+    """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``.
+
+    ``job_paths`` (the jobs' metrics.json files) give the per-image values of the significance marks;
+    ``selection_paths`` (the DQSS jobs' selection.json) the discretization-gap tables and the figure of
+    softmax weights against measured effects."""
+    from .paired import load_per_image
+    from .report_selection import gap_tables, load_selections, plot_softmax_vs_measured
+
     outdir = Path(outdir)
     tdir, fdir = outdir / "tables", outdir / "figures"
     tdir.mkdir(parents=True, exist_ok=True)
     fdir.mkdir(parents=True, exist_ok=True)
     df = _read_metrics(metrics_csv)
     summary = summarize(df)
+    per_image = load_per_image(job_paths) if job_paths else None
+    selections = load_selections(selection_paths)
     written: list[Path] = []
     summary.to_csv(outdir / "summary.csv", index=False)
     written.append(outdir / "summary.csv")
@@ -748,7 +835,8 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
              f"{', '.join(f'`{t}`' for t in sorted(df['task'].unique()))}. "
              f"Per-group statistics: [summary.csv](summary.csv).", ""]
     for task in sorted(summary["task"].unique()):
-        tables = sr_tables(summary, task) if _is_sr(task) else cls_tables(summary, task)
+        tables = sr_tables(summary, task, per_image) if _is_sr(task) else cls_tables(summary, task, per_image)
+        tables |= gap_tables([r for r in selections if r["task"] == task], df)
         lines += [f"## {task}", ""]
         if not tables:
             lines += ["_No quantized results for this task._", ""]
@@ -788,12 +876,26 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     if groups:
         lines += ["## DQSS strategy assignments", "",
                   "Per layer, the strategy DQSS chose for weights and activations; paler cells had a "
-                  "lower softmax probability.", ""]
+                  "lower softmax probability; a dot marks a tensor whose strategy differs from the uniform "
+                  "strategy chosen on the held calibration part.", ""]
     for (task, backbone), items in sorted(groups.items()):
         stem = _safe_stem(f"assign_{task}_{backbone}")
         paths = plot_assignment_map(items, fdir / stem, f"DQSS assignment — {task}, {backbone}", colors=colors)
         written += paths
         lines += [f"### {task}, {backbone}", "", f"![assignment {task} {backbone}](figures/{stem}.png)", ""]
+    measured = [r for r in selections if r.get("rule") == "measured" and r.get("moves")]
+    if measured:
+        rec = min(measured, key=lambda r: (r["task"], r["backbone"], r["w_bits"], r["a_bits"], r["seed"]))
+        match = [a for a in groups.get((rec["task"], rec["backbone"]), [])
+                 if a.get("method") == "dqss_argmax" and (a.get("w_bits"), a.get("a_bits"), a.get("seed"))
+                 == (rec["w_bits"], rec["a_bits"], rec["seed"])]
+        if match:
+            stem = _safe_stem(f"softmax_vs_measured_{rec['task']}_{rec['backbone']}")
+            written += plot_softmax_vs_measured(rec, match[0], fdir / stem)
+            lines += ["## DQSS: softmax weight against measured effect", "",
+                      "As in DARTS-PT (Wang et al., ICLR 2021, Fig. 1): a candidate's softmax weight does not say "
+                      "how good it is alone; each point is one tensor switched to one candidate in the first "
+                      "selection sweep.", "", f"![softmax vs measured](figures/{stem}.png)", ""]
     report = outdir / "report.md"
     report.write_text("\n".join(lines).rstrip("\n") + "\n")
     written.append(report)

@@ -65,13 +65,16 @@ def write_json(path, payload: dict) -> None:
 
 def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, w_bits: int, a_bits: int,
                   seed: int, metrics: dict[str, float], prov: dict, extra: dict | None = None,
-                  results: list[dict] | None = None) -> None:
-    """One job's result.  ``results`` (SR: one entry ``{dataset, metrics, ...}`` per test set) puts
-    several datasets in one file; ``dataset`` then names the training/calibration source."""
+                  results: list[dict] | None = None, per_image: dict[str, list] | None = None) -> None:
+    """One job's result.  ``results`` (SR: one entry ``{dataset, metrics, per_image, ...}`` per test set)
+    puts several datasets in one file; ``dataset`` then names the training/calibration source.
+    ``per_image`` holds each metric's per-image values (in test-set order) for paired significance tests."""
     payload = {"task": task, "dataset": dataset, "backbone": backbone, "method": method,
                "w_bits": int(w_bits), "a_bits": int(a_bits), "seed": int(seed),
                "metrics": {k: float(v) for k, v in metrics.items()}, "provenance": prov,
                "extra": extra or {}}
+    if per_image is not None:
+        payload["per_image"] = per_image
     if results is not None:
         payload["results"] = [{**r, "metrics": {k: float(v) for k, v in r["metrics"].items()}} for r in results]
     write_json(path, payload)

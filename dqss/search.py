@@ -34,8 +34,33 @@ class SearchConfig:
     # (straight-through) for the last ``1 - soft_fraction`` of the iterations
     relaxation: str = "soft"
     soft_fraction: float = 0.5
+    # the final assignment (dqss.select): 'measured' = coordinate descent on the discrete objective of the
+    # calibration's search part, guarded on its held part; 'argmax' = the logits' argmax (the paper's rule)
+    select: str = "measured"
+    objective: str | None = None  # the selection objective; null = the track's (kl for classification, mse_y for SR)
+    sweeps: int = 2  # coordinate-descent sweeps over (layer, role) at most
+    accept_z: float = 2.0  # a move is accepted when its mean decrease exceeds accept_z paired standard errors
+    top_k: int | None = 2  # alternatives tried per (layer, role): the lowest layer-local output error; null = all
+    block_cache: bool = True  # rerun a trial only from the changed layer's block (chain-shaped models)
 
     def __post_init__(self):
+        from .select import PTQ_OBJECTIVES, RULES
+
+        if self.select not in RULES:
+            raise ValueError(f"dqss.select: unknown '{self.select}'; valid values are {list(RULES)}")
+        if self.objective is not None and self.objective not in PTQ_OBJECTIVES:
+            raise ValueError(f"dqss.objective: unknown '{self.objective}'; valid values are {list(PTQ_OBJECTIVES)} "
+                             "or null (the track's default)")
+        if not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool) or not 1 <= self.sweeps <= 20:
+            raise ValueError(f"dqss.sweeps must be an integer in 1..20, got {self.sweeps!r}")
+        if isinstance(self.accept_z, bool) or not isinstance(self.accept_z, (int, float)) \
+                or not 0.0 <= self.accept_z <= 10.0:
+            raise ValueError(f"dqss.accept_z must be a number in [0, 10], got {self.accept_z!r}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)
+                                       or self.top_k < 1):
+            raise ValueError(f"dqss.top_k must be an integer >= 1 or null (every alternative), got {self.top_k!r}")
+        if not isinstance(self.block_cache, bool):
+            raise ValueError(f"dqss.block_cache must be true or false, got {self.block_cache!r}")
         if self.relaxation not in RELAXATIONS:
             raise ValueError(f"dqss.relaxation: unknown '{self.relaxation}'; valid values are {list(RELAXATIONS)}")
         if not 0.0 <= self.soft_fraction <= 1.0:

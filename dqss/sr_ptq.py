@@ -21,14 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cls_ptq import _assignment_meta
-from .config import (Section, TrackMethods, build_section, check_candidates, check_names, check_seed, given,
-                     parse_backbones, parse_bits, parse_options)
+from .config import (Section, TrackMethods, build_section, check_candidates, check_hold_fraction, check_names,
+                     check_seed, given, parse_backbones, parse_bits, parse_options)
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
-from .ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
-                  quantize_uniform, save_assignment)
+from .ptq import export_assignment, load_assignment, quantize_from_assignment, quantize_uniform, save_assignment
+from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
 from .results import FP_METHOD, provenance, write_metrics
-from .search import SearchConfig, search
+from .search import SearchConfig
 from .sr_data import (SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8,
                       training_batch)
 from .sr_metrics import mean_metrics, sr_metrics
@@ -65,8 +64,10 @@ class SRCalibConfig:
     bins: int = 2048
     samples: int = 4
     images: int | None = None  # folders: training images the crops are drawn from (null = all)
+    hold_fraction: float = 0.25  # held part of the draw: the DQSS selection's guard
 
     def __post_init__(self):
+        check_hold_fraction(self.hold_fraction, "sr_ptq.calibration.hold_fraction")
         if self.images is not None and self.images < 1:
             raise ValueError("sr_ptq.calibration.images must be >= 1 or null (all training images)")
         if self.size < 1 or self.patch < 4 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
@@ -149,6 +150,9 @@ class SRPTQConfig(TrackMethods):
             if dq.loss not in ("l1", "mse"):
                 raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' "
                                  "or 'mse'")
+            if dq.objective == "kl":
+                raise ValueError(f"{key}.dqss.objective: 'kl' needs class logits; SR selects on 'mse_y' (the "
+                                 "default), 'l1' or 'mse'")
         cfg = cls(dataset=s.get("dataset", required=True), data=s.build("data", SRDataConfig),
                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", SRTrainConfig),
                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
@@ -242,7 +246,9 @@ def evaluate_sets(model, data: SRData, device, desc: str, crop: tuple | None = N
             if crop is not None and crop[0] == name and crop[1] == i:
                 _, _, y, x, s = crop
                 crop_img = sr[y:y + s, x:x + s]
-        results.append({"dataset": name, "metrics": mean_metrics(per_image), "n_images": len(pairs)})
+        results.append({"dataset": name, "metrics": mean_metrics(per_image), "n_images": len(pairs),
+                        "per_image": {k: [round(float(m[k]), 8) for m in per_image] for k in per_image[0]}
+                        if per_image else {}})
     return results, crop_img
 
 
@@ -293,16 +299,27 @@ def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) ->
     torch.manual_seed(tc.seed)
     model = build_sr(parse_backbone(backbone, cfg.backbones[backbone].get("options"))).to(device).train()
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
+    history = fit_sr(model, data.train, tc, data.scale, device, backbone)
+    model = model.cpu().eval()
+    save_checkpoint(model.net, backbone, out_ckpt, scale=data.scale, train_seed=tc.seed)
+    with open(out_history, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["iteration", "loss"])
+        w.writeheader()
+        w.writerows(history)
+
+
+def fit_sr(model, pairs, tc: SRTrainConfig, scale: int, device, name: str = "model") -> list[dict]:
+    """L1 on random aligned crops of ``pairs``, Adam with cosine decay; the loss history (20 points)."""
     g = np.random.default_rng(tc.seed)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, eta_min=tc.lr * 0.01)
     history, running = [], []
     every = max(1, tc.iterations // 20)
-    for it in tqdm(range(tc.iterations), desc=f"train {backbone}", leave=False):
-        lr, hr = training_batch(data.train, tc.batch_size, tc.patch, data.scale, g)
+    for it in tqdm(range(tc.iterations), desc=f"train {name}", leave=False):
+        lr, hr = training_batch(pairs, tc.batch_size, tc.patch, scale, g)
         loss = torch.nn.functional.l1_loss(model(lr.to(device)), hr.to(device))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training {backbone} diverged at iteration {it}; lower sr_ptq.train.lr")
+            raise FloatingPointError(f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -311,12 +328,7 @@ def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) ->
         if (it + 1) % every == 0 or it + 1 == tc.iterations:
             history.append({"iteration": it + 1, "loss": float(np.mean(running))})
             running = []
-    model = model.cpu().eval()
-    save_checkpoint(model.net, backbone, out_ckpt, scale=data.scale, train_seed=tc.seed)
-    with open(out_history, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["iteration", "loss"])
-        w.writeheader()
-        w.writerows(history)
+    return history
 
 
 def run_evaluate_fp(cfg: SRPTQConfig, backbone: str, checkpoint, out_fp, out_bicubic, out_crops: dict,
@@ -360,13 +372,14 @@ def calibration_crops(cfg: SRPTQConfig, backbone: str, seed: int):
 
 
 def _calibration_inputs(cfg, backbone, seed, list_path=None):
+    """The seed's calibration crops and their ids, checked against the calibration job's list."""
     x, ids = calibration_crops(cfg, backbone, seed)
     if list_path is not None and Path(list_path).is_file():
         saved = Path(list_path).read_text().split("\n")[:-1]
         if saved != ids:
             raise RuntimeError(f"the calibration crops of seed {seed} differ from those in {list_path}; the "
                                "training images changed since calibration: delete the calib folder and rerun")
-    return x
+    return x, ids
 
 
 def _folded(cfg, backbone, checkpoint, device):
@@ -399,30 +412,40 @@ def run_uniform(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, stats_pa
                 "high_precision_bits": cfg.quant.high_precision_bits})
 
 
-def run_dqss(cfg: SRPTQConfig, backbone: str, seed: int, w: int, a: int, checkpoint, stats_path, calib_list,
-             out_metrics, out_assignment, out_history, out_crop, device) -> None:
-    """Search per-layer strategies with L1 distillation to the FP output on the calibration crops,
-    rebuild the discrete model from the assignment file, evaluate on every test set."""
+def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, checkpoint, stats, crops, metrics,
+             assignment, history, selection, crop, argmax_metrics, argmax_assignment, argmax_crop,
+             device) -> None:
+    """Search per-layer strategies (L1 distillation to the FP output on the calibration crops' search part),
+    choose the final assignment (``dqss``: ``dqss.select``, by default MSE on Y of the 8-bit output;
+    ``dqss_argmax``: the logits' argmax), rebuild both from their files and evaluate on every test set."""
     torch.manual_seed(seed)
     folded, ex, data = _common(cfg, backbone, checkpoint, device)
-    stats = load_stats(stats_path)
+    act_stats = load_stats(stats)
     plans = cfg.quant.layer_plans(folded, w, a, ex)
     strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
-    qmodel = quantize_mixed(folded, plans, stats, strategies, cfg.dqss.mode)
-    x = _calibration_inputs(cfg, backbone, seed, calib_list)
-    with torch.no_grad():
-        teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
-    history = search(qmodel, x, teacher, cfg.dqss, seed, device)
-    meta = _assignment_meta(cfg, backbone, seed, w, a)
-    save_assignment(export_assignment(qmodel, plans, meta), out_assignment)
-    final = quantize_from_assignment(folded, plans, stats, load_assignment(out_assignment), strategies)
-    results, crop_img = evaluate_sets(final, data, device, f"dqss W{w}A{a}", crop_spec(cfg, data))
-    log.info("%s dqss W%dA%d seed %d: %s", backbone, w, a, seed, results)
-    save_png(crop_img, out_crop)
-    with open(out_history, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["step", "loss", "tau"])
-        wr.writeheader()
-        wr.writerows(history)
-    _write(out_metrics, cfg, backbone, "dqss", w, a, seed, results, device,
-           {"calib_size": cfg.calibration.size, "iterations": cfg.dqss.iterations, "loss": cfg.dqss.loss,
-            "candidates": cfg.dqss.candidates, "final_loss": history[-1]["loss"]})
+    x, ids = _calibration_inputs(cfg, backbone, seed, crops)
+    scale = cfg.scale(backbone)
+    out = search_and_select(folded, plans, act_stats, strategies, x, ids, cfg=cfg.dqss,
+                            hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device, objective="mse_y",
+                            batch_size=cfg.calibration.batch_size, border=scale)
+    spec = crop_spec(cfg, data)
+    common = {"calib_size": cfg.calibration.size, "hold_fraction": cfg.calibration.hold_fraction,
+              "iterations": cfg.dqss.iterations, "loss": cfg.dqss.loss, "candidates": cfg.dqss.candidates,
+              "high_precision": cfg.quant.high_precision, "high_precision_bits": cfg.quant.high_precision_bits,
+              "final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, choice, paths in (("dqss_argmax", out.argmax, (argmax_metrics, argmax_assignment, argmax_crop)),
+                                  ("dqss", out.selected, (metrics, assignment, crop))):
+        metrics_path, assignment_path, crop_path = paths
+        meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
+        save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
+        final = quantize_from_assignment(folded, plans, act_stats, load_assignment(assignment_path), strategies)
+        results, crop_img = evaluate_sets(final, data, device, f"{method} W{w}A{a}", spec)
+        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
+        save_png(crop_img, crop_path)
+        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device,
+               {**common, "select": "argmax" if method == "dqss_argmax" else cfg.dqss.select})
+    write_history(out.history, history)
+    mixture, _ = evaluate_sets(out.qmodel, data, device, f"mixture W{w}A{a}")
+    write_selection(out, selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
+                                      "a_bits": a, "seed": seed},
+                    test={"mixture": {r["dataset"]: r["metrics"] for r in mixture}})

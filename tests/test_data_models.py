@@ -474,7 +474,8 @@ def chain(tmp_path_factory):
             p = {k: out / v for k, v in dict(
                 ckpt="fp.pt", history="train.csv", fp_metrics="fp/metrics.json", fp_logits="fp/logits.pt",
                 stats="stats.pt", calib_list="calib.txt", assignment="dqss/assignment.yaml",
-                dqss_metrics="dqss/metrics.json", dqss_history="dqss/history.csv").items()}
+                dqss_metrics="dqss/metrics.json", dqss_history="dqss/history.csv", selection="dqss/selection.json",
+                argmax_metrics="dqss_argmax/metrics.json", argmax_assignment="dqss_argmax/assignment.yaml").items()}
             for v in p.values():
                 v.parent.mkdir(parents=True, exist_ok=True)
             job = _job_config(cfg)  # each job sees only its settings, as in the workflow
@@ -484,11 +485,18 @@ def chain(tmp_path_factory):
             run_calibrate(job("calibrate"), TINY, SEED, p["ckpt"], p["stats"], p["calib_list"], dev)
             uniform = {(m, W, A): str(out / "uniform" / m / "metrics.json") for m in cfg.strategies}
             run_uniform(job("uniform"), TINY, SEED, p["ckpt"], p["stats"], p["fp_logits"], uniform, dev)
-            run_dqss(job("dqss"), TINY, SEED, W, A, p["ckpt"], p["stats"], p["fp_logits"], p["dqss_metrics"],
-                     p["assignment"], p["dqss_history"], dev)
+            run_dqss(job("dqss"), **_dqss_args(p, p), device=dev)
             yield cfg, out, p, uniform
         finally:
             torch.set_num_threads(n)
+
+
+def _dqss_args(p, out):
+    """run_dqss's keyword arguments: inputs from ``p``, outputs from ``out``."""
+    return dict(backbone=TINY, seed=SEED, w=W, a=A, checkpoint=p["ckpt"], stats=p["stats"], fp=p["fp_logits"],
+                metrics=out["dqss_metrics"], assignment=out["assignment"], history=out["dqss_history"],
+                selection=out["selection"], argmax_metrics=out["argmax_metrics"],
+                argmax_assignment=out["argmax_assignment"])
 
 
 def _check_metrics(path, method, w, a, seed):
@@ -535,9 +543,14 @@ def test_chain_uniform_and_dqss_metrics(chain):
     for (method, w, a), path in uniform.items():
         d = _check_metrics(path, method, w, a, SEED)
         assert d["extra"]["calib_size"] == cfg.calibration.size
-    d = _check_metrics(p["dqss_metrics"], "dqss", W, A, SEED)
-    assert d["extra"]["candidates"] == ["minmax", "percentile"]
-    assert d["extra"]["iterations"] == 3
+    for method, key in (("dqss", "dqss_metrics"), ("dqss_argmax", "argmax_metrics")):
+        d = _check_metrics(p[key], method, W, A, SEED)
+        assert d["extra"]["candidates"] == ["minmax", "percentile"]
+        assert d["extra"]["iterations"] == 3
+        assert d["extra"]["select"] == ("argmax" if method == "dqss_argmax" else "measured")
+        n = len(d["per_image"]["top1"])
+        assert n == len(d["per_image"]["kl_fp"]) and n == round(N_DIGITS * cfg.data.test_fraction)
+        assert abs(100.0 * sum(d["per_image"]["top1"]) / n - d["metrics"]["top1"]) < 1e-9
 
 
 def test_chain_calibration_list(chain):
@@ -549,9 +562,10 @@ def test_chain_calibration_list(chain):
     assert lines == prep.data.calibration(cfg.calibration.size, SEED)[1]
 
 
-def test_chain_assignment(chain):
+@pytest.mark.parametrize("which", ["assignment", "argmax_assignment"])
+def test_chain_assignment(chain, which):
     cfg, out, p, _ = chain
-    asg = yaml.safe_load(p["assignment"].read_text())
+    asg = yaml.safe_load(p[which].read_text())
     assert asg["format"] == "dqss-assignment/1"
     assert (asg["backbone"], asg["w_bits"], asg["a_bits"], asg["seed"]) == (TINY, W, A, SEED)
     prep = prepare(cfg, TINY, p["ckpt"])
@@ -567,7 +581,13 @@ def test_chain_assignment(chain):
             assert e[role] in cands
             assert abs(sum(probs.values()) - 1.0) < 1e-4
             assert all(0.0 <= v <= 1.0 for v in probs.values())
-            assert probs[e[role]] == max(probs.values())
+            if which == "argmax_assignment":
+                assert probs[e[role]] == max(probs.values())
+    # both calibration parts saved: disjoint, together the calibration draw
+    calib = p["calib_list"].read_text().splitlines()
+    search, held = asg["calibration"]["search"], asg["calibration"]["held"]
+    assert sorted(search + held) == sorted(calib) and not set(search) & set(held)
+    assert len(held) == round(cfg.calibration.hold_fraction * cfg.calibration.size)
     # first and last layer at first_last_bits, the rest at W/A
     bits = [(e["w_bits"], e["a_bits"]) for e in asg["layers"]]
     assert bits[0] == bits[-1] == (8, 8) and set(bits[1:-1]) == {(W, A)}
@@ -575,15 +595,19 @@ def test_chain_assignment(chain):
 
 def test_chain_dqss_is_deterministic(chain, tmp_path):
     cfg, out, p, _ = chain
-    again = {k: tmp_path / f"{k}" for k in ("metrics.json", "assignment.yaml", "history.csv")}
-    run_dqss(cfg, TINY, SEED, W, A, p["ckpt"], p["stats"], p["fp_logits"], again["metrics.json"],
-             again["assignment.yaml"], again["history.csv"], torch.device("cpu"))
-    first = json.loads(p["dqss_metrics"].read_text())
-    second = json.loads(again["metrics.json"].read_text())
-    assert second["metrics"] == first["metrics"]
-    assert second["extra"]["final_loss"] == first["extra"]["final_loss"]
-    assert again["assignment.yaml"].read_text() == p["assignment"].read_text()
-    assert again["history.csv"].read_text() == p["dqss_history"].read_text()
+    again = {k: tmp_path / k for k in ("dqss_metrics", "assignment", "dqss_history", "selection", "argmax_metrics",
+                                        "argmax_assignment")}
+    run_dqss(cfg, **_dqss_args(p, again), device=torch.device("cpu"))
+    for key in ("dqss_metrics", "argmax_metrics"):
+        first = json.loads(p[key].read_text())
+        second = json.loads(again[key].read_text())
+        assert second["metrics"] == first["metrics"]
+        assert second["extra"]["final_loss"] == first["extra"]["final_loss"]
+    for key in ("assignment", "argmax_assignment", "dqss_history"):
+        assert again[key].read_text() == p[key].read_text()
+    first, second = (json.loads(f.read_text()) for f in (p["selection"], again["selection"]))
+    first.pop("seconds"), second.pop("seconds"), first.pop("search_seconds"), second.pop("search_seconds")
+    assert first == second
 
 
 def test_run_train_refuses_non_train_weights(chain, tmp_path):

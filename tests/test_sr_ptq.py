@@ -180,7 +180,9 @@ def chain(tmp_path_factory):
         ckpt="fp32/model.pt", history="fp32/train.csv", fp="fp32/metrics.json", bicubic="bicubic/metrics.json",
         gt_crop="fp32/crop_gt.png", fp_crop="fp32/crop.png", bicubic_crop="bicubic/crop.png",
         stats="calib/stats.pt", crops="calib/crops.txt", dqss="dqss/metrics.json",
-        assignment="dqss/assignment.yaml", search="dqss/search.csv", dqss_crop="dqss/crop.png").items()}
+        assignment="dqss/assignment.yaml", search="dqss/search.csv", dqss_crop="dqss/crop.png",
+        selection="dqss/selection.json", argmax="dqss_argmax/metrics.json",
+        argmax_assignment="dqss_argmax/assignment.yaml", argmax_crop="dqss_argmax/crop.png").items()}
     for v in p.values():
         v.parent.mkdir(parents=True, exist_ok=True)
     def job(name):  # each job sees only its settings, as in the workflow
@@ -193,9 +195,16 @@ def chain(tmp_path_factory):
     run_calibrate(job("calibrate"), BB, 0, p["ckpt"], p["stats"], p["crops"], dev)
     uniform = {(m, W, A): (str(out / m / "metrics.json"), str(out / m / "crop.png")) for m in cfg.strategies}
     run_uniform(job("uniform"), BB, 0, p["ckpt"], p["stats"], uniform, dev)
-    run_dqss(job("dqss"), BB, 0, W, A, p["ckpt"], p["stats"], p["crops"], p["dqss"], p["assignment"], p["search"],
-             p["dqss_crop"], dev)
+    run_dqss(job("dqss"), **_dqss_args(p, p), device=dev)
     return cfg, out, p, uniform
+
+
+def _dqss_args(p, out, crops=None):
+    """run_dqss's keyword arguments: inputs from ``p`` (``crops`` replaces its crop list), outputs from ``out``."""
+    return dict(backbone=BB, seed=0, w=W, a=A, checkpoint=p["ckpt"], stats=p["stats"], crops=crops or p["crops"],
+                metrics=out["dqss"], assignment=out["assignment"], history=out["search"], selection=out["selection"],
+                crop=out["dqss_crop"], argmax_metrics=out["argmax"], argmax_assignment=out["argmax_assignment"],
+                argmax_crop=out["argmax_crop"])
 
 
 def _results(path):
@@ -217,9 +226,14 @@ def test_chain_metrics(chain):
         d, res = _results(metrics)
         assert (d["method"], d["w_bits"], d["a_bits"], d["seed"]) == (m, w, a, 0)
         assert all(math.isfinite(v["psnr"]) and 0 < v["ssim"] <= 1 for v in res.values())
-    d, res = _results(p["dqss"])
-    assert d["method"] == "dqss" and d["extra"]["loss"] == "l1"
-    assert d["extra"]["candidates"] == cfg.strategies
+    for key, method in (("dqss", "dqss"), ("argmax", "dqss_argmax")):
+        d, res = _results(p[key])
+        assert d["method"] == method and d["extra"]["loss"] == "l1"
+        assert d["extra"]["candidates"] == cfg.strategies
+        assert d["extra"]["selection_objective"] == "mse_y"
+        for r in d["results"]:  # per-image values behind each mean (the significance tests)
+            assert len(r["per_image"]["psnr"]) == r["n_images"]
+            assert abs(np.mean(r["per_image"]["psnr"]) - r["metrics"]["psnr"]) < 1e-6
 
 
 def test_chain_crops_are_the_same_window(chain):
@@ -227,6 +241,7 @@ def test_chain_crops_are_the_same_window(chain):
 
     _, out, p, uniform = chain
     shapes = {cv2.imread(str(f)).shape for f in [p["gt_crop"], p["fp_crop"], p["bicubic_crop"], p["dqss_crop"],
+                                                  p["argmax_crop"],
                                                   *(c for _, c in uniform.values())]}
     assert shapes == {(32, 32, 3)}
     gt, bic = cv2.imread(str(p["gt_crop"])), cv2.imread(str(p["bicubic_crop"]))
@@ -257,15 +272,18 @@ def test_chain_assignment_and_history(chain):
 
 def test_chain_dqss_is_deterministic(chain, tmp_path):
     cfg, out, p, _ = chain
-    f = {k: tmp_path / k for k in ("m.json", "a.yaml", "s.csv", "c.png")}
-    run_dqss(cfg, BB, 0, W, A, p["ckpt"], p["stats"], p["crops"], f["m.json"], f["a.yaml"], f["s.csv"], f["c.png"],
-             "cpu")
+    f = {k: tmp_path / k for k in ("dqss", "assignment", "search", "selection", "dqss_crop", "argmax",
+                                    "argmax_assignment", "argmax_crop")}
+    run_dqss(cfg, **_dqss_args(p, f), device="cpu")
     def by_set(path):  # the job's settings list the test sets in sorted order, the full config in its own
         return {r["dataset"]: r for r in json.loads(path.read_text())["results"]}
 
-    assert by_set(f["m.json"]) == by_set(p["dqss"])
-    assert f["a.yaml"].read_text() == p["assignment"].read_text()
-    assert f["c.png"].read_bytes() == p["dqss_crop"].read_bytes()
+    for key in ("dqss", "argmax"):
+        assert by_set(f[key]) == by_set(p[key])
+    for key in ("assignment", "argmax_assignment"):
+        assert f[key].read_text() == p[key].read_text()
+    for key in ("dqss_crop", "argmax_crop"):
+        assert f[key].read_bytes() == p[key].read_bytes()
 
 
 def test_changed_calibration_images_are_detected(chain, tmp_path):
@@ -273,8 +291,9 @@ def test_changed_calibration_images_are_detected(chain, tmp_path):
     bad = tmp_path / "crops.txt"
     bad.write_text("skimage/camera.png 0 0\n" * cfg.calibration.size)
     with pytest.raises(RuntimeError, match="calibration crops"):
-        run_dqss(cfg, BB, 0, W, A, p["ckpt"], p["stats"], bad, *(tmp_path / k for k in ("m", "a", "s", "c.png")),
-                 "cpu")
+        run_dqss(cfg, **_dqss_args(p, {k: tmp_path / k for k in ("dqss", "assignment", "search", "selection",
+                                                                   "dqss_crop", "argmax", "argmax_assignment",
+                                                                   "argmax_crop")}, crops=bad), device="cpu")
 
 
 def test_corrupt_checkpoint_names_the_fix(chain, tmp_path):

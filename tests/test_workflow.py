@@ -86,15 +86,15 @@ def paper_inputs(base: Path) -> None:
 EMBEDDED_COUNTS = {
     # classification PTQ: 3 backbones x 2 seeds x 2 bit widths of DQSS, one uniform job per backbone and seed
     "cls_train": 3, "cls_evaluate_fp": 3, "cls_calibrate": 6, "cls_uniform": 6, "cls_dqss": 12,
-    # QAT: resnet20 x 2 seeds x (4 methods + dqss + dqss_nofix)
-    "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 8, "cls_qat_dqss": 4,
+    # QAT: resnet20 x 2 seeds x (4 methods + dqss + dqss_nofix + dqss_retrain)
+    "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 8, "cls_qat_dqss": 4, "cls_qat_retrain": 2,
     # SR: 2 backbones x 2 seeds x 2 bit widths of DQSS, one uniform and one calibration job per backbone and seed
     "sr_train": 2, "sr_evaluate_fp": 2, "sr_calibrate": 4, "sr_uniform": 4, "sr_dqss": 8,
     "aggregate": 1, "report": 1, "all": 1,
 }
 TEST_COUNTS = {"cls_train": 1, "cls_evaluate_fp": 1, "cls_calibrate": 1, "cls_uniform": 1, "cls_dqss": 1,
                "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 2, "cls_qat_dqss": 2,
-               "sr_train": 1, "sr_evaluate_fp": 1, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1,
+               "cls_qat_retrain": 1, "sr_train": 1, "sr_evaluate_fp": 1, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1,
                "aggregate": 1, "report": 1, "all": 1}
 
 
@@ -146,7 +146,8 @@ def test_dry_run_single_track(tmp_path):
     del cfg["cls_ptq"], cfg["sr_ptq"]
     path = write_config(tmp_path / "qat_only.yaml", cfg)
     counts = job_counts(snakemake("-n", "-F", "--cores", "1", "--configfile", str(path)))
-    assert set(counts) == {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"} | END
+    assert set(counts) == {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss",
+                           "cls_qat_retrain"} | END
 
 
 def test_dry_run_sr_only(tmp_path):
@@ -282,6 +283,17 @@ def tiny_run(tmp_path_factory):
     shutil.rmtree(work / ".snakemake", ignore_errors=True)
 
 
+def qsel_assignment(record, assignment):
+    """The assignment the selection record says it chose: the file's layers, which the record's chosen stage
+    must name (a uniform stage is every layer on one strategy)."""
+    chosen = record["chosen"]
+    layers = {e["name"]: (e["weight"], e["act"]) for e in assignment["layers"]}
+    if chosen.startswith("uniform "):
+        s = chosen.split(" ", 1)[1]
+        return {n: (s, s) for n in layers}
+    return layers
+
+
 @pytest.mark.slow
 def test_end_to_end(tiny_run):
     """Every job, the CSV contract, the report, and an idempotent rerun."""
@@ -294,7 +306,7 @@ def test_end_to_end(tiny_run):
     sr = df[df.task == "sr_ptq"]
     assert set(sr.metric) == {"psnr", "ssim"} and set(df[df.task != "sr_ptq"].metric) == {"top1", "agree_fp", "kl_fp"}
     assert set(sr.dataset) == {"tiny", "grey"} and set(sr.backbone) == {"edsr_tiny_x2"}
-    assert set(sr.method) == {"fp32", "bicubic", "minmax", "mse", "dqss"}
+    assert set(sr.method) == {"fp32", "bicubic", "minmax", "mse", "dqss_argmax", "dqss"}
     psnr = sr[sr.metric == "psnr"]
     assert (psnr.value > 15).all() and (sr[sr.metric == "ssim"].value <= 1).all()
     fp_psnr = psnr[psnr.method == "fp32"].set_index("dataset")["value"]
@@ -310,10 +322,10 @@ def test_end_to_end(tiny_run):
     assert cls[cls.method.isin(["minmax", "mse"])]["config_hash"].nunique() == 1
     df = df[df.task != "sr_ptq"]
     qat = df[df.task == "cls_qat"]
-    assert set(qat.method) == {"fp32", "lsq", "pact", "dqss", "dqss_nofix"}
+    assert set(qat.method) == {"fp32", "lsq", "pact", "dqss", "dqss_nofix", "dqss_retrain"}
     assert set(qat.backbone) == {"resnet20"}
     df = df[df.task == "cls_ptq"]
-    assert set(df.method) == {"fp32", "minmax", "mse", "dqss"}
+    assert set(df.method) == {"fp32", "minmax", "mse", "dqss_argmax", "dqss"}
     fp = df[(df.method == "fp32")].set_index("metric")["value"]
     assert fp["agree_fp"] == 100.0 and fp["kl_fp"] == 0.0
     q = df[df.method != "fp32"]
@@ -331,6 +343,12 @@ def test_end_to_end(tiny_run):
     qassign = yaml.safe_load((qdir / "dqss/w4a4/seed0/assignment.yaml").read_text())
     assert qassign["method"] == "dqss" and qassign["frozen_at_step"] > 0
     assert {e["act"] for e in qassign["layers"]} <= {"lsq", "pact"}
+    qsel = json.loads((qdir / "dqss/w4a4/seed0/selection.json").read_text())
+    assert qsel["rule"] == "measured" and qsel["objective"] == "ce"
+    held = qsel["stages"]
+    assert held[qsel["chosen"]]["held"] <= min(held[f"uniform {s}"]["held"] for s in ("lsq", "pact"))
+    assert {e["name"]: (e["weight"], e["act"]) for e in qassign["layers"]} == \
+        {k: tuple(v) for k, v in qsel_assignment(qsel, qassign).items()}
 
     report = (work / "results/report/report.md").read_text()
     assert "cls_ptq" in report and "cls_qat" in report
@@ -339,6 +357,11 @@ def test_end_to_end(tiny_run):
                             .read_text())
     assert {e["weight"] for e in assign["layers"]} <= {"minmax", "mse"}
     assert any((work / "results/report/figures").glob("assign_*test_resnet*.png"))
+    # the selection's records: the gap tables, the significance marks, the softmax-vs-measured figure
+    for stem in ("gap_cls_ptq_test_resnet_w4a4", "gap_sr_ptq_edsr_tiny_x2_w4a4"):
+        assert (work / f"results/report/tables/{stem}.md").is_file(), stem
+    assert "uniform: held-chosen" in report and "uniform: oracle" in report and "H=" in report
+    assert any((work / "results/report/figures").glob("softmax_vs_measured_*.png"))
 
     # nothing to redo on a rerun, nor for the same config with its keys reordered
     res = snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "-n")
@@ -349,7 +372,8 @@ def test_end_to_end(tiny_run):
 
 
 CLS_ALL = {"cls_train", "cls_evaluate_fp", "cls_calibrate", "cls_uniform", "cls_dqss"}
-QAT_ALL = {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"}
+QAT_ALL = {"cls_qat_train", "cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss", "cls_qat_retrain"}
+QAT_DQSS = {"cls_qat_dqss", "cls_qat_retrain"}  # the retrained row follows its dqss job
 SR_ALL = {"sr_train", "sr_evaluate_fp", "sr_calibrate", "sr_uniform", "sr_dqss"}
 CLS_Q = {"cls_calibrate", "cls_uniform", "cls_dqss"}
 SR_Q = {"sr_calibrate", "sr_uniform", "sr_dqss"}
@@ -364,11 +388,12 @@ EDITS = [
     (("cls_ptq", "dqss", "iterations"), 6, {"cls_dqss"}),
     (("cls_ptq", "eval", "batch_size"), 128, {"cls_evaluate_fp", "cls_uniform", "cls_dqss"}),
     (("cls_qat", "train", "epochs"), 2, QAT_ALL),
-    (("cls_qat", "calibration", "size"), 32, {"cls_qat_uniform", "cls_qat_dqss"}),
-    (("cls_qat", "qat", "lr"), 0.02, {"cls_qat_uniform", "cls_qat_dqss"}),
-    (("cls_qat", "dqss", "arch_lr"), 0.02, {"cls_qat_dqss"}),
-    (("cls_qat", "strategy_options"), {"pact": {"rescale": False}}, {"cls_qat_uniform": 1, "cls_qat_dqss": 2}),
-    (("cls_qat", "eval", "batch_size"), 128, {"cls_qat_evaluate_fp", "cls_qat_uniform", "cls_qat_dqss"}),
+    (("cls_qat", "calibration", "size"), 32, {"cls_qat_uniform"} | QAT_DQSS),
+    (("cls_qat", "qat", "lr"), 0.02, {"cls_qat_uniform"} | QAT_DQSS),
+    (("cls_qat", "dqss", "arch_lr"), 0.02, QAT_DQSS),
+    (("cls_qat", "strategy_options"), {"pact": {"rescale": False}},
+     {"cls_qat_uniform": 1, "cls_qat_dqss": 2, "cls_qat_retrain": 1}),
+    (("cls_qat", "eval", "batch_size"), 128, {"cls_qat_evaluate_fp", "cls_qat_uniform"} | QAT_DQSS),
     (("sr_ptq", "train", "iterations"), 20, SR_ALL),
     (("sr_ptq", "calibration", "size"), 8, SR_Q),
     (("sr_ptq", "quant", "high_precision"), ["head", "tail"], SR_Q),
@@ -376,7 +401,8 @@ EDITS = [
     (("sr_ptq", "eval", "crop_size"), 24, {"sr_evaluate_fp", "sr_uniform", "sr_dqss"}),
     (("device",), "auto", CLS_ALL | QAT_ALL | SR_ALL),
     (("seeds",), [0, 1], {"cls_calibrate": 1, "cls_uniform": 1, "cls_dqss": 1, "cls_qat_uniform": 2,
-                          "cls_qat_dqss": 2, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1}),  # seed 1 only
+                          "cls_qat_dqss": 2, "cls_qat_retrain": 1, "sr_calibrate": 1, "sr_uniform": 1,
+                          "sr_dqss": 1}),  # seed 1 only
 ]
 
 

@@ -106,7 +106,7 @@ rule cls_uniform:
 
 
 rule cls_dqss:
-    """DQSS search of per-layer strategies, then evaluation of the argmax model."""
+    """DQSS search of per-layer strategies; the measured selection (dqss) and the argmax (dqss_argmax) evaluated."""
     input:
         ckpt=cls_checkpoint,
         stats=rules.cls_calibrate.output.stats,
@@ -115,6 +115,9 @@ rule cls_dqss:
         metrics=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
         assignment=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
         history=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
+        selection=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/selection.json",
+        argmax_metrics=f"{CLS}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        argmax_assignment=f"{CLS}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "dqss"),

@@ -81,7 +81,8 @@ rule cls_qat_uniform:
 
 
 rule cls_qat_dqss:
-    """DQSS-QAT: strategies, quantizers and weights trained in one pass (with or without the fix)."""
+    """DQSS-QAT: strategies, quantizers and weights trained in one pass (with or without the fix); the frozen
+    assignment is chosen by dqss.select."""
     input:
         ckpt=qat_checkpoint,
         fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
@@ -89,8 +90,39 @@ rule cls_qat_dqss:
         metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
         history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
         assignment=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+        selection=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/selection.json",
     wildcard_constraints:
         method="dqss|dqss_nofix",
+    params:
+        track="cls_qat",
+        settings=settings("cls_qat", "dqss"),
+        device=DEVICE,
+    conda:
+        ENV
+    log:
+        "logs/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_qat/{backbone}/{method}_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=1440,
+    script:
+        "../scripts/cls_qat.py"
+
+
+rule cls_qat_retrain:
+    """The frozen DQSS-QAT assignment retrained from the FP checkpoint for the full schedule (dqss_retrain)."""
+    input:
+        ckpt=qat_checkpoint,
+        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
+        assignment=f"{QAT}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+    output:
+        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
+    wildcard_constraints:
+        method="dqss_retrain",
     params:
         track="cls_qat",
         settings=settings("cls_qat", "dqss"),

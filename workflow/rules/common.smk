@@ -81,7 +81,7 @@ def metric_jobs():
         if cfg is None:
             continue
         references = ["fp32", "bicubic"] if track == "sr_ptq" else ["fp32"]
-        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + ["dqss"]
+        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + ["dqss_argmax", "dqss"]
         for bb in cfg.backbones:
             d = base.format(backbone=bb)
             for m in references:
@@ -89,7 +89,7 @@ def metric_jobs():
             for seed in SEEDS:
                 for w, a in cfg.bits:
                     for m in methods:
-                        job = "dqss" if m in ("dqss", "dqss_nofix") else "uniform"
+                        job = "dqss" if m.startswith("dqss") else "uniform"
                         out.append((f"{d}/{m}/w{w}a{a}/seed{seed}/metrics.json", track, job, bb,
                                     m if track == "cls_qat" else None))
     return out
@@ -139,7 +139,14 @@ def all_metric_files():
 
 
 def all_assignments():
-    return [p.replace("metrics.json", "assignment.yaml") for p, _, job, *_ in metric_jobs() if job == "dqss"]
+    return [p.replace("metrics.json", "assignment.yaml") for p, _, job, *_ in metric_jobs()
+            if job == "dqss" and "/dqss_retrain/" not in p]
+
+
+def all_selections():
+    """The selection records of the PTQ tracks' DQSS jobs (the report's discretization-gap tables)."""
+    return [p.replace("metrics.json", "selection.json") for p, t, job, *_ in metric_jobs()
+            if job == "dqss" and t != "cls_qat" and "/dqss/" in p]
 
 
 def all_histories():

@@ -18,12 +18,14 @@ rule aggregate:
 
 
 rule report:
-    """Markdown and LaTeX tables, accuracy-drop plots and DQSS strategy maps."""
+    """Markdown and LaTeX tables with significance marks, gap tables, accuracy-drop plots and DQSS strategy maps."""
     input:
         metrics="results/metrics.csv",
         assignments=all_assignments(),
         histories=all_histories(),
         crops=all_crops(),
+        jobs=all_metric_files(),
+        selections=all_selections(),
     output:
         "results/report/report.md",
     conda:

@@ -127,7 +127,8 @@ rule sr_uniform:
 
 
 rule sr_dqss:
-    """DQSS search (L1 to the FP output on calibration crops), then the argmax model on every test set."""
+    """DQSS search (L1 to the FP output on calibration crops); the measured selection (dqss) and the argmax
+    (dqss_argmax) on every test set."""
     input:
         ckpt=sr_checkpoint,
         stats=rules.sr_calibrate.output.stats,
@@ -136,7 +137,11 @@ rule sr_dqss:
         metrics=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
         assignment=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
         history=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
+        selection=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/selection.json",
         crop=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/crop.png",
+        argmax_metrics=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
+        argmax_assignment=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+        argmax_crop=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/crop.png",
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "dqss"),

@@ -4,6 +4,6 @@ from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
 wc = snakemake.wildcards
-run_dqss(job_config(snakemake), wc.backbone, int(wc.seed), int(wc.w), int(wc.a),
-         snakemake.input.get("ckpt") or None, snakemake.input.stats, snakemake.input.fp,
-         snakemake.output.metrics, snakemake.output.assignment, snakemake.output.history, device)
+run_dqss(job_config(snakemake), backbone=wc.backbone, seed=int(wc.seed), w=int(wc.w), a=int(wc.a),
+         checkpoint=snakemake.input.get("ckpt") or None, stats=snakemake.input.stats, fp=snakemake.input.fp,
+         **dict(snakemake.output.items()), device=device)

@@ -3,6 +3,7 @@ from dqss.sr_ptq import run_dqss
 from dqss.workflow import job_config, setup
 
 device = setup(snakemake)
-wc, out = snakemake.wildcards, snakemake.output
-run_dqss(job_config(snakemake), wc.backbone, int(wc.seed), int(wc.w), int(wc.a), snakemake.input.get("ckpt") or None,
-         snakemake.input.stats, snakemake.input.crops, out.metrics, out.assignment, out.history, out.crop, device)
+wc = snakemake.wildcards
+run_dqss(job_config(snakemake), backbone=wc.backbone, seed=int(wc.seed), w=int(wc.w), a=int(wc.a),
+         checkpoint=snakemake.input.get("ckpt") or None, stats=snakemake.input.stats, crops=snakemake.input.crops,
+         **dict(snakemake.output.items()), device=device)
