@@ -13,7 +13,6 @@ Results in results/bench_select.csv (medians, ratio, evaluations, moves tried).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import sys
@@ -87,6 +86,7 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
 
 def main(argv=None) -> int:
     from .cls_ptq import resolve_device
+    from .results import write_csv
     from .workflow import load_yaml, track_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,10 +104,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.config} has no {args.track} section")
     device = resolve_device(args.device)
     rows = [bench_backbone(cfg, b, args.bits, device, args.repeats) for b in (args.backbone or cfg.backbones)]
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     for r in rows:
         print(r)
     return 0

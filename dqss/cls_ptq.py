@@ -19,8 +19,9 @@ from .config import (Section, TrackMethods, check_candidates, check_hold_fractio
 from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, per_image, predict
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
+from .mixed import pinned
 from .models import create_backbone, data_config, save_checkpoint
-from .ptq import export_assignment, load_assignment, quantize_from_assignment, quantize_uniform, save_assignment
+from .ptq import assignment_choice, export_assignment, load_assignment, quantize_uniform, save_assignment
 from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
 from .results import FP_METHOD, provenance, write_metrics
 from .search import SearchConfig
@@ -245,8 +246,8 @@ def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, che
                                                           ("dqss", out.selected, metrics, assignment)):
         meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
         save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
-        final = quantize_from_assignment(folded, plans, act_stats, load_assignment(assignment_path), strategies)
-        values, images = _evaluate(final, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+        with pinned(out.qmodel, assignment_choice(load_assignment(assignment_path), plans, strategies)) as final:
+            values, images = _evaluate(final, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, values)
         write_metrics(metrics_path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
                       a_bits=a, seed=seed, metrics=values, prov=prov, per_image=images,

@@ -11,7 +11,6 @@ validation PSNR with ``--sr-tolerance`` dB (default 0.05).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import logging
 import sys
@@ -89,6 +88,7 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    from .results import write_csv
     from .workflow import load_yaml, track_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -122,10 +122,7 @@ def main(argv=None) -> int:
                 r["gain_of_longer"] = round(gain, 3)
                 r["converged"] = gain <= tolerance
             rows += got
-    with open(args.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, rows)
     for r in rows:
         print(r)
     return 0 if all(r["converged"] for r in rows) else 1

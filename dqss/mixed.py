@@ -11,6 +11,8 @@ The two are equal because convolution is bilinear; the efficient form is simply 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -272,6 +274,17 @@ def sample_paths(model: nn.Module, generator: torch.Generator | None) -> None:
             else:
                 p = torch.softmax(q.logits.detach().float().cpu() / q.tau, dim=0)
                 q.sampled = int(torch.multinomial(p, 1, generator=generator))
+
+
+@contextmanager
+def pinned(model: nn.Module, assignment: dict[str, tuple[str, str]]):
+    """``model`` pinned to ``assignment`` inside the block (the discrete model, equal to the one
+    :func:`dqss.ptq.quantize_per_layer` builds for it), the mixture again after."""
+    pin(model, assignment)
+    try:
+        yield model
+    finally:
+        pin(model, None)
 
 
 def discretize(model: nn.Module, choice: dict[str, tuple[str, str]] | None = None) -> dict[str, tuple[str, str]]:

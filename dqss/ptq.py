@@ -104,9 +104,9 @@ def load_assignment(path) -> dict:
     return data
 
 
-def quantize_from_assignment(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
-                             assignment: dict, strategies: dict[str, Strategy]) -> nn.Module:
-    """Rebuild the discrete quantized model of a search without searching again."""
+def assignment_choice(assignment: dict, plans: dict[str, LayerPlan], strategies: dict[str, Strategy]
+                      ) -> dict[str, tuple[str, str]]:
+    """``{layer: (weight strategy, activation strategy)}`` of an assignment, checked against the plan."""
     chosen = {e["name"]: e for e in assignment["layers"]}
     if list(chosen) != list(plans):
         missing = sorted(set(plans) ^ set(chosen))
@@ -122,5 +122,12 @@ def quantize_from_assignment(model: nn.Module, plans: dict[str, LayerPlan], stat
             if e[role] not in strategies:
                 raise KeyError(f"assignment uses strategy '{e[role]}' for layer '{name}', which is not "
                                f"among the configured strategies {sorted(strategies)}")
-        choice[name] = (strategies[e["weight"]], strategies[e["act"]])
-    return quantize_per_layer(model, plans, stats, choice)
+        choice[name] = (e["weight"], e["act"])
+    return choice
+
+
+def quantize_from_assignment(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActStats],
+                             assignment: dict, strategies: dict[str, Strategy]) -> nn.Module:
+    """Rebuild the discrete quantized model of a search without searching again."""
+    choice = assignment_choice(assignment, plans, strategies)
+    return quantize_per_layer(model, plans, stats, {n: (strategies[w], strategies[a]) for n, (w, a) in choice.items()})

@@ -105,12 +105,10 @@ def selection_summary(record: dict) -> dict:
 
 
 def write_history(history: list[dict], path) -> None:
-    import csv
+    """The search's loss per step (``search.csv``)."""
+    from .results import write_csv
 
-    with open(path, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["step", "loss", "tau"])
-        wr.writeheader()
-        wr.writerows(history)
+    write_csv(path, [{"step": h["step"], "loss": h["loss"], "tau": h["tau"]} for h in history])
 
 
 def write_selection(outcome: Outcome, path, meta: dict, test: dict | None = None) -> None:

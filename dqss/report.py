@@ -220,6 +220,15 @@ def _marks_for_column(per_image, means: dict, **cell) -> dict | None:
     return info
 
 
+def _apply_marks(info: dict, means: dict, dec: int, md_cells: dict, tex_cells: dict, col) -> set:
+    """Append one column's marks to its cells, add its two best-uniform rows; the cells to bold."""
+    for m, mk in info["marks"].items():
+        md_cells[(m, col)] += f" {mk}"
+        tex_cells[(m, col)] += f" {latex_escape(mk).replace('·', '.')}"
+    _uniform_rows(info, means, dec, md_cells, tex_cells, col)
+    return {(m, col) for m in info["tied"]}
+
+
 def _uniform_rows(info: dict, means: dict, dec: int, md_cells: dict, tex_cells: dict, col) -> None:
     """The two best-uniform rows of a column: value (strategy)."""
     if info["oracle"] is not None:
@@ -337,11 +346,7 @@ def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]
                         bold |= _best(shown, metric in LOWER_IS_BETTER)
                         continue
                     marked = True
-                    for m, mk in info["marks"].items():
-                        md_cells[(m, c)] += f" {mk}"
-                        tex_cells[(m, c)] += f" {latex_escape(mk).replace('·', '.')}"
-                    _uniform_rows(info, means, dec, md_cells, tex_cells, c)
-                    bold |= {(m, c) for m in info["tied"]}
+                    bold |= _apply_marks(info, means, dec, md_cells, tex_cells, c)
                 if marked:
                     methods = method_order(set(methods) | {k[0] for k in md_cells})
                 rule = ("**bold** = the best quantized method per backbone and every one not significantly worse "
@@ -401,11 +406,7 @@ def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[
                     bold |= _best({k: v for k, v in shown.items() if k[1] == c}, lower=False)
                     continue
                 marked = True
-                for m, mk in info["marks"].items():
-                    md_cells[(m, c)] += f" {mk}"
-                    tex_cells[(m, c)] += f" {latex_escape(mk).replace('·', '.')}"
-                _uniform_rows(info, means, dec, md_cells, tex_cells, c)
-                bold |= {(m, c) for m in info["tied"]}
+                bold |= _apply_marks(info, means, dec, md_cells, tex_cells, c)
             if marked:
                 methods = method_order(set(methods) | {k[0] for k in md_cells})
             rule = (f"**bold** = the best quantized method per test set by {rank_metric.upper()} and every one not "

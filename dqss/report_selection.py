@@ -72,7 +72,8 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
                     cells.setdefault((row, cols[2]), []).append(test[row])
         md = {}
         for key, vals in cells.items():
-            md[key] = _num(float(np.mean(vals)), 2 if key[1].endswith("psnr") else 5)
+            v = float(np.mean(vals))
+            md[key] = _num(v, 2) if key[1].endswith("psnr") else f"{v:.4g}"
         tex = {k: latex_escape(v) for k, v in md.items()}
         objective = recs[0].get("objective", "?")
         caption = (f"**{task} — {backbone}, W{w}A{a}: the discretization gap.** Selection objective "

@@ -63,6 +63,22 @@ def write_json(path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_csv(path, rows: list[dict]) -> None:
+    """Rows (dicts with the same keys, in order) as a CSV, written atomically like :func:`write_json`."""
+    import csv
+
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
 def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, w_bits: int, a_bits: int,
                   seed: int, metrics: dict[str, float], prov: dict, extra: dict | None = None,
                   results: list[dict] | None = None, per_image: dict[str, list] | None = None) -> None:

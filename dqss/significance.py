@@ -5,7 +5,10 @@ difference that size is noise.  These tests pair the per-image outcomes (recorde
 ``per_image`` in its ``metrics.json``):
 
 * 0/1 outcomes (top-1, agreement with FP): McNemar's exact test on the discordant images;
-* continuous values (kl_fp, PSNR, SSIM): a paired bootstrap interval of the mean difference.
+* continuous values (kl_fp, PSNR, SSIM): a paired bootstrap interval of the mean difference; with
+  fewer than ``EXACT_BELOW`` images (an SR test set of a handful of photographs) the exact sign-flip
+  randomization test instead, since a percentile bootstrap of three values calls any three differences
+  of one sign significant.
 
 Several seeds of one method are pooled image by image: McNemar counts the discordant pairs of every
 seed; the bootstrap resamples images and averages each image's difference over the seeds.
@@ -20,6 +23,7 @@ ALPHA = 0.05
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 BINARY = frozenset({"top1", "top5", "agree_fp"})
+EXACT_BELOW = 17  # images: 2**16 sign patterns at most
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -44,6 +48,16 @@ def bootstrap_interval(diffs: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, s
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """Exact two-sided p-value of the paired randomization test: the fraction of the 2**n sign patterns
+    whose mean difference is at least as far from zero as the observed one."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n = len(diffs)
+    signs = 1.0 - 2.0 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
+    means = np.abs(signs @ diffs) / n
+    return float((means >= abs(diffs.mean()) - 1e-12 * max(1.0, abs(diffs.mean()))).mean())
+
+
 def compare(first: list[list[float]], second: list[list[float]], metric: str, *, lower_is_better: bool = False,
             alpha: float = ALPHA) -> dict:
     """Is ``first`` significantly better or worse than ``second``?  Each is a list (one per seed, paired
@@ -62,6 +76,13 @@ def compare(first: list[list[float]], second: list[list[float]], metric: str, *,
         verdict = "ns" if p >= alpha or only_a == only_b else ("better" if only_a > only_b else "worse")
         return {"verdict": verdict, "test": "mcnemar", "p": p, "only_first": only_a, "only_second": only_b}
     diffs = (a - b).mean(0)  # per image, averaged over seeds
+    if len(diffs) < EXACT_BELOW:
+        p = sign_flip_p(diffs)
+        mean = float(diffs.mean())
+        if p >= alpha or mean == 0:
+            return {"verdict": "ns", "test": "signflip", "p": p, "mean_diff": mean}
+        verdict = "better" if (mean > 0) != lower_is_better else "worse"
+        return {"verdict": verdict, "test": "signflip", "p": p, "mean_diff": mean}
     lo, hi = bootstrap_interval(diffs, alpha=alpha)
     if lo > 0 or hi < 0:
         higher = lo > 0

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from .config import (Section, TrackMethods, build_section, check_candidates, check_hold_fraction, check_names,
                      check_seed, given, parse_backbones, parse_bits, parse_options)
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
-from .ptq import export_assignment, load_assignment, quantize_from_assignment, quantize_uniform, save_assignment
+from .mixed import pinned
+from .ptq import assignment_choice, export_assignment, load_assignment, quantize_uniform, save_assignment
 from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
 from .results import FP_METHOD, provenance, write_metrics
 from .search import SearchConfig
@@ -438,8 +439,8 @@ def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, chec
         metrics_path, assignment_path, crop_path = paths
         meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
         save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
-        final = quantize_from_assignment(folded, plans, act_stats, load_assignment(assignment_path), strategies)
-        results, crop_img = evaluate_sets(final, data, device, f"{method} W{w}A{a}", spec)
+        with pinned(out.qmodel, assignment_choice(load_assignment(assignment_path), plans, strategies)) as final:
+            results, crop_img = evaluate_sets(final, data, device, f"{method} W{w}A{a}", spec)
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
         save_png(crop_img, crop_path)
         _write(metrics_path, cfg, backbone, method, w, a, seed, results, device,

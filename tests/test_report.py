@@ -347,3 +347,46 @@ def test_gather_refuses_a_result_of_other_settings(tmp_path):
     assert len(gather([path], expected={str(path): "aaaaaaaaaaaa"})) == 1
     with pytest.raises(ValueError, match=r"m\.json was computed with other settings .*bbbbbbbbbbbb.*\.snakemake"):
         gather([path], expected={str(path): "bbbbbbbbbbbb"})
+
+
+# -- significance marks ----------------------------------------------------------------------------
+def _paired_case(extra_right: int):
+    """One cell: minmax and mse uniform, dqss = mse plus ``extra_right`` images right, 2 seeds of 593 images;
+    the DQSS job of each seed names mse as the held-chosen uniform strategy."""
+    from dqss.paired import PerImage
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(593) < 0.8).astype(int)
+    wrong = np.flatnonzero(base == 0)
+    per = {"minmax": (rng.random(593) < 0.5).astype(int), "mse": base}
+    dqss = base.copy()
+    dqss[wrong[:extra_right]] = 1
+    per["dqss"] = dqss
+    values, rows = {}, []
+    for m, v in per.items():
+        for s in SEEDS:
+            values[("cls_ptq", "digits", "resnet18", m, 4, 4, s)] = {"top1": v.tolist()}
+            rows.append({**_row("cls_ptq", "digits", "resnet18", m, 4, 4, s, "top1", 100.0 * v.mean()),
+                         "delta_fp": 0.0})
+    held = {("cls_ptq", "resnet18", 4, 4, s): "mse" for s in SEEDS}
+    return report.summarize(pd.DataFrame(rows)), PerImage(values, held)
+
+
+def test_one_image_win_is_not_significant_and_not_bolded_alone():
+    summary, per_image = _paired_case(1)
+    md, tex = report.cls_tables(summary, "cls_ptq", per_image)["cls_ptq_digits_w4a4_top1"]
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "H= O=" in rows["dqss"]  # one image better than mse (held-chosen and oracle): not significant
+    assert "**" in rows["mse"] and "**" in rows["dqss"]  # both bold: mse is not significantly worse
+    assert "**" not in rows["minmax"] and "H- O-" in rows["minmax"]
+    assert "(mse)" in rows["uniform: held-chosen"] and "(mse)" in rows["uniform: oracle"]
+    assert "H· O·" in rows["mse"]
+    assert "H=" in tex and "uniform: held-chosen" in tex
+
+
+def test_a_clear_win_is_marked_and_bolded_alone():
+    summary, per_image = _paired_case(30)
+    md, _ = report.cls_tables(summary, "cls_ptq", per_image)["cls_ptq_digits_w4a4_top1"]
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "H+ O+" in rows["dqss"] and "**" in rows["dqss"]
+    assert "**" not in rows["mse"]

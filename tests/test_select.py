@@ -18,7 +18,7 @@ from dqss.ptq import (export_assignment, load_assignment, quantize_from_assignme
                       quantize_per_layer, save_assignment)
 from dqss.ptq_search import split_calibration
 from dqss.select import Evaluator, item_losses, measured_selection, significant_decrease, uniform
-from dqss.significance import bootstrap_interval, compare, mcnemar_exact
+from dqss.significance import bootstrap_interval, compare, mcnemar_exact, sign_flip_p
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.sr_ptq import SRQuantPolicy
 from dqss.stats import collect_act_stats
@@ -251,6 +251,12 @@ def test_mcnemar_matches_scipy_binomial_test():
         assert mcnemar_exact(b, c) == pytest.approx(want, rel=1e-9)
 
 
+def test_sign_flip_matches_enumeration_by_hand():
+    d = np.array([0.3, -0.1, 0.2, 0.4])
+    means = [abs(np.mean(d * s)) for s in __import__("itertools").product([1, -1], repeat=4)]
+    assert sign_flip_p(d) == pytest.approx(np.mean([m >= abs(d.mean()) - 1e-12 for m in means]))
+
+
 def test_compare_pairs_images_and_pools_seeds():
     rng = np.random.default_rng(0)
     a = (rng.random((2, 593)) < 0.9).astype(float)
@@ -265,6 +271,11 @@ def test_compare_pairs_images_and_pools_seeds():
     assert compare((kl - 0.1).tolist(), kl.tolist(), "kl_fp", lower_is_better=True)["verdict"] == "better"
     lo, hi = bootstrap_interval(rng.normal(0, 1, 500))
     assert lo < 0 < hi
+    # three SR test images all slightly better: the exact sign-flip test cannot call that significant
+    three = compare([[30.1, 31.2, 29.9]], [[30.0, 31.1, 29.8]], "psnr")
+    assert three["test"] == "signflip" and three["verdict"] == "ns" and three["p"] == pytest.approx(0.25)
+    twelve = compare([list(np.arange(12) + 0.5)], [list(np.arange(12.0))], "psnr")
+    assert twelve["verdict"] == "better" and twelve["p"] == pytest.approx(2 / 4096)
     with pytest.raises(ValueError, match="paired"):
         compare(a[:1].tolist(), a.tolist(), "top1")
 
