@@ -110,11 +110,14 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
                     x, y = zip(*pts)
                     ax.scatter(x, y, s=9, color=colors[name], label=name, alpha=0.8)
             ax.axhline(0.0, color="#555555", linewidth=0.8)
+            ys = np.abs([m["delta_search"] for m in moves if m["delta_search"] != 0])
+            if len(ys):  # a few harmful candidates would flatten the rest: linear near 0, log beyond
+                ax.set_yscale("symlog", linthresh=float(np.median(ys)))
             ax.set_xlabel(f"softmax weight ({role})")
             ax.set_title(f"{role} quantizers")
-        axes[0].set_ylabel("measured change of the objective")
+        axes[0].set_ylabel("change of the search-part objective\n(symlog; < 0 = better)")
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside right center", frameon=False, title="candidate")
         fig.suptitle(f"{record['task']}, {record['backbone']} W{record['w_bits']}A{record['a_bits']} seed "
-                     f"{record['seed']}: softmax weight vs measured one-at-a-time effect")
+                     f"{record['seed']}\nsoftmax weight vs measured effect of switching one tensor")
         return _save(fig, _figure_path(path), ("png",))
