@@ -205,7 +205,8 @@ def _reference_text(methods) -> str:
 SIGNIFICANCE_TEXT = ("marks: H = against the uniform strategy chosen on the held calibration part (per seed), "
                      "O = against the test-chosen (oracle) best uniform; + / - = significantly better / worse "
                      "(p < 0.05; McNemar's exact test on paired images for top-1 and agreement, a paired bootstrap "
-                     "95% interval otherwise; seeds pooled), = not significant, · = the row is that strategy")
+                     "95% interval otherwise, the exact sign-flip test below 17 images; seeds pooled), = not "
+                     "significant, · = the row is that strategy")
 
 
 def _marks_for_column(per_image, means: dict, **cell) -> dict | None:
