@@ -179,21 +179,11 @@ def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dic
 
 def _assignment_choice(cfg, plans, path) -> dict[str, tuple]:
     """The (weight, activation) strategies of a DQSS-QAT assignment file, checked against the plan."""
-    from .ptq import load_assignment
+    from .ptq import assignment_choice, load_assignment
 
-    asg = load_assignment(path)
-    chosen = {e["name"]: e for e in asg["layers"]}
-    if list(chosen) != list(plans):
-        raise ValueError(f"{path}: its layers do not match the model's quantized layers; it was frozen for another "
-                         "backbone or quant policy: rerun its dqss job")
-    out = {}
-    for name, e in chosen.items():
-        for role in ("weight", "act"):
-            if e[role] not in cfg.dqss.candidates:
-                raise ValueError(f"{path}: layer '{name}' uses '{e[role]}', not among dqss.candidates "
-                                 f"{cfg.dqss.candidates}: rerun its dqss job")
-        out[name] = (cfg.strategy(e["weight"]), cfg.strategy(e["act"]))
-    return out
+    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    choice = assignment_choice(load_assignment(path), plans, strategies)
+    return {n: (strategies[w], strategies[a]) for n, (w, a) in choice.items()}
 
 
 # -- the job --------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .significance import compare
 
 UNIFORM_EXCLUDED = ("fp32", "bicubic")
@@ -112,8 +114,6 @@ def cell_marks(per_image: PerImage, means: dict[str, float], *, task, dataset, b
                 tied.add(m)
     held_mean = None
     if held_vals:
-        import numpy as np
-
         held_mean = float(np.mean([np.mean(v) for v in held_vals.values()]))
         if metric in ("top1", "top5", "agree_fp"):
             held_mean *= 100.0

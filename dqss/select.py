@@ -223,14 +223,14 @@ def _same(q: nn.Module, i: int, j: int, weights: torch.Tensor | None) -> bool:
 
 
 def _identical_pairs(qmodel: nn.Module) -> dict[tuple[str, str], set[tuple[str, str]]]:
-    """Per (layer, role), the pairs of candidate names that give the same quantized tensor."""
+    """Per (layer, role), the pairs of candidate names that give the same quantized tensor (weights only
+    while frozen: trained weights change under every candidate)."""
     out = {}
     for name, m in mixed_layers(qmodel).items():
-        frozen = not m.layer.weight.requires_grad
-        for role, q in (("weight", m.weight_quant), ("act", m.act_quant)):
-            weights = m.weight_candidates() if role == "weight" and frozen else None
-            if role == "weight" and not frozen:
-                continue
+        roles = [("act", m.act_quant, None)]
+        if not m.layer.weight.requires_grad:
+            roles.insert(0, ("weight", m.weight_quant, m.weight_candidates()))
+        for role, q, weights in roles:
             pairs = set()
             for i in range(len(q.names)):
                 for j in range(i + 1, len(q.names)):
@@ -264,10 +264,10 @@ def measured_selection(qmodel: nn.Module, candidates: list[str], proposal: Assig
     same = _identical_pairs(qmodel)
     stages: dict[str, Assignment] = {f"uniform {s}": uniform(layers, s) for s in candidates}
     stages["argmax"] = dict(proposal)
-    objective = {k: {"search": float(search.losses(a).mean())} for k, a in stages.items()}
+    stage_losses = {k: search.losses(a) for k, a in stages.items()}
+    objective = {k: {"search": float(v.mean())} for k, v in stage_losses.items()}
     start_from = min(stages, key=lambda k: objective[k]["search"])  # first wins ties: uniforms before argmax
-    current = dict(stages[start_from])
-    cur = search.losses(current)
+    current, cur = dict(stages[start_from]), stage_losses[start_from]
     search.set_current(current)
     mixed = mixed_layers(qmodel)
     screened = top_k is not None and samples is not None and all(n in samples for n in layers)
@@ -290,8 +290,9 @@ def measured_selection(qmodel: nn.Module, candidates: list[str], proposal: Assig
                     trial = dict(current)
                     trial[name] = (c, current[name][1]) if r == 0 else (current[name][0], c)
                     losses = search.losses(trial, changed=name)
-                    ok, t = significant_decrease(losses - cur, accept_z)
-                    delta = float((losses - cur).mean())
+                    diff = losses - cur
+                    ok, t = significant_decrease(diff, accept_z)
+                    delta = float(diff.mean())
                     moves.append({"sweep": sweep, "layer": name, "role": role, "from": here, "to": c,
                                   "delta_search": delta, "t": t if math.isfinite(t) else -1e9, "accepted": False})
                     if ok and (best is None or delta < best[0]):
@@ -310,8 +311,12 @@ def measured_selection(qmodel: nn.Module, candidates: list[str], proposal: Assig
             break
     stages["start"] = stages[start_from]
     objective["start"] = dict(objective[start_from])
+    held_of: dict[tuple, float] = {}  # an assignment reached by several stages is measured once
     for k, a in stages.items():
-        objective[k]["held"] = float(held.losses(a).mean())
+        key = tuple(sorted(a.items()))
+        if key not in held_of:
+            held_of[key] = float(held.losses(a).mean())
+        objective[k]["held"] = held_of[key]
     guarded = [f"uniform {s}" for s in candidates] + ["start"] + [f"sweep {i}" for i in range(1, len(sweep_ends) + 1)]
     chosen = min(guarded, key=lambda k: objective[k]["held"])  # first wins ties: a uniform when nothing is better
     held_best = min(candidates, key=lambda s: objective[f"uniform {s}"]["held"])
