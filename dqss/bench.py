@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import statistics
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .results import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,8 @@ def run_all(out: Path, ns=(1, 2, 4, 6, 8), modes=("efficient", "naive"), device:
             row = json.loads(res.stdout.strip().splitlines()[-1])
             log.info("N=%d %-9s %.1f ms/step, peak %.1f MB", n, mode, row["ms_per_step"], row["peak_mem_mb"])
             rows.append(row)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["n_candidates", "mode", "ms_per_step", "peak_mem_mb", "weight_cache_mb", "backbone", "batch", "input_size", "steps",
-              "device", "mem_measure"]
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, rows, ["n_candidates", "mode", "ms_per_step", "peak_mem_mb", "weight_cache_mb", "backbone",
+                          "batch", "input_size", "steps", "device", "mem_measure"])
     return rows
 
 

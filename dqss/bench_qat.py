@@ -14,11 +14,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import statistics
 import time
 from pathlib import Path
+
+from .results import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +124,7 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
                      "mem_measure": "cuda_peak_allocated" if dev.type == "cuda" else "autograd_saved"})
         log.info("%-16s %8.1f ms/step  x%.2f of lsq  %7.1f MB", name, med, med / ref if ref else float("nan"),
                  peaks[name])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out, rows)
     return rows
 
 

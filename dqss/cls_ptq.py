@@ -5,7 +5,6 @@ short shim in ``workflow/scripts``; tests call them directly.
 """
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from .mixed import pinned
 from .models import create_backbone, data_config, save_checkpoint
 from .ptq import assignment_choice, export_assignment, load_assignment, quantize_uniform, save_assignment
 from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
-from .results import FP_METHOD, provenance, write_metrics
+from .results import DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
 from .search import SearchConfig
 from .stats import collect_act_stats, load_stats, save_stats
 from .train import TrainConfig, train_classifier
@@ -147,10 +146,7 @@ def run_train(cfg, backbone: str, out_ckpt, out_history, device) -> None:
     data = load_classification(cfg.data, dcfg)
     history = train_classifier(model, data.training_set(), cfg.train, device, workers=cfg.data.workers)
     save_checkpoint(model.cpu(), backbone, out_ckpt, num_classes=cfg.num_classes(), train_seed=cfg.train.seed)
-    with open(out_history, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["epoch", "loss"])
-        w.writeheader()
-        w.writerows(history)
+    write_csv(out_history, history, ["epoch", "loss"])
 
 
 def run_evaluate_fp(cfg, backbone: str, checkpoint, out_metrics, out_logits, device, *, seed: int) -> None:
@@ -164,7 +160,8 @@ def run_evaluate_fp(cfg, backbone: str, checkpoint, out_metrics, out_logits, dev
     torch.save({"logits": logits, "labels": labels}, out_logits)
     write_metrics(out_metrics, task=cfg.task, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
                   a_bits=32, seed=seed, metrics=classification_metrics(logits, labels, logits),
-                  prov=provenance(device, cfg.raw), extra={"n_test": len(labels)})
+                  prov=provenance(device, cfg.raw), settings=cfg.row_settings(backbone, FP_METHOD),
+                  extra={"n_test": len(labels)})
 
 
 def _calibration_tensors(prep: Prepared, cfg: ClsPTQConfig, seed: int):
@@ -217,7 +214,7 @@ def run_uniform(cfg: ClsPTQConfig, backbone: str, seed: int, checkpoint, stats_p
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
         write_metrics(path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
                       seed=seed, metrics=metrics, prov=prov, per_image=images,
-                      extra={"calib_size": cfg.calibration.size, "first_last_bits": cfg.quant.first_last_bits})
+                      settings=cfg.row_settings(backbone, method))
 
 
 def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, checkpoint, stats, fp,
@@ -238,12 +235,10 @@ def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, che
                             batch_size=cfg.calibration.batch_size, labels=y)
     fp_logits, _ = _load_fp_logits(fp)
     prov = provenance(device, cfg.raw)
-    common = {"calib_size": cfg.calibration.size, "hold_fraction": cfg.calibration.hold_fraction,
-              "iterations": cfg.dqss.iterations, "candidates": cfg.dqss.candidates,
-              "final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
-    for method, choice, metrics_path, assignment_path in (("dqss_argmax", out.argmax, argmax_metrics,
+    common = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, choice, metrics_path, assignment_path in ((DQSS_ARGMAX, out.argmax, argmax_metrics,
                                                            argmax_assignment),
-                                                          ("dqss", out.selected, metrics, assignment)):
+                                                          (DQSS_METHOD, out.selected, metrics, assignment)):
         meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
         save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
         with pinned(out.qmodel, assignment_choice(load_assignment(assignment_path), plans, strategies)) as final:
@@ -251,7 +246,7 @@ def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, che
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, values)
         write_metrics(metrics_path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
                       a_bits=a, seed=seed, metrics=values, prov=prov, per_image=images,
-                      extra={**common, "select": "argmax" if method == "dqss_argmax" else cfg.dqss.select})
+                      settings=cfg.row_settings(backbone, method), extra=common)
     write_history(out.history, history)
     mixture, _ = _evaluate(out.qmodel, prep, cfg, fp_logits, device, f"mixture W{w}A{a}")
     write_selection(out, selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,

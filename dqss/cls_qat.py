@@ -6,7 +6,6 @@ with this track's config; this module adds the quantization-aware training jobs.
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -24,7 +23,7 @@ from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
 from .mixed import MixedQuantizer, MixedQuantLayer
 from .ptq import export_assignment, save_assignment
 from .qat_train import DQSSQATConfig, QATRecipe, train_qat
-from .results import provenance, write_metrics
+from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
 from .stats import collect_act_stats
 from .strategy import LayerContext
 from .train import TrainConfig
@@ -32,8 +31,8 @@ from .train import TrainConfig
 log = logging.getLogger(__name__)
 
 TASK = "cls_qat"
-DQSS_VARIANTS = {"dqss": True, "dqss_nofix": False}  # method name -> under-fitting fix on
-RETRAIN_METHOD = "dqss_retrain"  # the frozen DQSS assignment (of method dqss), retrained from the FP checkpoint
+DQSS_VARIANTS = {DQSS_METHOD: True, DQSS_NOFIX: False}  # method name -> under-fitting fix on
+RETRAIN_METHOD = DQSS_RETRAIN  # the frozen DQSS assignment (of method dqss), retrained from the FP checkpoint
 
 
 @dataclass
@@ -119,11 +118,7 @@ def _test_top1(prep, cfg, device):
 
 
 def _write_history(rows: list[dict], path) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, rows)
 
 
 @torch.no_grad()
@@ -245,16 +240,12 @@ def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a:
     metrics, images = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
     log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
     _write_history(history, out_history)
-    extra = {"epochs": cfg.qat.epochs, "lr": cfg.qat.lr, "quant_lr": cfg.qat.quant_lr,
-             "first_last_bits": cfg.quant.first_last_bits, "final_loss": history[-1]["loss"]}
+    extra = {"final_loss": history[-1]["loss"]}
     if is_dqss:
-        extra.update(candidates=names, arch_lr=cfg.dqss.arch_lr, fix=DQSS_VARIANTS[method],
-                     search_fraction=cfg.dqss.search_fraction if DQSS_VARIANTS[method] else 1.0, **freeze_info,
-                     select=cfg.dqss.select, sampling=cfg.dqss.sampling,
-                     **{f"selection_{k}": record[k] for k in ("chosen", "moves_accepted", "evaluations", "seconds")
-                        if k in record})
+        extra.update(**freeze_info, **{f"selection_{k}": record[k] for k in ("chosen", "moves_accepted",
+                                                                             "evaluations", "seconds") if k in record})
     if method == RETRAIN_METHOD:
-        extra.update(candidates=names, retrained_from=str(assignment))
+        extra.update(retrained_from=str(assignment))
     write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
-                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw), extra=extra,
-                  per_image=images)
+                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw),
+                  settings=cfg.row_settings(backbone, method), extra=extra, per_image=images)

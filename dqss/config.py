@@ -169,6 +169,36 @@ class TrackMethods:
     def weights(self, backbone: str) -> str:
         return str(self.backbones[backbone].get("weights", "train"))
 
+    def row_settings(self, backbone: str, method: str) -> dict:
+        """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`)."""
+        from .results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
+
+        weights = self.weights(backbone)
+        out = {"weights": weights if weights in ("train", "timm", "url") else "file"}
+        if method in REFERENCE_METHODS:
+            return out
+        out["calib_size"] = self.calibration.size
+        if hasattr(self.quant, "high_precision"):
+            out.update(high_precision=self.quant.high_precision, high_precision_bits=self.quant.high_precision_bits)
+        else:
+            out["first_last_bits"] = self.quant.first_last_bits
+        qat = hasattr(self, "qat")
+        if qat:
+            out.update(epochs=self.qat.epochs, lr=self.qat.lr, quant_lr=self.qat.quant_lr)
+        if not is_dqss(method):
+            return out
+        d = self.dqss
+        select = "argmax" if method == DQSS_ARGMAX else d.select
+        out.update(candidates=d.candidates, select=select)
+        if select == "measured":
+            out.update(sweeps=d.sweeps, hold_fraction=self.calibration.hold_fraction)
+        if not qat:
+            out.update(iterations=d.iterations, loss=d.loss)
+        elif method != DQSS_RETRAIN:
+            out.update(arch_lr=d.arch_lr, sampling=d.sampling,
+                       search_fraction=1.0 if method == DQSS_NOFIX else d.search_fraction)
+        return out
+
 
 def check_hold_fraction(value, key: str) -> None:
     """The held part of the calibration draw: a fraction strictly between 0 and 1."""

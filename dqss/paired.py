@@ -19,13 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import DQSS_METHOD, is_uniform  # noqa: F401  (is_uniform: re-exported for the report)
 from .significance import compare
-
-UNIFORM_EXCLUDED = ("fp32", "bicubic")
-
-
-def is_uniform(method: str) -> bool:
-    return method not in UNIFORM_EXCLUDED and not method.startswith("dqss")
 
 
 @dataclass
@@ -59,7 +54,7 @@ def load_per_image(paths) -> PerImage:
             if values:
                 out.values[(base[0], dataset, *base[1:])] = values
         held = d.get("extra", {}).get("selection_held_best_uniform")
-        if held and d["method"] == "dqss":
+        if held and d["method"] == DQSS_METHOD:
             out.held[(base[0], base[1], base[3], base[4], base[5])] = held
     return out
 

@@ -3,21 +3,19 @@ from __future__ import annotations
 
 import copy
 import logging
-from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
 from .layers import LayerPlan, QuantLayer, swap_layers
 from .mixed import MixedQuantizer, MixedQuantLayer, mixed_layers
+from .results import ASSIGNMENT_FORMAT, load_assignment, save_assignment  # noqa: F401  (the file format's owner)
 from .stats import ActStats
 from .strategy import LayerContext, Strategy
 
 log = logging.getLogger(__name__)
 
-ASSIGNMENT_FORMAT = "dqss-assignment/1"
 
 
 def _context(model: nn.Module, plan: LayerPlan, stats: dict[str, ActStats]) -> LayerContext:
@@ -83,25 +81,6 @@ def export_assignment(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: dict
             entry[f"{role}_probs"] = {n: round(float(v), 6) for n, v in zip(q.names, p)}
         layers.append(entry)
     return {"format": ASSIGNMENT_FORMAT, **meta, "layers": layers}
-
-
-def save_assignment(assignment: dict, path) -> None:
-    """Write atomically (a crash never leaves a truncated file that looks complete)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(assignment, sort_keys=False))
-    tmp.replace(path)
-
-
-def load_assignment(path) -> dict:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read assignment file {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != ASSIGNMENT_FORMAT or "layers" not in data:
-        raise ValueError(f"{path} is not a DQSS assignment file (expected format: {ASSIGNMENT_FORMAT})")
-    return data
 
 
 def assignment_choice(assignment: dict, plans: dict[str, LayerPlan], strategies: dict[str, Strategy]

@@ -15,18 +15,16 @@ import math
 import re
 from pathlib import Path
 
+from .results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_METHODS, FP_METHOD, GROUP_KEYS,
+                      REFERENCE_METHODS, is_dqss, load_assignment, parse_job_path)
+from .results import PROVENANCE as PROVENANCE_COLUMNS
+
 log = logging.getLogger(__name__)
 
-FP_METHOD = "fp32"
-BICUBIC_METHOD = "bicubic"
-REFERENCE_METHODS = frozenset({FP_METHOD, BICUBIC_METHOD})  # reference rows: shown, never ranked
-DQSS_METHODS = ("dqss_nofix", "dqss_argmax", "dqss")  # always last, in this order
 HELD_ROW = "uniform: held-chosen"
 ORACLE_ROW = "uniform: oracle"
 LOWER_IS_BETTER = frozenset({"kl_fp"})
-GROUP_KEYS = ["task", "dataset", "backbone", "method", "w_bits", "a_bits", "metric"]
 REQUIRED_COLUMNS = GROUP_KEYS + ["seed", "value"]
-PROVENANCE_COLUMNS = ["git_rev", "device", "torch", "torchvision", "timm", "python", "config_hash"]
 
 DECIMALS = {"top1": 2, "top5": 2, "agree_fp": 2, "kl_fp": 4, "psnr": 2, "ssim": 3}
 DEFAULT_DECIMALS = 2
@@ -88,7 +86,7 @@ def method_order(methods) -> list[str]:
             return (1, "")
         if m in DQSS_METHODS:
             return (5, str(DQSS_METHODS.index(m)))
-        if m.startswith("dqss"):
+        if is_dqss(m):
             return (4, m)
         if m in (HELD_ROW, ORACLE_ROW):
             return (3, m)
@@ -516,7 +514,7 @@ def plot_accuracy_drop(summary, task: str, metric: str, path, colors: dict | Non
 
 def _assignment_rows(assignments: list[dict]):
     def key(a):
-        return (str(a.get("method", "dqss")), int(a.get("w_bits", 0)), int(a.get("a_bits", 0)),
+        return (str(a.get("method", DQSS_METHOD)), int(a.get("w_bits", 0)), int(a.get("a_bits", 0)),
                 int(a.get("seed", 0)))
 
     return sorted(assignments, key=key)
@@ -563,7 +561,7 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
     col = {n: i for i, n in enumerate(layers)}
     for r, a in enumerate(rows_in):
         tag = f"W{a.get('w_bits', '?')}A{a.get('a_bits', '?')} s{a.get('seed', '?')}"
-        if a.get("method", "dqss") != "dqss":
+        if a.get("method", DQSS_METHOD) != DQSS_METHOD:
             tag = f"{a['method']} {tag}"
         for k, role in enumerate(("weight", "act")):
             labels.append(f"{tag} {role}")
@@ -607,23 +605,19 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         return _save(fig, _figure_path(path), ("png",))
 
 
-HISTORY_PATTERN = re.compile(r"(?P<task>[^/]+)/(?P<dataset>[^/]+)/(?P<backbone>[^/]+)/(?P<method>[^/]+)/"
-                             r"w(?P<w>\d+)a(?P<a>\d+)/seed(?P<seed>\d+)/train\.csv$")
-
-
 def read_histories(paths) -> "pandas.DataFrame":
     """Training curves (``train.csv`` of QAT jobs) as one frame keyed by their result path."""
     import pandas as pd
 
     frames = []
     for p in sorted(str(Path(p).as_posix()) for p in paths):
-        m = HISTORY_PATTERN.search(p)
-        if m is None:
-            raise ValueError(f"{p}: not a results/{{task}}/{{dataset}}/{{backbone}}/{{method}}/w{{W}}a{{A}}/"
-                             "seed{S}/train.csv path")
+        job = parse_job_path(p)
+        if job.file != "train.csv":
+            raise ValueError(f"{p}: not a training curve (train.csv)")
         h = pd.read_csv(p)
-        for k, v in m.groupdict().items():
-            h[k] = int(v) if k in ("w", "a", "seed") else v
+        for k, v in (("task", job.task), ("dataset", job.dataset), ("backbone", job.backbone),
+                     ("method", job.method), ("w", job.w_bits), ("a", job.a_bits), ("seed", job.seed)):
+            h[k] = v
         frames.append(h)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -673,20 +667,15 @@ def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> l
         return _save(fig, _figure_path(path), ("png", "pdf"))
 
 
-CROP_PATTERN = re.compile(r"(?P<task>[^/]+)/(?P<dataset>[^/]+)/(?P<backbone>[^/]+)/(?P<method>[^/]+)/"
-                          r"w(?P<w>\d+)a(?P<a>\d+)/seed(?P<seed>\d+)/crop(?P<gt>_gt)?\.png$")
-
-
 def read_crops(paths) -> dict:
     """SR output crops by (task, backbone, method, w, a, seed); the ground truth under method 'gt'."""
     out = {}
     for p in sorted(str(Path(p).as_posix()) for p in paths):
-        m = CROP_PATTERN.search(p)
-        if m is None:
-            raise ValueError(f"{p}: not a results/{{task}}/{{dataset}}/{{backbone}}/{{method}}/w{{W}}a{{A}}/"
-                             "seed{S}/crop.png path")
-        method = "gt" if m["gt"] else m["method"]
-        out[(m["task"], m["backbone"], method, int(m["w"]), int(m["a"]), int(m["seed"]))] = p
+        job = parse_job_path(p)
+        if job.file not in ("crop.png", "crop_gt.png"):
+            raise ValueError(f"{p}: not an output crop (crop.png or crop_gt.png)")
+        method = "gt" if job.file == "crop_gt.png" else job.method
+        out[(job.task, job.backbone, method, job.w_bits, job.a_bits, job.seed)] = p
     return out
 
 
@@ -694,7 +683,7 @@ def best_uniform(summary, task: str, backbone: str, w: int, a: int, metric: str 
     """The uniform strategy with the highest mean ``metric`` averaged over the test sets."""
     d = summary[(summary["task"] == task) & (summary["backbone"] == backbone) & (summary["w_bits"] == w)
                 & (summary["a_bits"] == a) & (summary["metric"] == metric)
-                & ~summary["method"].isin(REFERENCE_METHODS) & ~summary["method"].str.startswith("dqss")]
+                & ~summary["method"].isin(REFERENCE_METHODS) & ~summary["method"].map(is_dqss)]
     if d.empty:
         return None
     means = d.groupby("method")["mean"].mean()
@@ -726,7 +715,7 @@ def plot_sr_crops(summary, crops: dict, task: str, backbone: str, path) -> list[
             best = best_uniform(summary, task, backbone, w, a)
             panels = [("ground truth", refs["gt"]), (f"bicubic\n{psnr(BICUBIC_METHOD)}", refs[BICUBIC_METHOD]),
                       (f"FP\n{psnr(FP_METHOD)}", refs[FP_METHOD])]
-            for label, method in ((f"best uniform: {best}", best), ("DQSS", "dqss")):
+            for label, method in ((f"best uniform: {best}", best), ("DQSS", DQSS_METHOD)):
                 seed = min((k[5] for k in mine if k[2] == method and k[3:5] == (w, a)), default=None)
                 panels.append((f"{label} W{w}A{a}\n{psnr(method, w, a)}",
                                mine.get((task, backbone, method, w, a, seed)) if seed is not None else None))
@@ -771,19 +760,12 @@ def check_one_setting(df, source) -> None:
                          "every job is computed with the current config, then rebuild the report")
 
 
-def _load_assignments(paths, tasks: set[str]) -> dict[tuple[str, str], list[dict]]:
-    import yaml
-
+def _load_assignments(paths) -> dict[tuple[str, str], list[dict]]:
+    """The DQSS assignment files by (task, backbone), read with the jobs' own check."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for p in sorted(Path(p) for p in paths):
-        try:
-            data = yaml.safe_load(p.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"cannot read assignment file {p}: {exc}") from exc
-        if not isinstance(data, dict) or not isinstance(data.get("layers"), list):
-            raise ValueError(f"{p} is not a DQSS assignment file (no 'layers' list)")
-        task = data.get("task") or next((t for part in p.parts for t in sorted(tasks, key=len, reverse=True)
-                                         if t in part), "unknown")
+        data = load_assignment(p)
+        task = data.get("task") or parse_job_path(p).task
         grouped.setdefault((str(task), str(data.get("backbone", "unknown"))), []).append(data)
     return grouped
 
@@ -827,7 +809,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     summary.to_csv(outdir / "summary.csv", index=False)
     written.append(outdir / "summary.csv")
 
-    groups = _load_assignments(assignment_paths or [], set(df["task"]) | {"cls_ptq", "cls_qat", "sr_ptq"})
+    groups = _load_assignments(assignment_paths or [])
     strategies = {s for items in groups.values() for a in items for s in (a.get("candidates") or [])}
     strategies |= {e[r] for items in groups.values() for a in items for e in a["layers"] for r in ("weight", "act")}
     colors = method_colors(set(summary["method"]) | strategies)
@@ -889,7 +871,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     if measured:
         rec = min(measured, key=lambda r: (r["task"], r["backbone"], r["w_bits"], r["a_bits"], r["seed"]))
         match = [a for a in groups.get((rec["task"], rec["backbone"]), [])
-                 if a.get("method") == "dqss_argmax" and (a.get("w_bits"), a.get("a_bits"), a.get("seed"))
+                 if a.get("method") == DQSS_ARGMAX and (a.get("w_bits"), a.get("a_bits"), a.get("seed"))
                  == (rec["w_bits"], rec["a_bits"], rec["seed"])]
         if match:
             stem = _safe_stem(f"softmax_vs_measured_{rec['task']}_{rec['backbone']}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import DQSS_ARGMAX, DQSS_METHOD
+
 GAP_ROWS = ("mixture (relaxed)", "dqss_argmax", "uniform: held-chosen", "dqss (selected)")
 
 
@@ -61,9 +63,9 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
             stage_of = {"mixture (relaxed)": "mixture", "dqss_argmax": "argmax",
                         "uniform: held-chosen": f"uniform {rec['held_best_uniform']}", "dqss (selected)": rec["chosen"]}
             test = {"mixture (relaxed)": _mixture_test(rec, metric),
-                    "dqss_argmax": _test_value(df, rec, "dqss_argmax", metric),
+                    "dqss_argmax": _test_value(df, rec, DQSS_ARGMAX, metric),
                     "uniform: held-chosen": _test_value(df, rec, rec["held_best_uniform"], metric),
-                    "dqss (selected)": _test_value(df, rec, "dqss", metric)}
+                    "dqss (selected)": _test_value(df, rec, DQSS_METHOD, metric)}
             for row, stage in stage_of.items():
                 for part, col in (("search", cols[0]), ("held", cols[1])):
                     if stage in st and part in st[stage]:

@@ -10,7 +10,6 @@ aggregate turns each into rows with ``dataset`` = the test set.
 """
 from __future__ import annotations
 
-import csv
 import fnmatch
 import logging
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .mixed import pinned
 from .ptq import assignment_choice, export_assignment, load_assignment, quantize_uniform, save_assignment
 from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
-from .results import FP_METHOD, provenance, write_metrics
+from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
 from .search import SearchConfig
 from .sr_data import (SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8,
                       training_batch)
@@ -38,7 +37,6 @@ from .stats import collect_act_stats, load_stats, save_stats
 log = logging.getLogger(__name__)
 
 TASK = "sr_ptq"
-BICUBIC_METHOD = "bicubic"
 
 
 @dataclass
@@ -278,7 +276,7 @@ def save_png(img: np.ndarray, path) -> None:
 def _write(path, cfg, backbone, method, w, a, seed, results, device, extra=None):
     write_metrics(path, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w, a_bits=a,
                   seed=seed, metrics={}, results=results, prov=provenance(device, cfg.raw),
-                  extra={"scale": cfg.scale(backbone), **(extra or {})})
+                  settings=cfg.row_settings(backbone, method), extra={"scale": cfg.scale(backbone), **(extra or {})})
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -303,10 +301,7 @@ def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) ->
     history = fit_sr(model, data.train, tc, data.scale, device, backbone)
     model = model.cpu().eval()
     save_checkpoint(model.net, backbone, out_ckpt, scale=data.scale, train_seed=tc.seed)
-    with open(out_history, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["iteration", "loss"])
-        w.writeheader()
-        w.writerows(history)
+    write_csv(out_history, history, ["iteration", "loss"])
 
 
 def fit_sr(model, pairs, tc: SRTrainConfig, scale: int, device, name: str = "model") -> list[dict]:
@@ -408,9 +403,7 @@ def run_uniform(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, stats_pa
         results, crop_img = evaluate_sets(qmodel, data, device, f"{method} W{w}A{a}", crop)
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
         save_png(crop_img, crop_path)
-        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device,
-               {"calib_size": cfg.calibration.size, "high_precision": cfg.quant.high_precision,
-                "high_precision_bits": cfg.quant.high_precision_bits})
+        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device)
 
 
 def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, checkpoint, stats, crops, metrics,
@@ -430,12 +423,9 @@ def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, chec
                             hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device, objective="mse_y",
                             batch_size=cfg.calibration.batch_size, border=scale)
     spec = crop_spec(cfg, data)
-    common = {"calib_size": cfg.calibration.size, "hold_fraction": cfg.calibration.hold_fraction,
-              "iterations": cfg.dqss.iterations, "loss": cfg.dqss.loss, "candidates": cfg.dqss.candidates,
-              "high_precision": cfg.quant.high_precision, "high_precision_bits": cfg.quant.high_precision_bits,
-              "final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
-    for method, choice, paths in (("dqss_argmax", out.argmax, (argmax_metrics, argmax_assignment, argmax_crop)),
-                                  ("dqss", out.selected, (metrics, assignment, crop))):
+    common = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, choice, paths in ((DQSS_ARGMAX, out.argmax, (argmax_metrics, argmax_assignment, argmax_crop)),
+                                  (DQSS_METHOD, out.selected, (metrics, assignment, crop))):
         metrics_path, assignment_path, crop_path = paths
         meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
         save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
@@ -443,8 +433,7 @@ def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, chec
             results, crop_img = evaluate_sets(final, data, device, f"{method} W{w}A{a}", spec)
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
         save_png(crop_img, crop_path)
-        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device,
-               {**common, "select": "argmax" if method == "dqss_argmax" else cfg.dqss.select})
+        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device, common)
     write_history(out.history, history)
     mixture, _ = evaluate_sets(out.qmodel, data, device, f"mixture W{w}A{a}")
     write_selection(out, selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quant import FakeQuantizer, QuantSpec, range_to_qparams, fake_quantize
+from .results import REFERENCE_METHODS, RESERVED_METHODS, is_dqss
 from .stats import ActStats
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -93,8 +94,9 @@ def register_strategy(name: str, kind: str = "ptq") -> Callable[[type[Strategy]]
         if name in STRATEGIES and STRATEGIES[name] is not cls:
             raise ValueError(f"strategy name '{name}' is registered twice "
                              f"({STRATEGIES[name].__module__} and {cls.__module__}); rename one")
-        if name in ("fp32", "dqss", "dqss_nofix", "bicubic"):
-            raise ValueError(f"'{name}' is a reserved method name")
+        if name in RESERVED_METHODS or is_dqss(name):
+            raise ValueError(f"'{name}' is a reserved method name (the reference rows {list(REFERENCE_METHODS)} and "
+                             "every name starting with 'dqss' are the suite's); choose another")
         cls.name = name
         cls.kind = kind
         STRATEGIES[name] = cls

@@ -10,6 +10,8 @@ aggregate refuses a result whose hash is not the one the current config gives.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import re
 import sys
 from pathlib import Path
@@ -18,6 +20,15 @@ TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
 TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+# ``cpu_kernels``: the kernel dispatch of every job on a CPU.  ATen's vectorised kernels, oneDNN's
+# convolutions and MKL's GEMMs each pick their code path by the CPU's instruction sets, and the paths
+# round differently; an FP model trained for thousands of steps amplifies the last bits into points of
+# top-1.  Pinning all three to AVX2 makes an x86-64 CPU with AVX2 (or wider) run the same code paths.
+# The variables are read when each library initialises, so they are set in the Snakemake process and
+# inherited by every job (local, cluster or container), never in the job itself.
+CPU_KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"},
+                  "native": {}}
 
 # The keys of its track's section each job reads.  "backbones" is cut to the job's backbone,
 # "dqss" carries its resolved candidates (so it needs no "strategies"), "strategies" and
@@ -74,6 +85,38 @@ def check_top_level(config: dict) -> list[int]:
     if not DEVICES.match(device):
         raise ValueError(f"device: '{device}' is not auto, cpu, cuda or cuda:<index>")
     return parse_seeds(config.get("seeds"))
+
+
+def cpu_kernels(config: dict) -> str:
+    """The config's ``cpu_kernels`` (default avx2), checked."""
+    choice = str(config.get("cpu_kernels", "avx2"))
+    if choice not in CPU_KERNEL_ENV:
+        raise ValueError(f"cpu_kernels: '{choice}' is not one of {list(CPU_KERNEL_ENV)} (avx2: the same results on "
+                         "every x86-64 CPU with AVX2; native: each library's fastest code path for this CPU)")
+    return choice
+
+
+def pin_cpu_kernels(config: dict, environ=os.environ) -> str:
+    """Put the config's kernel dispatch into ``environ`` (the Snakemake process's, which its jobs inherit)."""
+    choice = cpu_kernels(config)
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        environ.update(CPU_KERNEL_ENV[choice])
+    return choice
+
+
+def check_cpu_kernels(choice: str | None, device) -> None:
+    """A job on the CPU runs the kernels its config pins; else its numbers would not be the reference's."""
+    import torch
+
+    if choice != "avx2" or torch.device(device).type != "cpu" or platform.machine().lower() not in ("x86_64",
+                                                                                                  "amd64"):
+        return
+    got = torch.backends.cpu.get_cpu_capability()
+    if got != "AVX2":
+        env = " ".join(f"{k}={v}" for k, v in CPU_KERNEL_ENV["avx2"].items())
+        why = ("this CPU has no AVX2: set cpu_kernels: native" if got == "DEFAULT" else
+               f"the job was started without the workflow's environment: run it through Snakemake, or set {env}")
+        raise RuntimeError(f"cpu_kernels: avx2, but ATen dispatches {got} kernels; {why}")
 
 
 def track_config(config: dict, track: str):
@@ -223,7 +266,9 @@ def setup(smk):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     torch.set_num_threads(max(1, int(smk.threads)))
     device = resolve_device(str(smk.params.get("device", "auto")))
-    logging.getLogger("dqss").info("rule %s on %s, %d thread(s)", smk.rule, device, smk.threads)
+    check_cpu_kernels(smk.params.get("cpu_kernels"), device)
+    logging.getLogger("dqss").info("rule %s on %s, %d thread(s), %s kernels", smk.rule, device, smk.threads,
+                                   torch.backends.cpu.get_cpu_capability())
     return device
 
 

@@ -542,12 +542,14 @@ def test_chain_uniform_and_dqss_metrics(chain):
     cfg, out, p, uniform = chain
     for (method, w, a), path in uniform.items():
         d = _check_metrics(path, method, w, a, SEED)
-        assert d["extra"]["calib_size"] == cfg.calibration.size
+        assert d["settings"]["calib_size"] == str(cfg.calibration.size)
+        assert "candidates" not in d["settings"]  # a uniform row has no search settings
     for method, key in (("dqss", "dqss_metrics"), ("dqss_argmax", "argmax_metrics")):
         d = _check_metrics(p[key], method, W, A, SEED)
-        assert d["extra"]["candidates"] == ["minmax", "percentile"]
-        assert d["extra"]["iterations"] == 3
-        assert d["extra"]["select"] == ("argmax" if method == "dqss_argmax" else "measured")
+        assert d["settings"]["candidates"] == "minmax+percentile"
+        assert d["settings"]["iterations"] == "3"
+        assert d["settings"]["select"] == ("argmax" if method == "dqss_argmax" else "measured")
+        assert ("sweeps" in d["settings"]) == (method == "dqss")
         n = len(d["per_image"]["top1"])
         assert n == len(d["per_image"]["kl_fp"]) and n == round(N_DIGITS * cfg.data.test_fraction)
         assert abs(100.0 * sum(d["per_image"]["top1"]) / n - d["metrics"]["top1"]) < 1e-9

@@ -228,8 +228,9 @@ def test_chain_metrics(chain):
         assert all(math.isfinite(v["psnr"]) and 0 < v["ssim"] <= 1 for v in res.values())
     for key, method in (("dqss", "dqss"), ("argmax", "dqss_argmax")):
         d, res = _results(p[key])
-        assert d["method"] == method and d["extra"]["loss"] == "l1"
-        assert d["extra"]["candidates"] == cfg.strategies
+        assert d["method"] == method and d["settings"]["loss"] == "l1"
+        assert d["settings"]["candidates"] == "+".join(cfg.strategies)
+        assert d["settings"]["high_precision"] == "+".join(cfg.quant.high_precision)
         assert d["extra"]["selection_objective"] == "mse_y"
         for r in d["results"]:  # per-image values behind each mean (the significance tests)
             assert len(r["per_image"]["psnr"]) == r["n_images"]

@@ -4,12 +4,13 @@
 rule cls_train:
     """Train a full-precision backbone on the embedded data."""
     output:
-        ckpt=f"{CLS}/fp32/model.pt",
-        history=f"{CLS}/fp32/train.csv",
+        ckpt=CLS.model(),
+        history=CLS.model("train.csv"),
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "train"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -30,12 +31,13 @@ rule cls_evaluate_fp:
     input:
         ckpt=cls_checkpoint,
     output:
-        metrics=f"{CLS}/fp32/w32a32/seed{{seed}}/metrics.json",
-        logits=f"{CLS}/fp32/w32a32/seed{{seed}}/logits.pt",
+        metrics=CLS.fp("metrics.json"),
+        logits=CLS.fp("logits.pt"),
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "evaluate_fp"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -56,12 +58,13 @@ rule cls_calibrate:
     input:
         ckpt=cls_checkpoint,
     output:
-        stats=f"{CLS}/calib/seed{{seed}}/stats.pt",
-        images=f"{CLS}/calib/seed{{seed}}/images.txt",
+        stats=CLS.calib("stats.pt"),
+        images=CLS.calib("images.txt"),
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "calibrate"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -82,13 +85,14 @@ rule cls_uniform:
     input:
         ckpt=cls_checkpoint,
         stats=rules.cls_calibrate.output.stats,
-        fp=f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
+        fp=CLS.fp("logits.pt", CLS_PTQ.train.seed),
     output:
         list(uniform_outputs().values()),
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "uniform"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
         jobs=list(uniform_outputs()),
     conda:
         ENV
@@ -110,18 +114,19 @@ rule cls_dqss:
     input:
         ckpt=cls_checkpoint,
         stats=rules.cls_calibrate.output.stats,
-        fp=f"{CLS}/fp32/w32a32/seed{CLS_PTQ.train.seed}/logits.pt",
+        fp=CLS.fp("logits.pt", CLS_PTQ.train.seed),
     output:
-        metrics=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        assignment=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
-        history=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
-        selection=f"{CLS}/dqss/w{{w}}a{{a}}/seed{{seed}}/selection.json",
-        argmax_metrics=f"{CLS}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        argmax_assignment=f"{CLS}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+        metrics=CLS.job("metrics.json", DQSS_METHOD),
+        assignment=CLS.job("assignment.yaml", DQSS_METHOD),
+        history=CLS.job("search.csv", DQSS_METHOD),
+        selection=CLS.job("selection.json", DQSS_METHOD),
+        argmax_metrics=CLS.job("metrics.json", DQSS_ARGMAX),
+        argmax_assignment=CLS.job("assignment.yaml", DQSS_ARGMAX),
     params:
         track="cls_ptq",
         settings=settings("cls_ptq", "dqss"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:

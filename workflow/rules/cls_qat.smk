@@ -4,12 +4,13 @@
 rule cls_qat_train:
     """Train a full-precision backbone for the QAT track."""
     output:
-        ckpt=f"{QAT}/fp32/model.pt",
-        history=f"{QAT}/fp32/train.csv",
+        ckpt=QAT.model(),
+        history=QAT.model("train.csv"),
     params:
         track="cls_qat",
         settings=settings("cls_qat", "train"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -30,12 +31,13 @@ rule cls_qat_evaluate_fp:
     input:
         ckpt=qat_checkpoint,
     output:
-        metrics=f"{QAT}/fp32/w32a32/seed{{seed}}/metrics.json",
-        logits=f"{QAT}/fp32/w32a32/seed{{seed}}/logits.pt",
+        metrics=QAT.fp("metrics.json"),
+        logits=QAT.fp("logits.pt"),
     params:
         track="cls_qat",
         settings=settings("cls_qat", "evaluate_fp"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -55,16 +57,17 @@ rule cls_qat_uniform:
     """Quantization-aware training with one QAT method on every layer."""
     input:
         ckpt=qat_checkpoint,
-        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
+        fp=QAT.fp("logits.pt", CLS_QAT.train.seed if CLS_QAT else 0),
     output:
-        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
+        metrics=QAT.job("metrics.json"),
+        history=QAT.job("train.csv"),
     wildcard_constraints:
         method=qat_methods_pattern(),
     params:
         track="cls_qat",
         settings=settings("cls_qat", "uniform"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -85,18 +88,19 @@ rule cls_qat_dqss:
     assignment is chosen by dqss.select."""
     input:
         ckpt=qat_checkpoint,
-        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
+        fp=QAT.fp("logits.pt", CLS_QAT.train.seed if CLS_QAT else 0),
     output:
-        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
-        assignment=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
-        selection=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/selection.json",
+        metrics=QAT.job("metrics.json"),
+        history=QAT.job("train.csv"),
+        assignment=QAT.job("assignment.yaml"),
+        selection=QAT.job("selection.json"),
     wildcard_constraints:
-        method="dqss|dqss_nofix",
+        method=f"{DQSS_METHOD}|{DQSS_NOFIX}",
     params:
         track="cls_qat",
         settings=settings("cls_qat", "dqss"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -116,17 +120,18 @@ rule cls_qat_retrain:
     """The frozen DQSS-QAT assignment retrained from the FP checkpoint for the full schedule (dqss_retrain)."""
     input:
         ckpt=qat_checkpoint,
-        fp=f"{QAT}/fp32/w32a32/seed{CLS_QAT.train.seed if CLS_QAT else 0}/logits.pt",
-        assignment=f"{QAT}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
+        fp=QAT.fp("logits.pt", CLS_QAT.train.seed if CLS_QAT else 0),
+        assignment=QAT.job("assignment.yaml", DQSS_METHOD),
     output:
-        metrics=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        history=f"{QAT}/{{method}}/w{{w}}a{{a}}/seed{{seed}}/train.csv",
+        metrics=QAT.job("metrics.json"),
+        history=QAT.job("train.csv"),
     wildcard_constraints:
-        method="dqss_retrain",
+        method=DQSS_RETRAIN,
     params:
         track="cls_qat",
         settings=settings("cls_qat", "dqss"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:

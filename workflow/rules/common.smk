@@ -2,8 +2,9 @@
 from snakemake.utils import validate
 
 # (the Snakefile put the library on sys.path; jobs find it through scripts/_repo.py)
-from dqss.results import config_hash
-from dqss.workflow import check_top_level, job_settings, track_config, valid_backbones_pattern
+from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
+                          REFERENCE_METHODS, Layout, config_hash, is_dqss)
+from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern
 
 validate(config, "../schemas/config.schema.yaml")
 SEEDS = check_top_level(config)
@@ -14,6 +15,7 @@ CLS_QAT = track_config(config, "cls_qat")
 SR_PTQ = track_config(config, "sr_ptq")
 TRACK = {"cls_ptq": CLS_PTQ, "cls_qat": CLS_QAT, "sr_ptq": SR_PTQ}
 DEVICE = config.get("device", "auto")
+CPU_KERNELS = pin_cpu_kernels(config)  # every job inherits the kernel dispatch of this process
 GPU = 0 if DEVICE == "cpu" else 1
 
 
@@ -26,10 +28,9 @@ wildcard_constraints:
 
 ENV = "../envs/dqss.yaml"
 
-# results/{task}/{dataset}/{backbone}/{method}/w{W}a{A}/seed{S}/...
-CLS = f"results/cls_ptq/{CLS_PTQ.dataset if CLS_PTQ else 'none'}/{{backbone}}"
-QAT = f"results/cls_qat/{CLS_QAT.dataset if CLS_QAT else 'none'}/{{backbone}}"
-SR = f"results/sr_ptq/{SR_PTQ.dataset if SR_PTQ else 'none'}/{{backbone}}"
+# results/{task}/{dataset}/{backbone}/{method}/w{W}a{A}/seed{S}/... (dqss.results owns the layout)
+LAYOUT = {t: Layout(t, cfg.dataset if cfg else "none") for t, cfg in TRACK.items()}
+CLS, QAT, SR = LAYOUT["cls_ptq"], LAYOUT["cls_qat"], LAYOUT["sr_ptq"]
 
 
 def settings(track, job):
@@ -48,14 +49,14 @@ def local_weights(cfg, backbone):
 def cls_checkpoint(wildcards):
     """The trained checkpoint for 'train' weights, or the local weight file; nothing for timm weights."""
     if CLS_PTQ.weights(wildcards.backbone) == "train":
-        return f"{CLS}/fp32/model.pt"
+        return CLS.model()
     return local_weights(CLS_PTQ, wildcards.backbone)
 
 
 def qat_checkpoint(wildcards):
     """The FP checkpoint QAT starts from, when the workflow trains it, or the local weight file."""
     if CLS_QAT.weights(wildcards.backbone) == "train":
-        return f"{QAT}/fp32/model.pt"
+        return QAT.model()
     return local_weights(CLS_QAT, wildcards.backbone)
 
 
@@ -63,35 +64,33 @@ def sr_checkpoint(wildcards):
     """The weights an SR job loads: trained here, downloaded, or the local file."""
     source = SR_PTQ.weight_source(wildcards.backbone)
     if source == "train":
-        return f"{SR}/fp32/model.pt".format(backbone=wildcards.backbone)
+        return SR.model(backbone=wildcards.backbone)
     if source == "url":
         return SR_PTQ.download_path(wildcards.backbone)
     return local_weights(SR_PTQ, wildcards.backbone)
 
 
-def sr_fp_dir(backbone, method="fp32"):
-    return f"{SR}/{method}/w32a32/seed{SR_PTQ.train.seed}".format(backbone=backbone)
+def sr_fp_file(backbone, file):
+    return SR.fp(file, SR_PTQ.train.seed, backbone)
 
 
 def metric_jobs():
     """Every job result the tables use, as (metrics.json path, track, job, backbone, method)."""
     out = []
-    for track, base in (("cls_ptq", CLS), ("cls_qat", QAT), ("sr_ptq", SR)):
+    for track, layout in LAYOUT.items():
         cfg = TRACK[track]
         if cfg is None:
             continue
-        references = ["fp32", "bicubic"] if track == "sr_ptq" else ["fp32"]
-        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + ["dqss_argmax", "dqss"]
+        references = list(REFERENCE_METHODS) if track == "sr_ptq" else [FP_METHOD]
+        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + list(PTQ_DQSS_METHODS)
         for bb in cfg.backbones:
-            d = base.format(backbone=bb)
             for m in references:
-                out.append((f"{d}/{m}/w32a32/seed{cfg.train.seed}/metrics.json", track, "evaluate_fp", bb, None))
+                out.append((layout.fp("metrics.json", cfg.train.seed, bb, m), track, "evaluate_fp", bb, m))
             for seed in SEEDS:
                 for w, a in cfg.bits:
                     for m in methods:
-                        job = "dqss" if m.startswith("dqss") else "uniform"
-                        out.append((f"{d}/{m}/w{w}a{a}/seed{seed}/metrics.json", track, job, bb,
-                                    m if track == "cls_qat" else None))
+                        job = "dqss" if is_dqss(m) else "uniform"
+                        out.append((layout.job("metrics.json", m, w, a, seed, bb), track, job, bb, m))
     return out
 
 
@@ -101,14 +100,15 @@ def targets(track):
 
 def expected_hashes():
     """The settings hash each result must carry under the current config (the aggregate checks it)."""
-    return {p: config_hash(job_settings(TRACK[t], job, bb, m)) for p, t, job, bb, m in metric_jobs()}
+    return {p: config_hash(job_settings(TRACK[t], job, bb, m if t == "cls_qat" else None))
+            for p, t, job, bb, m in metric_jobs()}
 
 
 def sr_uniform_outputs():
     if SR_PTQ is None:
         return {}
     return {
-        (m, w, a): f"{SR}/{m}/w{w}a{a}/seed{{seed}}"
+        (m, w, a): [SR.job(f, m, w, a) for f in ("metrics.json", "crop.png")]
         for w, a in SR_PTQ.bits
         for m in SR_PTQ.strategies
     }
@@ -117,7 +117,7 @@ def sr_uniform_outputs():
 def all_crops():
     """The SR outputs' crops the report composes into its figure."""
     crops = [p.replace("metrics.json", "crop.png") for p in targets("sr_ptq")]
-    return crops + [f"{sr_fp_dir(bb)}/crop_gt.png" for bb in (SR_PTQ.backbones if SR_PTQ else [])]
+    return crops + [sr_fp_file(bb, "crop_gt.png") for bb in (SR_PTQ.backbones if SR_PTQ else [])]
 
 
 def qat_methods_pattern():
@@ -128,7 +128,7 @@ def uniform_outputs():
     if CLS_PTQ is None:
         return {}
     return {
-        (m, w, a): f"{CLS}/{m}/w{w}a{a}/seed{{seed}}/metrics.json"
+        (m, w, a): CLS.job("metrics.json", m, w, a)
         for w, a in CLS_PTQ.bits
         for m in CLS_PTQ.strategies
     }
@@ -139,14 +139,14 @@ def all_metric_files():
 
 
 def all_assignments():
-    return [p.replace("metrics.json", "assignment.yaml") for p, _, job, *_ in metric_jobs()
-            if job == "dqss" and "/dqss_retrain/" not in p]
+    return [p.replace("metrics.json", "assignment.yaml") for p, _, job, _, m in metric_jobs()
+            if job == "dqss" and m != DQSS_RETRAIN]
 
 
 def all_selections():
     """The selection records of the PTQ tracks' DQSS jobs (the report's discretization-gap tables)."""
-    return [p.replace("metrics.json", "selection.json") for p, t, job, *_ in metric_jobs()
-            if job == "dqss" and t != "cls_qat" and "/dqss/" in p]
+    return [p.replace("metrics.json", "selection.json") for p, t, job, _, m in metric_jobs()
+            if t != "cls_qat" and m == DQSS_METHOD]
 
 
 def all_histories():

@@ -23,12 +23,13 @@ rule sr_download_weights:
 rule sr_train:
     """Train a tiny full-precision SR network on crops of the embedded training photos."""
     output:
-        ckpt=f"{SR}/fp32/model.pt",
-        history=f"{SR}/fp32/train.csv",
+        ckpt=SR.model(),
+        history=SR.model("train.csv"),
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "train"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -49,15 +50,16 @@ rule sr_evaluate_fp:
     input:
         ckpt=sr_checkpoint,
     output:
-        fp=f"{SR}/fp32/w32a32/seed{{seed}}/metrics.json",
-        bicubic=f"{SR}/bicubic/w32a32/seed{{seed}}/metrics.json",
-        gt_crop=f"{SR}/fp32/w32a32/seed{{seed}}/crop_gt.png",
-        fp_crop=f"{SR}/fp32/w32a32/seed{{seed}}/crop.png",
-        bicubic_crop=f"{SR}/bicubic/w32a32/seed{{seed}}/crop.png",
+        fp=SR.fp("metrics.json"),
+        bicubic=SR.fp("metrics.json", method=BICUBIC_METHOD),
+        gt_crop=SR.fp("crop_gt.png"),
+        fp_crop=SR.fp("crop.png"),
+        bicubic_crop=SR.fp("crop.png", method=BICUBIC_METHOD),
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "evaluate_fp"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -78,12 +80,13 @@ rule sr_calibrate:
     input:
         ckpt=sr_checkpoint,
     output:
-        stats=f"{SR}/calib/seed{{seed}}/stats.pt",
-        crops=f"{SR}/calib/seed{{seed}}/crops.txt",
+        stats=SR.calib("stats.pt"),
+        crops=SR.calib("crops.txt"),
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "calibrate"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:
@@ -105,11 +108,12 @@ rule sr_uniform:
         ckpt=sr_checkpoint,
         stats=rules.sr_calibrate.output.stats,
     output:
-        [f"{d}/{f}" for d in sr_uniform_outputs().values() for f in ("metrics.json", "crop.png")],
+        [f for files in sr_uniform_outputs().values() for f in files],
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "uniform"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
         jobs=list(sr_uniform_outputs()),
     conda:
         ENV
@@ -134,18 +138,19 @@ rule sr_dqss:
         stats=rules.sr_calibrate.output.stats,
         crops=rules.sr_calibrate.output.crops,
     output:
-        metrics=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        assignment=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
-        history=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/search.csv",
-        selection=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/selection.json",
-        crop=f"{SR}/dqss/w{{w}}a{{a}}/seed{{seed}}/crop.png",
-        argmax_metrics=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/metrics.json",
-        argmax_assignment=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/assignment.yaml",
-        argmax_crop=f"{SR}/dqss_argmax/w{{w}}a{{a}}/seed{{seed}}/crop.png",
+        metrics=SR.job("metrics.json", DQSS_METHOD),
+        assignment=SR.job("assignment.yaml", DQSS_METHOD),
+        history=SR.job("search.csv", DQSS_METHOD),
+        selection=SR.job("selection.json", DQSS_METHOD),
+        crop=SR.job("crop.png", DQSS_METHOD),
+        argmax_metrics=SR.job("metrics.json", DQSS_ARGMAX),
+        argmax_assignment=SR.job("assignment.yaml", DQSS_ARGMAX),
+        argmax_crop=SR.job("crop.png", DQSS_ARGMAX),
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "dqss"),
         device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
     conda:
         ENV
     log:

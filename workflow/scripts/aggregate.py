@@ -2,10 +2,10 @@ import _repo  # noqa: F401  (puts the repository's library on sys.path)
 import logging
 import sys
 
-from dqss.results import gather
+from dqss.results import gather, write_frame
 
 sys.stderr = open(snakemake.log[0], "w")
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 df = gather(snakemake.input, expected=snakemake.params.expected)
-df.to_csv(snakemake.output[0], index=False)
+write_frame(snakemake.output[0], df)
 logging.info("%d rows from %d jobs", len(df), len(snakemake.input))
