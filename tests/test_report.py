@@ -319,8 +319,10 @@ def test_sr_crop_figure(summary, tmp_path):
     no_gt = {k: v for k, v in crops.items() if k[2] != "gt"}
     with pytest.raises(ValueError, match="ground-truth"):
         report.plot_sr_crops(summary, no_gt, "sr_ptq", "edsr", tmp_path / "bad")
-    with pytest.raises(ValueError, match="crop.png path"):
+    with pytest.raises(ValueError, match="not a job result path"):
         report.read_crops([tmp_path / "elsewhere.png"])
+    with pytest.raises(ValueError, match="not an output crop"):
+        report.read_crops(["results/sr_ptq/embedded/edsr/dqss/w4a8/seed0/metrics.json"])
 
 
 # -- one configuration per table cell --------------------------------------------------------------
