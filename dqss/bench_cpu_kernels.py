@@ -60,16 +60,18 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
     if track == "sr_ptq":
         from .sr_ptq import run_evaluate_fp, run_train
 
-        run_train(cfg, backbone, out / "model.pt", out / "train.csv", "cpu")
-        crops = {k: out / f"{k}.png" for k in ("gt", "bicubic", "fp")}
-        run_evaluate_fp(cfg, backbone, out / "model.pt", out / "fp.json", out / "bic.json", crops, "cpu", seed=0)
+        run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
+        run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", fp=out / "fp.json",
+                        bicubic=out / "bic.json", gt_crop=out / "gt.png", fp_crop=out / "fp.png",
+                        bicubic_crop=out / "bicubic.png", device="cpu")
         results = json.loads((out / "fp.json").read_text())["results"]
         metric, value = "psnr", statistics.fmean(r["metrics"]["psnr"] for r in results)
     else:
-        from .cls_ptq import run_evaluate_fp, run_train
+        from .classification import run_evaluate_fp, run_train
 
-        run_train(cfg, backbone, out / "model.pt", out / "train.csv", "cpu")
-        run_evaluate_fp(cfg, backbone, out / "model.pt", out / "fp.json", out / "logits.pt", "cpu", seed=0)
+        run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
+        run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", metrics=out / "fp.json",
+                        logits=out / "logits.pt", device="cpu")
         metric, value = "top1", json.loads((out / "fp.json").read_text())["metrics"]["top1"]
     return {"seconds": time.perf_counter() - t0, "metric": metric, "value": value,
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}

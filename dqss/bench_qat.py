@@ -29,7 +29,7 @@ DEFAULT_METHODS = ("lsq", "lsq_plus", "pact", "dorefa")
 def build(method: str, model, plans, stats, candidates, mode: str):
     import torch
 
-    from .cls_qat import quantize_qat
+    from .qat_train import quantize_qat
     from .mixed import arch_parameters, set_mode
     from .qat_train import _param_groups
     from .strategy import get_strategy

@@ -85,7 +85,7 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
 
 
 def main(argv=None) -> int:
-    from .cls_ptq import resolve_device
+    from .track import resolve_device
     from .results import write_csv
     from .workflow import load_yaml, track_config
 

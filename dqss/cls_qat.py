@@ -1,11 +1,10 @@
 """Classification QAT track: FP checkpoint -> every QAT method and DQSS-QAT, one recipe.
 
-The FP training and evaluation jobs are those of the PTQ track (``dqss.cls_ptq``), run
+The FP training and evaluation jobs are shared with the PTQ track (:mod:`dqss.classification`), run
 with this track's config; this module adds the quantization-aware training jobs.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -14,18 +13,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .cls_ptq import (CalibConfig, _calibration_tensors, _evaluate, _load_fp_logits, classification_sections,
-                      example_input, prepare)
+from .classification import calibration_tensors, evaluate_test, example_input, load_fp_logits, prepare
+from .cls_ptq import CalibConfig, classification_sections
 from .config import Section, TrackMethods
 from .data import DataConfig
 from .evaluate import predict
-from .layers import QuantLayer, QuantPolicy, plan_layers, swap_layers
-from .mixed import MixedQuantizer, MixedQuantLayer
+from .layers import QuantPolicy, plan_layers
 from .ptq import export_assignment, save_assignment
-from .qat_train import DQSSQATConfig, QATRecipe, train_qat
+from .qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
 from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
 from .stats import collect_act_stats
-from .strategy import LayerContext
 from .train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -67,41 +64,9 @@ class ClsQATConfig(TrackMethods):
         return self.strategies + list(DQSS_VARIANTS) + [RETRAIN_METHOD]
 
 
-# -- building the quantized models --------------------------------------------------------
-def _contexts(model: nn.Module, plans) -> dict[str, LayerContext]:
-    return {n: LayerContext(n, model.get_submodule(n)) for n in plans}
-
-
-def quantize_qat(model: nn.Module, plans, stats, choice: dict[str, dict[str, object]],
-                 mode: str | None = None) -> nn.Module:
-    """A trainable copy of ``model`` whose planned layers carry QAT quantizers.
-
-    ``choice[layer]`` maps strategy names to strategies: one entry gives a plain
-    :class:`QuantLayer`, several a DQSS :class:`MixedQuantLayer` over them (``mode``); a
-    ``(weight strategy, activation strategy)`` pair gives a plain layer with one of each.
-    Every quantizer is initialised from the FP weights and ``stats``.
-    """
-    qmodel = copy.deepcopy(model)
-    new = {}
-    for name, ctx in _contexts(qmodel, plans).items():
-        plan, st = plans[name], stats[name]
-        if isinstance(choice[name], tuple):
-            w_strat, a_strat = choice[name]
-            new[name] = QuantLayer(ctx.module, w_strat.build_weight_quantizer(plan.w_spec, ctx),
-                                   a_strat.build_act_quantizer(plan.a_spec, st, ctx))
-            continue
-        wq = {s: strat.build_weight_quantizer(plan.w_spec, ctx) for s, strat in choice[name].items()}
-        aq = {s: strat.build_act_quantizer(plan.a_spec, st, ctx) for s, strat in choice[name].items()}
-        if len(choice[name]) == 1:
-            new[name] = QuantLayer(ctx.module, *wq.values(), *aq.values())
-        else:
-            new[name] = MixedQuantLayer(ctx.module, MixedQuantizer(wq), MixedQuantizer(aq), mode or "efficient")
-    return swap_layers(qmodel, new).requires_grad_(True)
-
-
 def init_stats(model: nn.Module, plans, prep, cfg: ClsQATConfig, seed: int, device):
     """FP activation statistics on the seed's calibration draw (quantizer initialisation)."""
-    x, _, _ = _calibration_tensors(prep, cfg, seed)
+    x, _, _ = calibration_tensors(prep, cfg, seed)
     layers = {n: model.get_submodule(n) for n in plans}
     return collect_act_stats(model, layers, torch.split(x, cfg.calibration.batch_size),
                              bins=cfg.calibration.bins, device=device, desc="init statistics")
@@ -117,26 +82,6 @@ def _test_top1(prep, cfg, device):
     return evaluate
 
 
-def _write_history(rows: list[dict], path) -> None:
-    write_csv(path, rows)
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, batches) -> None:
-    """BN running statistics recomputed (cumulative average) for the model's current assignment."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-        m.train()
-    for x in batches:
-        model(x)
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-        m.eval()
-
-
 def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dict):
     """The DQSS-QAT freeze point's choice: ``dqss.select`` on the seed's calibration draw.
 
@@ -150,7 +95,7 @@ def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dic
         if cfg.dqss.select == "argmax":
             record.update(rule="argmax")
             return argmax_assignment(model)
-        x, y, _ = _calibration_tensors(prep, cfg, seed)
+        x, y, _ = calibration_tensors(prep, cfg, seed)
         s_idx, h_idx = (torch.tensor(i) for i in split_calibration(len(x), cfg.calibration.hold_fraction, seed))
         bs = cfg.calibration.batch_size
         search_batches = [b.to(device) for b in torch.split(x[s_idx], bs)]
@@ -182,32 +127,31 @@ def _assignment_choice(cfg, plans, path) -> dict[str, tuple]:
 
 
 # -- the job --------------------------------------------------------------------------------
-def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a: int, checkpoint,
-            fp_logits_path, out_metrics, out_history, device, out_assignment=None, *, out_selection=None,
-            assignment=None) -> None:
+def run_qat(cfg: ClsQATConfig, *, backbone: str, method: str, seed: int, w: int, a: int, ckpt=None, fp, metrics,
+            history, device, assignment=None, selection=None, dqss_assignment=None) -> None:
     """Train ``backbone`` at W{w}A{a} with ``method`` (a QAT strategy, ``dqss``, ``dqss_nofix``, or
-    ``dqss_retrain``: the DQSS ``assignment`` file trained from the FP checkpoint for the full schedule),
-    evaluate the deployed (discrete) model, write metrics and curves (and, for DQSS, the frozen assignment
-    and the freeze point's selection record)."""
+    ``dqss_retrain``: the frozen DQSS assignment ``dqss_assignment`` trained from the FP checkpoint for the
+    full schedule), evaluate the deployed (discrete) model, write ``metrics`` and the curve ``history`` (and,
+    for DQSS, the frozen ``assignment`` and the freeze point's ``selection`` record).  ``fp``: the FP logits."""
     is_dqss = method in DQSS_VARIANTS
     if not is_dqss and method != RETRAIN_METHOD and method not in cfg.strategies:
         raise ValueError(f"{TASK}: unknown method '{method}'; configured: {cfg.methods()}")
-    if is_dqss and out_assignment is None:
+    if is_dqss and assignment is None:
         raise ValueError("a DQSS run needs an assignment output path")
-    if method == RETRAIN_METHOD and assignment is None:
+    if method == RETRAIN_METHOD and dqss_assignment is None:
         raise ValueError(f"{RETRAIN_METHOD} needs the DQSS assignment file to retrain")
     torch.manual_seed(seed)
-    prep = prepare(cfg, backbone, checkpoint)
-    fp = prep.model.to(device)
+    prep = prepare(cfg, backbone, ckpt)
+    fp_model = prep.model.to(device)
     ex = example_input(prep).to(device)
-    plans = plan_layers(fp, cfg.quant, w, a, ex)
-    stats = init_stats(fp, plans, prep, cfg, seed, device)
+    plans = plan_layers(fp_model, cfg.quant, w, a, ex)
+    stats = init_stats(fp_model, plans, prep, cfg, seed, device)
     names = cfg.dqss.candidates if is_dqss or method == RETRAIN_METHOD else [method]
     strategies = {s: cfg.strategy(s) for s in names}
     if method == RETRAIN_METHOD:
-        qmodel = quantize_qat(fp, plans, stats, _assignment_choice(cfg, plans, assignment))
+        qmodel = quantize_qat(fp_model, plans, stats, _assignment_choice(cfg, plans, dqss_assignment))
     else:
-        qmodel = quantize_qat(fp, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode if is_dqss else None)
+        qmodel = quantize_qat(fp_model, plans, stats, {n: strategies for n in plans}, cfg.dqss.mode if is_dqss else None)
     evaluate = _test_top1(prep, cfg, device)
     freeze_info, record = {}, {}
     chooser = freeze_selection(cfg, prep, seed, names, device, record) if is_dqss else None
@@ -223,29 +167,29 @@ def run_qat(cfg: ClsQATConfig, backbone: str, method: str, seed: int, w: int, a:
                 "seed": seed, "method": method, "frozen_at_step": freeze_info["frozen_at_step"],
                 "candidates": names, "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in names},
                 "select": cfg.dqss.select}
-        save_assignment(export_assignment(model, plans, meta, choice), out_assignment)
+        save_assignment(export_assignment(model, plans, meta, choice), assignment)
         return choice
 
-    history = train_qat(qmodel, prep.data.training_set(), cfg.qat, device, seed,
-                        search=cfg.dqss if is_dqss else None, fix=DQSS_VARIANTS.get(method, True),
-                        evaluate=evaluate, on_freeze=on_freeze if is_dqss else None,
-                        workers=cfg.data.workers, desc=f"{method} W{w}A{a}", select=select if is_dqss else None)
-    if is_dqss and out_selection is not None:
+    curve = train_qat(qmodel, prep.data.training_set(), cfg.qat, device, seed,
+                      search=cfg.dqss if is_dqss else None, fix=DQSS_VARIANTS.get(method, True),
+                      evaluate=evaluate, on_freeze=on_freeze if is_dqss else None,
+                      workers=cfg.data.workers, desc=f"{method} W{w}A{a}", select=select if is_dqss else None)
+    if is_dqss and selection is not None:
         from .results import write_json
 
-        write_json(out_selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
+        write_json(selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
                                    "a_bits": a, "seed": seed, "method": method, **record})
     qmodel.eval()
-    fp_logits, _ = _load_fp_logits(fp_logits_path)
-    metrics, images = _evaluate(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
-    log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, metrics)
-    _write_history(history, out_history)
-    extra = {"final_loss": history[-1]["loss"]}
+    fp_logits, _ = load_fp_logits(fp)
+    values, images = evaluate_test(qmodel, prep, cfg, fp_logits, device, f"{method} W{w}A{a}")
+    log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, values)
+    write_csv(history, curve)
+    extra = {"final_loss": curve[-1]["loss"]}
     if is_dqss:
         extra.update(**freeze_info, **{f"selection_{k}": record[k] for k in ("chosen", "moves_accepted",
                                                                              "evaluations", "seconds") if k in record})
     if method == RETRAIN_METHOD:
-        extra.update(retrained_from=str(assignment))
-    write_metrics(out_metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
-                  a_bits=a, seed=seed, metrics=metrics, prov=provenance(device, cfg.raw),
+        extra.update(retrained_from=str(dqss_assignment))
+    write_metrics(metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,
+                  a_bits=a, seed=seed, metrics=values, prov=provenance(device, cfg.raw),
                   settings=cfg.row_settings(backbone, method), extra=extra, per_image=images)

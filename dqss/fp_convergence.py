@@ -32,7 +32,7 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
     """Validation top-1 of ``backbone`` trained for each of ``epochs`` with the track's recipe."""
     import timm
 
-    from .cls_ptq import _input_size
+    from .classification import input_size
     from .evaluate import predict
     from .models import data_config, register_models
     from .data import load_classification
@@ -43,7 +43,7 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
     for e in epochs:
         torch.manual_seed(cfg.train.seed)
         model = timm.create_model(backbone, pretrained=False, num_classes=cfg.num_classes())
-        data = load_classification(cfg.data, data_config(model, _input_size(cfg)))
+        data = load_classification(cfg.data, data_config(model, input_size(cfg)))
         train = data.training_set()
         fit, val = validation_split(len(train), cfg.train.seed)
         t0 = time.perf_counter()
@@ -64,7 +64,8 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
     from .sr_data import load_sr_data
     from .sr_metrics import sr_metrics
     from .sr_models import build_sr, parse_backbone
-    from .sr_ptq import fit_sr, super_resolve
+    from .sr_ptq import super_resolve
+    from .train import fit_sr
 
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
     val = data.train[::4]

@@ -68,6 +68,11 @@ class QuantPolicy:
     def act_spec(self, bits: int) -> QuantSpec:
         return QuantSpec(bits, symmetric=self.act_symmetric, signed=None, per_channel=False)
 
+    def layer_plans(self, model: nn.Module, w_bits: int, a_bits: int, example: torch.Tensor) -> dict:
+        """The planned layers of ``model`` at W{w_bits}A{a_bits} under this policy (a track's policy may
+        override it: SR keeps its head, upsampler and tail at higher precision)."""
+        return plan_layers(model, self, w_bits, a_bits, example)
+
 
 @dataclass
 class LayerPlan:

@@ -85,15 +85,6 @@ def search_and_select(folded: nn.Module, plans: dict, stats: dict, strategies: d
     return Outcome(qmodel, argmax, selected, history, record, split)
 
 
-def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, outcome: Outcome) -> dict:
-    """What an assignment file records besides its layers (any PTQ track's config)."""
-    return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "method": method, "w_bits": w,
-            "a_bits": a, "seed": seed, "candidates": cfg.dqss.candidates,
-            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates},
-            "select": "argmax" if method == "dqss_argmax" else cfg.dqss.select,
-            "reference_uniform": outcome.record.get("held_best_uniform"), "calibration": outcome.split}
-
-
 def selection_summary(record: dict) -> dict:
     """The selection facts a result row carries (the full record is the job's selection.json)."""
     keys = ("objective", "start", "chosen", "held_best_uniform", "search_best_uniform", "moves_tried",

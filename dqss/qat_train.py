@@ -18,6 +18,7 @@ fix the mixture is trained for the whole schedule and discretised at the end
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -29,9 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .layers import QuantLayer, first_nonfinite_output
-from .mixed import MODES, arch_parameters, discretize, mixed_layers, sample_paths, set_mode, set_temperature
+from .layers import QuantLayer, first_nonfinite_output, swap_layers
+from .mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
+                    set_mode, set_temperature)
 from .qat import LearnedQuantizer
+from .strategy import LayerContext
 from .train import random_shift
 
 log = logging.getLogger(__name__)
@@ -244,3 +247,51 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
     if mixed_layers(model):
         raise RuntimeError("mixed layers left after training")  # discretize() must have replaced all
     return history
+
+
+# -- the QAT model ---------------------------------------------------------------------------
+def _contexts(model: nn.Module, plans) -> dict[str, LayerContext]:
+    return {n: LayerContext(n, model.get_submodule(n)) for n in plans}
+
+
+def quantize_qat(model: nn.Module, plans, stats, choice: dict[str, dict[str, object]],
+                 mode: str | None = None) -> nn.Module:
+    """A trainable copy of ``model`` whose planned layers carry QAT quantizers.
+
+    ``choice[layer]`` maps strategy names to strategies: one entry gives a plain
+    :class:`QuantLayer`, several a DQSS :class:`MixedQuantLayer` over them (``mode``); a
+    ``(weight strategy, activation strategy)`` pair gives a plain layer with one of each.
+    Every quantizer is initialised from the FP weights and ``stats``.
+    """
+    qmodel = copy.deepcopy(model)
+    new = {}
+    for name, ctx in _contexts(qmodel, plans).items():
+        plan, st = plans[name], stats[name]
+        if isinstance(choice[name], tuple):
+            w_strat, a_strat = choice[name]
+            new[name] = QuantLayer(ctx.module, w_strat.build_weight_quantizer(plan.w_spec, ctx),
+                                   a_strat.build_act_quantizer(plan.a_spec, st, ctx))
+            continue
+        wq = {s: strat.build_weight_quantizer(plan.w_spec, ctx) for s, strat in choice[name].items()}
+        aq = {s: strat.build_act_quantizer(plan.a_spec, st, ctx) for s, strat in choice[name].items()}
+        if len(choice[name]) == 1:
+            new[name] = QuantLayer(ctx.module, *wq.values(), *aq.values())
+        else:
+            new[name] = MixedQuantLayer(ctx.module, MixedQuantizer(wq), MixedQuantizer(aq), mode or "efficient")
+    return swap_layers(qmodel, new).requires_grad_(True)
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches) -> None:
+    """BN running statistics recomputed (cumulative average) for the model's current assignment."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for x in batches:
+        model(x)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+        m.eval()

@@ -23,16 +23,13 @@ from tqdm.auto import tqdm
 from .config import (Section, TrackMethods, build_section, check_candidates, check_hold_fraction, check_names,
                      check_seed, given, parse_backbones, parse_bits, parse_options)
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
-from .mixed import pinned
-from .ptq import assignment_choice, export_assignment, load_assignment, quantize_uniform, save_assignment
-from .ptq_search import assignment_meta, search_and_select, selection_summary, write_history, write_selection
+from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
 from .search import SearchConfig
-from .sr_data import (SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8,
-                      training_batch)
+from .sr_data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
 from .sr_metrics import mean_metrics, sr_metrics
 from .sr_models import PARTS, create_sr_backbone, parse_backbone
-from .stats import collect_act_stats, load_stats, save_stats
+from .track import calibrate, dqss_save, dqss_search, uniform_grid
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +211,12 @@ class SRPTQConfig(TrackMethods):
 
 
 # -- shared pieces --------------------------------------------------------------------------
-def prepare(cfg: SRPTQConfig, backbone: str, checkpoint=None):
+def prepare(cfg: SRPTQConfig, backbone: str, ckpt=None):
     key = f"{TASK}.backbones.{backbone}.weights"
     spec = dict(cfg.backbones[backbone])
     if cfg.weight_source(backbone) == "file":
         spec["weights"] = str(spec["weights"])
-    return create_sr_backbone(backbone, spec, key, checkpoint)
+    return create_sr_backbone(backbone, spec, key, ckpt)
 
 
 def _example(cfg: SRPTQConfig) -> torch.Tensor:
@@ -280,17 +277,19 @@ def _write(path, cfg, backbone, method, w, a, seed, results, device, extra=None)
 
 
 # -- jobs -----------------------------------------------------------------------------------
-def run_download(cfg: SRPTQConfig, backbone: str, out) -> None:
+def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
+    """Fetch a backbone's ``{url, sha256}`` weights into ``weights`` and check them."""
     from .sr_models import download_weights
 
     w = cfg.backbones[backbone]["weights"]
-    download_weights(w["url"], w["sha256"], out, f"{TASK}.backbones.{backbone}.weights")
+    download_weights(w["url"], w["sha256"], weights, f"{TASK}.backbones.{backbone}.weights")
 
 
-def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) -> None:
+def run_train(cfg: SRPTQConfig, *, backbone: str, ckpt, history, device) -> None:
     """Train the FP network (weights: train) with L1 on random crops of the training images."""
     from .models import save_checkpoint
     from .sr_models import build_sr
+    from .train import fit_sr
 
     if cfg.weight_source(backbone) != "train":
         raise ValueError(f"{TASK}.backbones.{backbone}.weights is not 'train': nothing to train")
@@ -298,65 +297,37 @@ def run_train(cfg: SRPTQConfig, backbone: str, out_ckpt, out_history, device) ->
     torch.manual_seed(tc.seed)
     model = build_sr(parse_backbone(backbone, cfg.backbones[backbone].get("options"))).to(device).train()
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
-    history = fit_sr(model, data.train, tc, data.scale, device, backbone)
+    curve = fit_sr(model, data.train, tc, data.scale, device, backbone)
     model = model.cpu().eval()
-    save_checkpoint(model.net, backbone, out_ckpt, scale=data.scale, train_seed=tc.seed)
-    write_csv(out_history, history, ["iteration", "loss"])
+    save_checkpoint(model.net, backbone, ckpt, scale=data.scale, train_seed=tc.seed)
+    write_csv(history, curve, ["iteration", "loss"])
 
 
-def fit_sr(model, pairs, tc: SRTrainConfig, scale: int, device, name: str = "model") -> list[dict]:
-    """L1 on random aligned crops of ``pairs``, Adam with cosine decay; the loss history (20 points)."""
-    g = np.random.default_rng(tc.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, eta_min=tc.lr * 0.01)
-    history, running = [], []
-    every = max(1, tc.iterations // 20)
-    for it in tqdm(range(tc.iterations), desc=f"train {name}", leave=False):
-        lr, hr = training_batch(pairs, tc.batch_size, tc.patch, scale, g)
-        loss = torch.nn.functional.l1_loss(model(lr.to(device)), hr.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (it + 1) % every == 0 or it + 1 == tc.iterations:
-            history.append({"iteration": it + 1, "loss": float(np.mean(running))})
-            running = []
-    return history
-
-
-def run_evaluate_fp(cfg: SRPTQConfig, backbone: str, checkpoint, out_fp, out_bicubic, out_crops: dict,
-                    device, *, seed: int) -> None:
+def run_evaluate_fp(cfg: SRPTQConfig, *, backbone: str, seed: int, ckpt=None, fp, bicubic, gt_crop, fp_crop,
+                    bicubic_crop, device) -> None:
     """The FP network and bicubic upsampling on every test set (rows labelled ``seed``), plus the figure's
     GT/bicubic/FP crops."""
-    model = prepare(cfg, backbone, checkpoint).to(device)
+    model = prepare(cfg, backbone, ckpt).to(device)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
     crop = crop_spec(cfg, data)
-    fp, fp_crop = evaluate_sets(model, data, device, f"FP {backbone}", crop)
-    bic, bic_crop = evaluate_sets(None, data, device, "bicubic", crop)
+    fp_results, fp_img = evaluate_sets(model, data, device, f"FP {backbone}", crop)
+    bic_results, bic_img = evaluate_sets(None, data, device, "bicubic", crop)
     name, i, y, x, s = crop
-    save_png(data.test_sets[name][i].hr[y:y + s, x:x + s], out_crops["gt"])
-    save_png(bic_crop, out_crops["bicubic"])
-    save_png(fp_crop, out_crops["fp"])
+    save_png(data.test_sets[name][i].hr[y:y + s, x:x + s], gt_crop)
+    save_png(bic_img, bicubic_crop)
+    save_png(fp_img, fp_crop)
     meta = {"crop": {"set": name, "image": data.test_sets[name][i].name, "y": y, "x": x, "size": s}}
-    _write(out_fp, cfg, backbone, FP_METHOD, 32, 32, seed, fp, device, meta)
-    _write(out_bicubic, cfg, backbone, BICUBIC_METHOD, 32, 32, seed, bic, device, meta)
-    log.info("%s FP %s; bicubic %s", backbone, fp, bic)
+    _write(fp, cfg, backbone, FP_METHOD, 32, 32, seed, fp_results, device, meta)
+    _write(bicubic, cfg, backbone, BICUBIC_METHOD, 32, 32, seed, bic_results, device, meta)
+    log.info("%s FP %s; bicubic %s", backbone, fp_results, bic_results)
 
 
-def run_calibrate(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, out_stats, out_list, device) -> None:
+def run_calibrate(cfg: SRPTQConfig, *, backbone: str, seed: int, ckpt=None, stats, crops, device) -> None:
     """One pass over the seed's calibration crops; statistics shared by every strategy and bit width."""
-    folded, ex = _folded(cfg, backbone, checkpoint, device)
-    plans = cfg.quant.layer_plans(folded, 8, 8, ex)
-    layers = {n: folded.get_submodule(n) for n in plans}
+    folded, ex = _folded(cfg, backbone, ckpt, device)
     x, ids = calibration_crops(cfg, backbone, seed)
-    stats = collect_act_stats(folded, layers, torch.split(x, cfg.calibration.batch_size), bins=cfg.calibration.bins,
-                              n_samples=cfg.calibration.samples, device=device,
-                              desc=f"calibrate {backbone} seed {seed}")
-    save_stats(stats, out_stats)
-    Path(out_list).write_text("\n".join(ids) + "\n")
+    calibrate(cfg, folded, ex, x, ids, stats=stats, listing=crops, device=device,
+              desc=f"calibrate {backbone} seed {seed}")
 
 
 def calibration_crops(cfg: SRPTQConfig, backbone: str, seed: int):
@@ -378,64 +349,49 @@ def _calibration_inputs(cfg, backbone, seed, list_path=None):
     return x, ids
 
 
-def _folded(cfg, backbone, checkpoint, device):
+def _folded(cfg, backbone, ckpt, device):
     """The FP network (BN folded, if it has any) on ``device`` and an example input for layer planning."""
     ex = _example(cfg)
-    return fold_batchnorm(prepare(cfg, backbone, checkpoint), ex).to(device), ex.to(device)
+    return fold_batchnorm(prepare(cfg, backbone, ckpt), ex).to(device), ex.to(device)
 
 
-def _common(cfg, backbone, checkpoint, device):
-    folded, ex = _folded(cfg, backbone, checkpoint, device)
-    return folded, ex, load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
-
-
-def run_uniform(cfg: SRPTQConfig, backbone: str, seed: int, checkpoint, stats_path,
+def run_uniform(cfg: SRPTQConfig, *, backbone: str, seed: int, ckpt=None, stats,
                 outputs: dict[tuple[str, int, int], tuple[str, str]], device) -> None:
-    """Every (strategy, bit width) applied uniformly; one metrics file and one crop per job."""
-    folded, ex, data = _common(cfg, backbone, checkpoint, device)
-    stats = load_stats(stats_path)
-    crop = crop_spec(cfg, data)
-    plans_by_bits = {}
-    for (method, w, a), (metrics_path, crop_path) in outputs.items():
-        if (w, a) not in plans_by_bits:
-            plans_by_bits[w, a] = cfg.quant.layer_plans(folded, w, a, ex)
-        qmodel = quantize_uniform(folded, plans_by_bits[w, a], stats, cfg.strategy(method))
-        results, crop_img = evaluate_sets(qmodel, data, device, f"{method} W{w}A{a}", crop)
+    """Every (strategy, bit width) applied uniformly; one metrics file and one crop per job (``outputs``)."""
+    folded, ex = _folded(cfg, backbone, ckpt, device)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+    spec = crop_spec(cfg, data)
+
+    def finish(qmodel, method, w, a, paths):
+        metrics_path, crop_path = paths
+        results, crop_img = evaluate_sets(qmodel, data, device, f"{method} W{w}A{a}", spec)
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
         save_png(crop_img, crop_path)
         _write(metrics_path, cfg, backbone, method, w, a, seed, results, device)
 
+    uniform_grid(cfg, folded, ex, stats, outputs, finish)
 
-def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, checkpoint, stats, crops, metrics,
+
+def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, ckpt=None, stats, crops, metrics,
              assignment, history, selection, crop, argmax_metrics, argmax_assignment, argmax_crop,
              device) -> None:
     """Search per-layer strategies (L1 distillation to the FP output on the calibration crops' search part),
     choose the final assignment (``dqss``: ``dqss.select``, by default MSE on Y of the 8-bit output;
     ``dqss_argmax``: the logits' argmax), rebuild both from their files and evaluate on every test set."""
     torch.manual_seed(seed)
-    folded, ex, data = _common(cfg, backbone, checkpoint, device)
-    act_stats = load_stats(stats)
-    plans = cfg.quant.layer_plans(folded, w, a, ex)
-    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    folded, ex = _folded(cfg, backbone, ckpt, device)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
     x, ids = _calibration_inputs(cfg, backbone, seed, crops)
-    scale = cfg.scale(backbone)
-    out = search_and_select(folded, plans, act_stats, strategies, x, ids, cfg=cfg.dqss,
-                            hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device, objective="mse_y",
-                            batch_size=cfg.calibration.batch_size, border=scale)
+    out, plans, strategies = dqss_search(cfg, folded, ex, stats, x, ids, seed=seed, w=w, a=a, device=device,
+                                         objective="mse_y", border=cfg.scale(backbone))
     spec = crop_spec(cfg, data)
-    common = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
-    for method, choice, paths in ((DQSS_ARGMAX, out.argmax, (argmax_metrics, argmax_assignment, argmax_crop)),
-                                  (DQSS_METHOD, out.selected, (metrics, assignment, crop))):
-        metrics_path, assignment_path, crop_path = paths
-        meta = assignment_meta(cfg, backbone, seed, w, a, method, out)
-        save_assignment(export_assignment(out.qmodel, plans, meta, choice), assignment_path)
-        with pinned(out.qmodel, assignment_choice(load_assignment(assignment_path), plans, strategies)) as final:
-            results, crop_img = evaluate_sets(final, data, device, f"{method} W{w}A{a}", spec)
-        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results)
+    results = dqss_save(cfg, out, plans, strategies, backbone=backbone, seed=seed, w=w, a=a,
+                        assignments={DQSS_ARGMAX: argmax_assignment, DQSS_METHOD: assignment}, history=history,
+                        selection=selection, evaluate=lambda m, desc: evaluate_sets(m, data, device, desc, spec),
+                        mixture_metrics=lambda r: {x["dataset"]: x["metrics"] for x in r[0]})
+    extra = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, metrics_path, crop_path in ((DQSS_ARGMAX, argmax_metrics, argmax_crop),
+                                            (DQSS_METHOD, metrics, crop)):
+        sets, crop_img = results[method]
         save_png(crop_img, crop_path)
-        _write(metrics_path, cfg, backbone, method, w, a, seed, results, device, common)
-    write_history(out.history, history)
-    mixture, _ = evaluate_sets(out.qmodel, data, device, f"mixture W{w}A{a}")
-    write_selection(out, selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
-                                      "a_bits": a, "seed": seed},
-                    test={"mixture": {r["dataset"]: r["metrics"] for r in mixture}})
+        _write(metrics_path, cfg, backbone, method, w, a, seed, sets, device, extra)

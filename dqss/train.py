@@ -1,4 +1,4 @@
-"""Full-precision training of the embedded backbones (the paper uses pretrained weights)."""
+"""Full-precision training of the embedded backbones, classification and SR (the paper uses pretrained weights)."""
 from __future__ import annotations
 
 import logging
@@ -71,4 +71,32 @@ def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, 
         history.append({"epoch": epoch, "loss": running / seen})
         log.info("epoch %d loss %.4f", epoch, running / seen)
     bar.close()
+    return history
+
+
+def fit_sr(model, pairs, tc, scale: int, device, name: str = "model") -> list[dict]:
+    """SR training: L1 on random aligned crops of ``pairs`` (``tc``: an SR ``train:`` section), Adam with cosine
+    decay; the loss history (20 points)."""
+    import numpy as np
+
+    from .sr_data import training_batch
+
+    g = np.random.default_rng(tc.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, eta_min=tc.lr * 0.01)
+    history, running = [], []
+    every = max(1, tc.iterations // 20)
+    for it in tqdm(range(tc.iterations), desc=f"train {name}", leave=False):
+        lr, hr = training_batch(pairs, tc.batch_size, tc.patch, scale, g)
+        loss = torch.nn.functional.l1_loss(model(lr.to(device)), hr.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (it + 1) % every == 0 or it + 1 == tc.iterations:
+            history.append({"iteration": it + 1, "loss": float(np.mean(running))})
+            running = []
     return history

@@ -257,7 +257,7 @@ def setup(smk):
     """
     import torch
 
-    from .cls_ptq import resolve_device
+    from .track import resolve_device
 
     if smk.log:
         stream = open(smk.log[0], "a", buffering=1)

@@ -479,12 +479,14 @@ def chain(tmp_path_factory):
             for v in p.values():
                 v.parent.mkdir(parents=True, exist_ok=True)
             job = _job_config(cfg)  # each job sees only its settings, as in the workflow
-            run_train(job("train"), TINY, p["ckpt"], p["history"], dev)
-            run_evaluate_fp(job("evaluate_fp"), TINY, p["ckpt"], p["fp_metrics"], p["fp_logits"], dev,
-                            seed=cfg.train.seed)
-            run_calibrate(job("calibrate"), TINY, SEED, p["ckpt"], p["stats"], p["calib_list"], dev)
+            run_train(job("train"), backbone=TINY, ckpt=p["ckpt"], history=p["history"], device=dev)
+            run_evaluate_fp(job("evaluate_fp"), backbone=TINY, seed=cfg.train.seed, ckpt=p["ckpt"],
+                            metrics=p["fp_metrics"], logits=p["fp_logits"], device=dev)
+            run_calibrate(job("calibrate"), backbone=TINY, seed=SEED, ckpt=p["ckpt"], stats=p["stats"],
+                          images=p["calib_list"], device=dev)
             uniform = {(m, W, A): str(out / "uniform" / m / "metrics.json") for m in cfg.strategies}
-            run_uniform(job("uniform"), TINY, SEED, p["ckpt"], p["stats"], p["fp_logits"], uniform, dev)
+            run_uniform(job("uniform"), backbone=TINY, seed=SEED, ckpt=p["ckpt"], stats=p["stats"],
+                        fp=p["fp_logits"], outputs=uniform, device=dev)
             run_dqss(job("dqss"), **_dqss_args(p, p), device=dev)
             yield cfg, out, p, uniform
         finally:
@@ -493,7 +495,7 @@ def chain(tmp_path_factory):
 
 def _dqss_args(p, out):
     """run_dqss's keyword arguments: inputs from ``p``, outputs from ``out``."""
-    return dict(backbone=TINY, seed=SEED, w=W, a=A, checkpoint=p["ckpt"], stats=p["stats"], fp=p["fp_logits"],
+    return dict(backbone=TINY, seed=SEED, w=W, a=A, ckpt=p["ckpt"], stats=p["stats"], fp=p["fp_logits"],
                 metrics=out["dqss_metrics"], assignment=out["assignment"], history=out["dqss_history"],
                 selection=out["selection"], argmax_metrics=out["argmax_metrics"],
                 argmax_assignment=out["argmax_assignment"])
@@ -617,7 +619,8 @@ def test_run_train_refuses_non_train_weights(chain, tmp_path):
     d = _chain_section()
     d["backbones"] = {TINY: {"weights": "timm"}}
     with pytest.raises(ValueError, match="nothing to train"):
-        run_train(ClsPTQConfig.from_dict(d), TINY, tmp_path / "x.pt", tmp_path / "h.csv", "cpu")
+        run_train(ClsPTQConfig.from_dict(d), backbone=TINY, ckpt=tmp_path / "x.pt", history=tmp_path / "h.csv",
+                  device="cpu")
 
 
 # -- inputs that must not give silent wrong numbers ------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from dqss.cls_qat import quantize_qat
+from dqss.qat_train import quantize_qat
 from dqss.layers import QuantLayer, QuantPolicy, plan_layers
 from dqss.mixed import MixedQuantizer, mixed_layers
 from dqss.qat import LearnedQuantizer

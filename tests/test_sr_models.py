@@ -471,5 +471,5 @@ def test_download_job_runs_on_its_settings_only(tmp_path, weight_file):
     settings = job_settings(cfg, "download", "edsr_tiny_x2")
     assert settings == {"backbones": {"edsr_tiny_x2": {"weights": {"sha256": sha, "url": src.as_uri()}}}}
     dst = tmp_path / "pretrained" / "edsr_tiny_x2.pth"
-    run_download(SRPTQConfig.from_dict(settings, partial=True), "edsr_tiny_x2", dst)
+    run_download(SRPTQConfig.from_dict(settings, partial=True), backbone="edsr_tiny_x2", weights=dst)
     assert dst.read_bytes() == src.read_bytes()

@@ -188,20 +188,21 @@ def chain(tmp_path_factory):
     def job(name):  # each job sees only its settings, as in the workflow
         return SRPTQConfig.from_dict(job_settings(cfg, name, BB), partial=True)
 
-    run_train(job("train"), BB, p["ckpt"], p["history"], dev)
-    run_evaluate_fp(job("evaluate_fp"), BB, p["ckpt"], p["fp"], p["bicubic"],
-                    {"gt": p["gt_crop"], "fp": p["fp_crop"], "bicubic": p["bicubic_crop"]}, dev,
-                    seed=cfg.train.seed)
-    run_calibrate(job("calibrate"), BB, 0, p["ckpt"], p["stats"], p["crops"], dev)
+    run_train(job("train"), backbone=BB, ckpt=p["ckpt"], history=p["history"], device=dev)
+    run_evaluate_fp(job("evaluate_fp"), backbone=BB, seed=cfg.train.seed, ckpt=p["ckpt"], fp=p["fp"],
+                    bicubic=p["bicubic"], gt_crop=p["gt_crop"], fp_crop=p["fp_crop"], bicubic_crop=p["bicubic_crop"],
+                    device=dev)
+    run_calibrate(job("calibrate"), backbone=BB, seed=0, ckpt=p["ckpt"], stats=p["stats"], crops=p["crops"],
+                  device=dev)
     uniform = {(m, W, A): (str(out / m / "metrics.json"), str(out / m / "crop.png")) for m in cfg.strategies}
-    run_uniform(job("uniform"), BB, 0, p["ckpt"], p["stats"], uniform, dev)
+    run_uniform(job("uniform"), backbone=BB, seed=0, ckpt=p["ckpt"], stats=p["stats"], outputs=uniform, device=dev)
     run_dqss(job("dqss"), **_dqss_args(p, p), device=dev)
     return cfg, out, p, uniform
 
 
 def _dqss_args(p, out, crops=None):
     """run_dqss's keyword arguments: inputs from ``p`` (``crops`` replaces its crop list), outputs from ``out``."""
-    return dict(backbone=BB, seed=0, w=W, a=A, checkpoint=p["ckpt"], stats=p["stats"], crops=crops or p["crops"],
+    return dict(backbone=BB, seed=0, w=W, a=A, ckpt=p["ckpt"], stats=p["stats"], crops=crops or p["crops"],
                 metrics=out["dqss"], assignment=out["assignment"], history=out["search"], selection=out["selection"],
                 crop=out["dqss_crop"], argmax_metrics=out["argmax"], argmax_assignment=out["argmax_assignment"],
                 argmax_crop=out["argmax_crop"])
@@ -302,5 +303,6 @@ def test_corrupt_checkpoint_names_the_fix(chain, tmp_path):
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="corrupt"):
-        run_calibrate(cfg, BB, 0, bad, tmp_path / "s.pt", tmp_path / "c.txt", "cpu")
+        run_calibrate(cfg, backbone=BB, seed=0, ckpt=bad, stats=tmp_path / "s.pt", crops=tmp_path / "c.txt",
+                      device="cpu")
     assert not (tmp_path / "s.pt").exists()

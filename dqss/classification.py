@@ -1,0 +1,97 @@
+"""What both classification tracks (PTQ and QAT) share: the FP model and its data, the calibration draw,
+test evaluation, and the two FP jobs (training on the embedded data, evaluation on the test set).
+
+Job functions take keyword-only arguments named like their rule's wildcards, inputs and outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import load_classification
+from .evaluate import classification_metrics, per_image, predict
+from .models import create_backbone, data_config, save_checkpoint
+from .results import FP_METHOD, provenance, write_csv, write_metrics
+from .train import train_classifier
+
+
+@dataclass
+class Prepared:
+    model: torch.nn.Module
+    data: object
+    data_config: dict
+
+
+def input_size(cfg) -> int | None:
+    """The embedded digits are rendered at ``data.input_size``; real data keeps timm's size."""
+    return cfg.data.input_size if cfg.data.name == "digits" else None
+
+
+def prepare(cfg, backbone: str, ckpt=None) -> Prepared:
+    """The FP model and the data it is evaluated on (``cfg``: either classification track's config)."""
+    weights = cfg.weights(backbone)
+    model = create_backbone(backbone, weights, cfg.num_classes(), f"{cfg.task}.backbones.{backbone}.weights",
+                            ckpt if weights == "train" else None)
+    dcfg = data_config(model, input_size(cfg))
+    data = load_classification(cfg.data, dcfg)
+    if getattr(model, "num_classes", data.num_classes) != data.num_classes:
+        raise ValueError(f"{backbone} predicts {model.num_classes} classes but the data has {data.num_classes}")
+    return Prepared(model, data, dcfg)
+
+
+def example_input(prep: Prepared) -> torch.Tensor:
+    return prep.data.test[0][0][None]
+
+
+def calibration_tensors(prep: Prepared, cfg, seed: int):
+    """The seed's calibration draw from the training images: inputs, labels and image ids."""
+    subset, ids = prep.data.calibration(cfg.calibration.size, seed)
+    xs, ys = zip(*(subset[i] for i in range(len(subset))))
+    return torch.stack(xs), torch.as_tensor(ys), ids
+
+
+def load_fp_logits(path):
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return d["logits"], d["labels"]
+
+
+def evaluate_test(model, prep: Prepared, cfg, fp_logits, device, desc: str):
+    """The test metrics of ``model`` and their per-image values (for the paired significance tests)."""
+    loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
+    logits, labels = predict(model, loader, device, desc=desc)
+    return classification_metrics(logits, labels, fp_logits), per_image(logits, labels, fp_logits)
+
+
+# -- the FP jobs ------------------------------------------------------------------------------
+def run_train(cfg, *, backbone: str, ckpt, history, device) -> None:
+    """Train the FP backbone (only for weights: train) with the track's ``train:`` recipe."""
+    import timm
+
+    from .models import register_models
+
+    if cfg.weights(backbone) != "train":
+        raise ValueError(f"{cfg.task}.backbones.{backbone}.weights is '{cfg.weights(backbone)}': nothing to train")
+    register_models()
+    torch.manual_seed(cfg.train.seed)
+    model = timm.create_model(backbone, pretrained=False, num_classes=cfg.num_classes())
+    data = load_classification(cfg.data, data_config(model, input_size(cfg)))
+    curve = train_classifier(model, data.training_set(), cfg.train, device, workers=cfg.data.workers)
+    save_checkpoint(model.cpu(), backbone, ckpt, num_classes=cfg.num_classes(), train_seed=cfg.train.seed)
+    write_csv(history, curve, ["epoch", "loss"])
+
+
+def run_evaluate_fp(cfg, *, backbone: str, seed: int, ckpt=None, metrics, logits, device) -> None:
+    """The FP model on the test set: its metrics (the row labelled ``seed``) and its logits."""
+    prep = prepare(cfg, backbone, ckpt)
+    loader = DataLoader(prep.data.test, batch_size=cfg.eval_batch_size, num_workers=cfg.data.workers)
+    out, labels = predict(prep.model, loader, device, desc=f"FP {backbone}")
+    if not torch.isfinite(out).all():
+        raise FloatingPointError(f"the FP {backbone} gives non-finite logits on the test set; check its weights "
+                                 "and the input normalisation")
+    torch.save({"logits": out, "labels": labels}, logits)
+    write_metrics(metrics, task=cfg.task, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
+                  a_bits=32, seed=seed, metrics=classification_metrics(out, labels, out),
+                  prov=provenance(device, cfg.raw), settings=cfg.row_settings(backbone, FP_METHOD),
+                  extra={"n_test": len(labels)})

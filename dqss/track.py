@@ -1,0 +1,104 @@
+"""Code every track's jobs share: device resolution, and the PTQ job steps that classification and
+super-resolution run the same way (calibration pass, uniform grid, DQSS search and its two assignments).
+
+A track module (``cls_ptq``, ``sr_ptq``, ``cls_qat``) says only what is its own: how to load its model
+and data, how to evaluate and what a result row holds.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .mixed import pinned
+from .ptq import assignment_choice, export_assignment, quantize_uniform
+from .ptq_search import Outcome, search_and_select, write_history, write_selection
+from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment
+from .stats import collect_act_stats, load_stats, save_stats
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; an unavailable CUDA device is an error naming the fix."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' requested but CUDA is not available; set device: auto or cpu")
+    return torch.device(device)
+
+
+def write_lines(path, lines: list[str]) -> None:
+    """A list file (calibration images or crops), one item per line, written atomically."""
+    from .results import _atomic
+
+    _atomic(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in lines)))
+
+
+# -- PTQ job steps ----------------------------------------------------------------------------
+def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, stats, listing, device,
+              desc: str) -> None:
+    """One pass over the calibration draw: the statistics every strategy and bit width derives its ranges from
+    (written to ``stats``) and the draw's item list (``listing``)."""
+    plans = cfg.quant.layer_plans(folded, 8, 8, example)
+    layers = {n: folded.get_submodule(n) for n in plans}
+    c = cfg.calibration
+    act_stats = collect_act_stats(folded, layers, torch.split(inputs, c.batch_size), bins=c.bins,
+                                  n_samples=c.samples, device=device, desc=desc)
+    save_stats(act_stats, stats)
+    write_lines(listing, ids)
+
+
+def uniform_grid(cfg, folded, example, stats, outputs: dict, finish: Callable) -> None:
+    """Every (strategy, bit width) of ``outputs`` applied uniformly to all planned layers; ``finish(qmodel,
+    method, w, a, output)`` evaluates one and writes its result.  Layers are planned once per bit width."""
+    act_stats = load_stats(stats)
+    plans = {}
+    for (method, w, a), output in outputs.items():
+        if (w, a) not in plans:
+            plans[w, a] = cfg.quant.layer_plans(folded, w, a, example)
+        finish(quantize_uniform(folded, plans[w, a], act_stats, cfg.strategy(method)), method, w, a, output)
+
+
+def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, outcome: Outcome) -> dict:
+    """What an assignment file records besides its layers (any PTQ track's config)."""
+    return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "method": method, "w_bits": w,
+            "a_bits": a, "seed": seed, "candidates": cfg.dqss.candidates,
+            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates},
+            "select": "argmax" if method == DQSS_ARGMAX else cfg.dqss.select,
+            "reference_uniform": outcome.record.get("held_best_uniform"), "calibration": outcome.split}
+
+
+def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
+                device, objective: str, labels=None, border: int = 0):
+    """The search on the calibration's search part and the final choice (``dqss.select``): the outcome, the
+    layer plans and the candidate strategies.  (The caller seeds torch before it builds the model.)"""
+    plans = cfg.quant.layer_plans(folded, w, a, example)
+    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    out = search_and_select(folded, plans, load_stats(stats), strategies, inputs, ids, cfg=cfg.dqss,
+                            hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device,
+                            objective=objective, batch_size=cfg.calibration.batch_size, labels=labels, border=border)
+    return out, plans, strategies
+
+
+def dqss_save(cfg, out: Outcome, plans, strategies, *, backbone: str, seed: int, w: int, a: int,
+              assignments: dict[str, str], history, selection, evaluate: Callable, mixture_metrics: Callable) -> dict:
+    """Write both assignment files (``dqss_argmax``: the logits' argmax; ``dqss``: the selection), evaluate the
+    model each file reproduces (the mixed model pinned to the file read back), write the search history and
+    the selection record.  ``evaluate(model, desc)`` returns a track's result; ``mixture_metrics`` turns the
+    mixture's result into what the selection record shows.  Returns the result per method."""
+    results = {}
+    for method, choice in ((DQSS_ARGMAX, out.argmax), (DQSS_METHOD, out.selected)):
+        path = assignments[method]
+        save_assignment(export_assignment(out.qmodel, plans, assignment_meta(cfg, backbone, seed, w, a, method, out),
+                                          choice), path)
+        with pinned(out.qmodel, assignment_choice(load_assignment(path), plans, strategies)) as final:
+            results[method] = evaluate(final, f"{method} W{w}A{a}")
+        log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results[method][0])
+    write_history(out.history, history)
+    mixture = mixture_metrics(evaluate(out.qmodel, f"mixture W{w}A{a}"))
+    write_selection(out, selection, {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
+                                     "a_bits": a, "seed": seed}, test={"mixture": mixture})
+    return results
