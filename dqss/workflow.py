@@ -18,6 +18,7 @@ TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
 TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+CPU_KERNELS = ("avx2", "native")  # the top-level cpu_kernels: the first is the default
 
 # The keys of its track's section each job reads.  "backbones" is cut to the job's backbone,
 # "dqss" carries its resolved candidates (so it needs no "strategies"), "strategies" and
@@ -65,7 +66,7 @@ def _config_class(track: str):
 
 
 def check_top_level(config: dict) -> list[int]:
-    """The keys outside the tracks: ``seeds`` (returned) and ``device``."""
+    """The keys outside the tracks: ``seeds`` (returned), ``device`` and ``cpu_kernels``."""
     from .config import parse_seeds
 
     if not any(t in config for t in TRACKS):
@@ -73,6 +74,10 @@ def check_top_level(config: dict) -> list[int]:
     device = str(config.get("device", "auto"))
     if not DEVICES.match(device):
         raise ValueError(f"device: '{device}' is not auto, cpu, cuda or cuda:<index>")
+    kernels = config.get("cpu_kernels", CPU_KERNELS[0])
+    if kernels not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels: {kernels!r} is not one of {list(CPU_KERNELS)} (avx2: the same CPU results on "
+                         "every x86-64 CPU with AVX2; native: each library's widest instruction set)")
     return parse_seeds(config.get("seeds"))
 
 

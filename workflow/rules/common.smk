@@ -5,7 +5,9 @@ from snakemake.utils import validate
 from dqss.results import config_hash
 from dqss.workflow import check_top_level, job_settings, track_config, valid_backbones_pattern
 
-validate(config, "../schemas/config.schema.yaml")
+# the schema is generated from the config dataclasses (python -m dqss.schema --write); its defaults are
+# documentation: set_default=False keeps the config as written, which every job's settings hash is computed from
+validate(config, "../schemas/config.schema.yaml", set_default=False)
 SEEDS = check_top_level(config)
 
 # None when the config leaves a track out
