@@ -15,8 +15,8 @@ import torch
 
 from .classification import (calibration_tensors, evaluate_test, example_input, load_fp_logits, prepare,
                              run_evaluate_fp, run_train)  # noqa: F401  (the FP jobs of this track's rules)
-from .config import (Section, TrackMethods, check_candidates, check_hold_fraction, check_names, eval_batch_size,
-                     given, parse_backbones, parse_bits, parse_options)
+from .config import (Section, TrackMethods, check_candidates, check_names, check_options, eval_batch_size, given,
+                     option, parse_backbones, parse_bits, parse_options)
 from .data import DataConfig
 from .layers import QuantPolicy, fold_batchnorm
 from .ptq_search import selection_summary
@@ -32,16 +32,18 @@ TASK = "cls_ptq"
 
 @dataclass
 class CalibConfig:
-    size: int = 256
-    batch_size: int = 64
-    bins: int = 2048
-    samples: int = 16
-    hold_fraction: float = 0.25  # held part of the draw: the DQSS selection's guard (BRECQ/AdaRound: 1024 -> 768/256)
+    """The ``calibration:`` section of a classification track: each seed's draw of training images and the
+    activation statistics collected on it."""
+
+    size: int = option(256, ge=1)  # training images drawn per seed
+    batch_size: int = option(64, ge=1)  # images per forward pass while collecting the statistics
+    bins: int = option(2048, ge=256)  # histogram bins of each layer's input statistics
+    samples: int = option(16, ge=0)  # layer inputs (images) kept per layer for strategies that evaluate the layer
+    # held part of the draw: the DQSS selection's guard (BRECQ/AdaRound: 1024 -> 768/256)
+    hold_fraction: float = option(0.25, gt=0, lt=1)
 
     def __post_init__(self):
-        if self.size < 1 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
-            raise ValueError("calibration: size and batch_size must be >= 1, bins >= 256, samples >= 0")
-        check_hold_fraction(self.hold_fraction, "calibration.hold_fraction")
+        check_options(self)
 
 
 @dataclass
@@ -60,15 +62,17 @@ class ClsPTQConfig(TrackMethods):
     classes: int | None = None  # num_classes of real data (digits: 10)
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
+    section_choices: ClassVar[dict] = {"dqss": {"objective": ("kl", "l1", "mse")}}  # mse_y measures images
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsPTQConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
         cfg = cls(**classification_sections(s, "ptq", SearchConfig), calibration=s.build("calibration", CalibConfig))
-        if given(cfg.dqss) and cfg.dqss.objective == "mse_y":
-            raise ValueError(f"{key}.dqss.objective: 'mse_y' measures images; classification selects on 'kl' (the "
-                             "default), 'l1' or 'mse' of the logits")
+        objective = cfg.dqss.objective if given(cfg.dqss) else None
+        if objective not in (None, *cls.section_choices["dqss"]["objective"]):
+            raise ValueError(f"{key}.dqss.objective: '{objective}' measures images; classification selects on 'kl' "
+                             "(the default), 'l1' or 'mse' of the logits")
         return cfg
 
     def num_classes(self) -> int | None:

@@ -49,13 +49,14 @@ class ClsQATConfig(TrackMethods):
     classes: int | None = None  # num_classes of other data (digits, CIFAR-10: 10)
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
+    section_defaults: ClassVar[dict] = {"calibration": {"samples": 0}}  # QAT's initialisation keeps no samples
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsQATConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
         return cls(**classification_sections(s, "qat", DQSSQATConfig, qat=QATRecipe),
-                   calibration=s.build("calibration", CalibConfig, defaults={"samples": 0}))
+                   calibration=s.build("calibration", CalibConfig, cls.section_defaults["calibration"]))
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name in ("digits", "cifar10") else self.classes

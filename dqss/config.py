@@ -10,9 +10,19 @@ A track's config class is built from its config section in one of two ways:
 """
 from __future__ import annotations
 
-from dataclasses import fields
+import functools
+import operator
+import re
+import types
+import typing
+from dataclasses import MISSING, field, fields
 
 SEED_MAX = 2 ** 32 - 1  # numpy's RandomState (the digits split) takes seeds below 2**32
+BIT_MIN, BIT_MAX = 2, 8  # the weight and activation bit widths the quantizers support
+EVAL_BATCH_SIZE = 256  # a classification track's eval.batch_size when the config leaves it out
+# option()'s keywords -> the JSON-schema keywords they are written as (dqss.schema)
+LIMITS = {"choices": "enum", "ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum",
+          "min_items": "minItems"}
 
 
 class NotGiven:
@@ -63,7 +73,8 @@ def given(*values) -> bool:
 
 
 def build_section(cls, section: dict | None, key: str):
-    """The dataclass ``cls`` from a config section, refusing unknown options by name."""
+    """The dataclass ``cls`` from a config section, refusing unknown options by name.  The dataclasses name
+    a field relative to their section ("lr must be > 0"); their messages get the section's full ``key``."""
     section = dict(section or {})
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(section) - valid)
@@ -73,11 +84,94 @@ def build_section(cls, section: dict | None, key: str):
         return cls(**section)
     except ValueError as exc:
         msg = str(exc)
-        # the dataclasses name their keys relative to the track ("dqss.lr"); say the full key
-        short = key.split(".", 1)[1] if "." in key else key
-        if msg.startswith(f"{short}") and not msg.startswith(key):
-            msg = f"{key.split('.', 1)[0]}.{msg}"
-        raise ValueError(msg) from exc
+        head = re.match(r"\w+", msg)
+        raise ValueError(f"{key}.{msg}" if head and head.group() in valid else f"{key}: {msg}") from exc
+
+
+def option(default=MISSING, *, factory=MISSING, choices=None, ge=None, gt=None, le=None, lt=None,
+           min_items=None):
+    """A dataclass field with its allowed values declared once: :func:`check_options` enforces them and
+    :mod:`dqss.schema` writes them into the config's JSON schema (``choices`` of a list: of its items)."""
+    declared = dict(choices=choices, ge=ge, gt=gt, le=le, lt=lt, min_items=min_items)
+    limits = {LIMITS[k]: (list(v) if k == "choices" else v) for k, v in declared.items() if v is not None}
+    return field(default=default, default_factory=factory, metadata={"limits": limits})
+
+
+@functools.cache
+def type_hints(cls) -> dict:
+    """``cls``'s evaluated annotations (the modules use ``from __future__ import annotations``)."""
+    return typing.get_type_hints(cls)
+
+
+def unpack_optional(hint) -> tuple[object, bool]:
+    """``(X, True)`` for ``X | None``, else ``(hint, False)``."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    rest = [a for a in args if a is not type(None)]
+    if len(rest) == 1 and len(args) == 2:
+        return rest[0], True
+    return hint, False
+
+
+def check_options(obj) -> None:
+    """Every field of the dataclass ``obj`` of its annotated type (int, float, bool and lists; others are
+    free) and within the limits its :func:`option` declares.  Messages name the field: :func:`build_section`
+    puts the section's key in front."""
+    for f in fields(obj):
+        base, optional = unpack_optional(type_hints(type(obj))[f.name])
+        value, limits = getattr(obj, f.name), f.metadata.get("limits", {})
+        if value is None and optional:
+            continue
+        problem = check_value(value, base, limits)
+        if problem:
+            raise ValueError(f"{f.name}{problem}{' or null' if optional else ''}, got {value!r}")
+
+
+def check_value(value, base, limits: dict) -> str | None:
+    """What is wrong with ``value`` as a ``base`` within ``limits`` (the message's tail), or None."""
+    choices = limits.get("enum")
+    if typing.get_origin(base) is list:
+        if not isinstance(value, (list, tuple)):
+            return " must be a list"
+        bad = [v for v in value if choices is not None and v not in choices]
+        if bad:
+            return f": unknown {bad}; valid values are {choices}"
+        if len(value) < limits.get("minItems", 0):
+            return f" must list at least {limits['minItems']} of {choices}"
+    elif choices is not None and value not in choices:
+        return f": unknown {value!r}; valid values are {choices}"
+    elif base in (int, float, bool) and not (_of_type(value, base) and _within(value, limits)):
+        return f" must be {describe(base, limits)}"
+    return None
+
+
+def _of_type(value, base) -> bool:
+    """bool only for bool; an int for int; an int or a float for float."""
+    if isinstance(value, bool) or base is bool:
+        return isinstance(value, bool) and base is bool
+    return isinstance(value, int) or (base is float and isinstance(value, float))
+
+
+def _within(value, limits: dict) -> bool:
+    checks = {"minimum": operator.ge, "maximum": operator.le, "exclusiveMinimum": operator.gt,
+              "exclusiveMaximum": operator.lt}
+    return all(check(value, limits[k]) for k, check in checks.items() if k in limits)
+
+
+def describe(base, limits: dict) -> str:
+    """A ``base`` within ``limits`` in words: 'an integer in 1..20', 'a number in (0, 1]', 'a number > 0'."""
+    kind = {int: "an integer", float: "a number", bool: "true or false"}[base]
+    lo = limits.get("minimum", limits.get("exclusiveMinimum"))
+    hi = limits.get("maximum", limits.get("exclusiveMaximum"))
+    closed_lo, closed_hi = "minimum" in limits, "maximum" in limits
+    if lo is not None and hi is not None:
+        if base is int and closed_lo and closed_hi:
+            return f"{kind} in {lo}..{hi}"
+        return f"{kind} in {'[' if closed_lo else '('}{lo}, {hi}{']' if closed_hi else ')'}"
+    if lo is not None:
+        return f"{kind} {'>=' if closed_lo else '>'} {lo}"
+    if hi is not None:
+        return f"{kind} {'<=' if closed_hi else '<'} {hi}"
+    return kind
 
 
 def check_names(names, key: str, kind: str) -> list[str]:
@@ -118,12 +212,12 @@ def parse_options(opts: dict | None, key: str, kind: str) -> dict[str, dict]:
 
 
 def parse_bits(bits, key: str) -> list[tuple[int, int]]:
-    """``bits``: a list of distinct ``{w, a}`` with both widths in 2..8."""
+    """``bits``: a list of distinct ``{w, a}`` with both widths in BIT_MIN..BIT_MAX."""
     out = []
     for b in bits or []:
         w, a = int(b["w"]), int(b["a"])
-        if not (2 <= w <= 8 and 2 <= a <= 8):
-            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in 2..8")
+        if not (BIT_MIN <= w <= BIT_MAX and BIT_MIN <= a <= BIT_MAX):
+            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in {BIT_MIN}..{BIT_MAX}")
         if (w, a) in out:
             raise ValueError(f"{key}.bits: W{w}A{a} is listed twice; list each bit width once")
         out.append((w, a))
@@ -134,7 +228,7 @@ def parse_bits(bits, key: str) -> list[tuple[int, int]]:
 
 def check_seed(seed, key: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
-        raise ValueError(f"{key}: a seed must be an integer in 0..{SEED_MAX} (2**32 - 1), got {seed!r}")
+        raise ValueError(f"{key} must be an integer in 0..{SEED_MAX} (2**32 - 1), got {seed!r}")
     return seed
 
 
@@ -155,11 +249,16 @@ def parse_backbones(v) -> dict[str, dict]:
 
 
 def eval_batch_size(v) -> int:
-    return int((v or {}).get("batch_size", 256))
+    return int((v or {}).get("batch_size", EVAL_BATCH_SIZE))
 
 
 class TrackMethods:
     """What every track config answers the same way (a mixin of the track dataclasses)."""
+
+    # per section: this track's defaults over the dataclass's own, and the values a field is narrowed to
+    # (read by from_dict and by dqss.schema)
+    section_defaults: dict[str, dict] = {}
+    section_choices: dict[str, dict[str, tuple]] = {}
 
     def strategy(self, name: str):
         from .strategy import get_strategy
@@ -199,9 +298,3 @@ class TrackMethods:
                        search_fraction=1.0 if method == DQSS_NOFIX else d.search_fraction)
         return out
 
-
-def check_hold_fraction(value, key: str) -> None:
-    """The held part of the calibration draw: a fraction strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError(f"{key} must be a number in (0, 1) (the part of each seed's calibration draw held out "
-                         f"for the DQSS selection's guard), got {value!r}")

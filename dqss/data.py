@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .config import check_seed
+from .config import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 
@@ -32,29 +32,24 @@ DIGITS_SIZE = 1797  # scikit-learn's load_digits (tests/test_data_models.py chec
 
 @dataclass
 class DataConfig:
-    """The ``data:`` section of a classification track."""
+    """The ``data:`` section of a classification track: which images, and how they are split and read."""
 
-    name: str = "digits"
-    root: str | None = None
-    input_size: int = 32
-    split_seed: int = 0
-    test_fraction: float = 0.33
-    workers: int = 0
+    name: str = option("digits", choices=DATASETS)  # digits (embedded), imagefolder (ImageNet layout) or cifar10
+    root: str | None = None  # directory of the data (imagefolder: with train/ and val/; cifar10: holding its folder)
+    input_size: int = option(32, ge=8)  # digits: side (pixels) the 8x8 images are upsampled to (others: timm's)
+    split_seed: int = option(0, ge=0, le=SEED_MAX)  # digits: seed of the fixed train/test split
+    test_fraction: float = option(0.33, gt=0, lt=1)  # digits: part of the images held out as the test set
+    workers: int = option(0, ge=0)  # data-loader worker processes (0 = load in the job's own process)
     download: bool = False  # cifar10: let torchvision fetch the archive into root (network needed)
 
     def __post_init__(self):
-        if self.name not in DATASETS:
-            raise ValueError(f"data.name: unknown dataset '{self.name}'; valid values are {list(DATASETS)}")
+        check_options(self)
         if self.name == "imagefolder" and not self.root:
-            raise ValueError("data.root must name the ImageNet directory (with train/ and val/ in "
-                             "ImageFolder layout) when data.name is 'imagefolder'")
+            raise ValueError("root must name the ImageNet directory (with train/ and val/ in ImageFolder layout) "
+                             "when name is 'imagefolder'")
         if self.name == "cifar10" and not self.root:
-            raise ValueError(f"data.root must name the directory holding {CIFAR10_DIR}/ when data.name is "
-                             f"'cifar10' (layout {CIFAR10_LAYOUT}); with data.download: true the archive is "
-                             "fetched into it")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"data.test_fraction must lie in (0, 1), got {self.test_fraction}")
-        check_seed(self.split_seed, "data.split_seed")
+            raise ValueError(f"root must name the directory holding {CIFAR10_DIR}/ when name is 'cifar10' (layout "
+                             f"{CIFAR10_LAYOUT}); with download: true the archive is fetched into it")
 
 
 def train_size(cfg: DataConfig) -> int | None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import BIT_MIN, BIT_MAX, check_options, option
 from .quant import QuantSpec
 
 log = logging.getLogger(__name__)
@@ -46,21 +47,17 @@ class QuantLayer(nn.Module):
 class QuantPolicy:
     """Which layers are quantized and on which grids (the ``quant:`` config section)."""
 
-    layer_types: list[str] = field(default_factory=lambda: ["conv2d", "linear"])
-    first_last_bits: int | None = 8
-    keep_fp: list[str] = field(default_factory=list)
-    weight_per_channel: bool = True
-    weight_symmetric: bool = True
-    act_symmetric: bool = True
+    # the kinds of layer quantized
+    layer_types: list[str] = option(factory=lambda: ["conv2d", "linear"], choices=LAYER_TYPES, min_items=1)
+    # weight and activation bits of the first and last quantized layer; null = the run's W/A like the others
+    first_last_bits: int | None = option(8, ge=BIT_MIN, le=BIT_MAX)
+    keep_fp: list[str] = field(default_factory=list)  # fnmatch patterns of layer names left in full precision
+    weight_per_channel: bool = True  # one weight scale per output channel (false: one per tensor)
+    weight_symmetric: bool = True  # weight grid symmetric around 0 (false: with a zero point)
+    act_symmetric: bool = True  # activation grid symmetric around 0 (false: with a zero point)
 
     def __post_init__(self):
-        unknown = [t for t in self.layer_types if t not in LAYER_TYPES]
-        if unknown or not self.layer_types:
-            raise ValueError(f"quant.layer_types: unknown {unknown}; valid values are {sorted(LAYER_TYPES)}")
-        if self.first_last_bits is not None and not (isinstance(self.first_last_bits, int)
-                                                     and 2 <= self.first_last_bits <= 8):
-            raise ValueError(f"quant.first_last_bits must be an integer in 2..8 or null, "
-                             f"got {self.first_last_bits!r}")
+        check_options(self)
 
     def weight_spec(self, bits: int) -> QuantSpec:
         return QuantSpec(bits, symmetric=self.weight_symmetric, signed=True, per_channel=self.weight_per_channel)

@@ -30,10 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .config import check_options, option
 from .layers import QuantLayer, first_nonfinite_output, swap_layers
 from .mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
                     set_mode, set_temperature)
 from .qat import LearnedQuantizer
+from .select import RULES
 from .strategy import LayerContext
 from .train import random_shift
 
@@ -44,23 +46,19 @@ log = logging.getLogger(__name__)
 class QATRecipe:
     """The ``qat:`` config section: the training recipe shared by every QAT method."""
 
-    epochs: int = 4
-    batch_size: int = 64
-    lr: float = 0.01  # network weights (SGD, Nesterov momentum, cosine decay)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    quant_lr: float = 0.01  # quantizer parameters (LSQ steps, PACT clips): SGD, same cosine decay
-    quant_weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    shift: int = 2  # random translation (pixels) on tensor data; 0 where the dataset augments itself
+    epochs: int = option(4, ge=1)  # passes over the training set
+    batch_size: int = option(64, ge=1)  # images per step
+    lr: float = option(0.01, gt=0)  # learning rate of the network weights (SGD, Nesterov momentum, cosine decay)
+    momentum: float = option(0.9, ge=0)  # SGD momentum of the weights and of the quantizer parameters
+    weight_decay: float = option(5e-4, ge=0)  # L2 penalty on the network weights
+    # learning rate of the quantizer parameters (LSQ steps, PACT clips): SGD, the same cosine decay
+    quant_lr: float = option(0.01, gt=0)
+    quant_weight_decay: float = option(0.0, ge=0)  # L2 penalty on the quantizer parameters
+    label_smoothing: float = option(0.0, ge=0, le=1)  # label smoothing of the cross-entropy (0 = one-hot targets)
+    shift: int = option(2, ge=0)  # random translation (pixels) on tensor data; 0 where the dataset augments itself
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("qat.epochs and qat.batch_size must be >= 1")
-        if self.lr <= 0 or self.quant_lr <= 0:
-            raise ValueError("qat.lr and qat.quant_lr must be > 0")
-        if self.weight_decay < 0 or self.quant_weight_decay < 0:
-            raise ValueError("qat.weight_decay and qat.quant_weight_decay must be >= 0")
+        check_options(self)
 
 
 SAMPLINGS = ("mixture", "single_path")
@@ -70,41 +68,28 @@ SAMPLINGS = ("mixture", "single_path")
 class DQSSQATConfig:
     """The ``dqss:`` section of the QAT track."""
 
-    candidates: list[str] | None = None  # null = every QAT strategy of the track
-    arch_lr: float = 0.005  # Adam on the logits
-    tau_start: float = 1.0
-    tau_end: float = 0.1  # annealed geometrically over the search steps
-    search_fraction: float = 0.5  # the under-fitting fix: search this part, then freeze the assignment
-    mode: str = "efficient"
+    candidates: list[str] | None = None  # the QAT strategies searched over, at least two; null = the track's
+    arch_lr: float = option(0.005, gt=0)  # Adam's learning rate on the strategy logits
+    tau_start: float = option(1.0, gt=0)  # softmax temperature at the first search step
+    tau_end: float = option(0.1, gt=0)  # softmax temperature at the last search step (annealed geometrically)
+    # the under-fitting fix: search this part of the schedule, then freeze the assignment (1 = no fix)
+    search_fraction: float = option(0.5, gt=0, le=1)
+    # mixed layers' forward: efficient = one conv of the mixed input and mixed weight, naive = one conv per
+    # (input, weight) candidate pair; equal results, efficient is faster and leaner
+    mode: str = option("efficient", choices=MODES)
     # the frozen assignment: 'measured' = the PTQ tracks' selection on the calibration draw's search part
     # (task loss, BN statistics re-estimated per assignment), guarded on its held part; 'argmax' = the logits'
-    select: str = "measured"
-    sweeps: int = 1
-    accept_z: float = 2.0
+    # argmax
+    select: str = option("measured", choices=RULES)
+    sweeps: int = option(1, ge=1, le=20)  # coordinate-descent sweeps over (layer, role) at most
+    # a move is accepted when its mean decrease exceeds accept_z paired standard errors
+    accept_z: float = option(2.0, ge=0, le=10)
     # search-phase forward: 'mixture' = every candidate weighted by its softmax (the paper's relaxation);
     # 'single_path' = one candidate per tensor per step, drawn from the softmax (SPOS/GDAS): full gradients
-    sampling: str = "mixture"
+    sampling: str = option("mixture", choices=SAMPLINGS)
 
     def __post_init__(self):
-        from .select import RULES
-
-        if self.select not in RULES:
-            raise ValueError(f"dqss.select: unknown '{self.select}'; valid values are {list(RULES)}")
-        if not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool) or not 1 <= self.sweeps <= 20:
-            raise ValueError(f"dqss.sweeps must be an integer in 1..20, got {self.sweeps!r}")
-        if isinstance(self.accept_z, bool) or not isinstance(self.accept_z, (int, float)) \
-                or not 0.0 <= self.accept_z <= 10.0:
-            raise ValueError(f"dqss.accept_z must be a number in [0, 10], got {self.accept_z!r}")
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"dqss.sampling: unknown '{self.sampling}'; valid values are {list(SAMPLINGS)}")
-        if self.arch_lr <= 0:
-            raise ValueError("dqss.arch_lr must be > 0")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
-        if not 0.0 < self.search_fraction <= 1.0:
-            raise ValueError(f"dqss.search_fraction must lie in (0, 1] (1 = no fix), got {self.search_fraction}")
-        if self.mode not in MODES:
-            raise ValueError(f"dqss.mode: unknown '{self.mode}'; valid values are {list(MODES)}")
+        check_options(self)
 
     def search_steps(self, total: int, fix: bool) -> int:
         return max(1, round(self.search_fraction * total)) if fix else total

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import BIT_MAX, BIT_MIN
+
 ROLES = ("weight", "act")
 
 
@@ -30,8 +32,8 @@ class QuantSpec:
     channel_axis: int = 0
 
     def __post_init__(self):
-        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-            raise ValueError(f"bit width must be an integer in 2..8, got {self.bits!r}; "
+        if not isinstance(self.bits, int) or not BIT_MIN <= self.bits <= BIT_MAX:
+            raise ValueError(f"bit width must be an integer in {BIT_MIN}..{BIT_MAX}, got {self.bits!r}; "
                              "fix the w_bits/a_bits (or first_last_bits) entry in the config")
         if not self.symmetric and self.signed is False:
             # an asymmetric grid places its own zero point, signedness is meaningless

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import check_options, option
 from .layers import first_nonfinite_output
 from .mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
+from .select import PTQ_OBJECTIVES, RULES
 
 log = logging.getLogger(__name__)
 
@@ -19,62 +21,37 @@ LOSSES = ("kl", "ce", "l1", "mse")
 
 @dataclass
 class SearchConfig:
-    """The ``dqss:`` config section (PTQ)."""
+    """The ``dqss:`` config section (PTQ): the gradient search of the strategy logits and the selection."""
 
-    iterations: int = 200
-    batch_size: int = 32
-    lr: float = 0.05
-    beta1: float = 0.5  # Adam's momentum on the logits: higher averages the noisy strategy gradients longer
-    loss: str = "kl"
-    tau_start: float = 1.0
-    tau_end: float = 1.0
-    mode: str = "efficient"
-    candidates: list[str] | None = None
+    iterations: int = option(200, ge=1)  # Adam steps on the strategy logits
+    batch_size: int = option(32, ge=1)  # calibration images (SR: crops) per search step
+    lr: float = option(0.05, gt=0)  # Adam's learning rate on the logits
+    beta1: float = option(0.5, ge=0, lt=1)  # Adam's momentum on the logits: higher averages the noisy gradients longer
+    loss: str = option("kl", choices=LOSSES)  # search loss against the FP outputs (ce: against the labels)
+    tau_start: float = option(1.0, gt=0)  # softmax temperature at the first step
+    tau_end: float = option(1.0, gt=0)  # softmax temperature at the last step (annealed geometrically)
+    # mixed layers' forward: efficient = one conv of the mixed input and mixed weight, naive = one conv per
+    # (input, weight) candidate pair; equal results, efficient is faster and leaner
+    mode: str = option("efficient", choices=MODES)
+    candidates: list[str] | None = None  # the strategies searched over, at least two; null = the track's strategies
     # soft: the softmax mixture throughout; hard: argmax forward with the softmax's gradient
     # (straight-through) for the last ``1 - soft_fraction`` of the iterations
-    relaxation: str = "soft"
-    soft_fraction: float = 0.5
+    relaxation: str = option("soft", choices=RELAXATIONS)
+    soft_fraction: float = option(0.5, ge=0, le=1)  # relaxation hard: part of the iterations run soft first
     # the final assignment (dqss.select): 'measured' = coordinate descent on the discrete objective of the
     # calibration's search part, guarded on its held part; 'argmax' = the logits' argmax (the paper's rule)
-    select: str = "measured"
-    objective: str | None = None  # the selection objective; null = the track's (kl for classification, mse_y for SR)
-    sweeps: int = 2  # coordinate-descent sweeps over (layer, role) at most
-    accept_z: float = 2.0  # a move is accepted when its mean decrease exceeds accept_z paired standard errors
-    top_k: int | None = 2  # alternatives tried per (layer, role): the lowest layer-local output error; null = all
+    select: str = option("measured", choices=RULES)
+    # the selection objective; null = the track's (kl for classification, mse_y for SR)
+    objective: str | None = option(None, choices=PTQ_OBJECTIVES)
+    sweeps: int = option(2, ge=1, le=20)  # coordinate-descent sweeps over (layer, role) at most
+    # a move is accepted when its mean decrease exceeds accept_z paired standard errors
+    accept_z: float = option(2.0, ge=0, le=10)
+    # alternatives tried per (layer, role): the lowest layer-local output error; null = all
+    top_k: int | None = option(2, ge=1)
     block_cache: bool = True  # rerun a trial only from the changed layer's block (chain-shaped models)
 
     def __post_init__(self):
-        from .select import PTQ_OBJECTIVES, RULES
-
-        if self.select not in RULES:
-            raise ValueError(f"dqss.select: unknown '{self.select}'; valid values are {list(RULES)}")
-        if self.objective is not None and self.objective not in PTQ_OBJECTIVES:
-            raise ValueError(f"dqss.objective: unknown '{self.objective}'; valid values are {list(PTQ_OBJECTIVES)} "
-                             "or null (the track's default)")
-        if not isinstance(self.sweeps, int) or isinstance(self.sweeps, bool) or not 1 <= self.sweeps <= 20:
-            raise ValueError(f"dqss.sweeps must be an integer in 1..20, got {self.sweeps!r}")
-        if isinstance(self.accept_z, bool) or not isinstance(self.accept_z, (int, float)) \
-                or not 0.0 <= self.accept_z <= 10.0:
-            raise ValueError(f"dqss.accept_z must be a number in [0, 10], got {self.accept_z!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool)
-                                       or self.top_k < 1):
-            raise ValueError(f"dqss.top_k must be an integer >= 1 or null (every alternative), got {self.top_k!r}")
-        if not isinstance(self.block_cache, bool):
-            raise ValueError(f"dqss.block_cache must be true or false, got {self.block_cache!r}")
-        if self.relaxation not in RELAXATIONS:
-            raise ValueError(f"dqss.relaxation: unknown '{self.relaxation}'; valid values are {list(RELAXATIONS)}")
-        if not 0.0 <= self.soft_fraction <= 1.0:
-            raise ValueError("dqss.soft_fraction must lie in [0, 1]")
-        if self.loss not in LOSSES:
-            raise ValueError(f"dqss.loss: unknown '{self.loss}'; valid values are {list(LOSSES)}")
-        if self.mode not in MODES:
-            raise ValueError(f"dqss.mode: unknown '{self.mode}'; valid values are {list(MODES)}")
-        if self.iterations < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("dqss.iterations and dqss.batch_size must be >= 1 and dqss.lr > 0")
-        if not 0.0 <= self.beta1 < 1.0:
-            raise ValueError("dqss.beta1 must lie in [0, 1)")
-        if self.tau_start <= 0 or self.tau_end <= 0:
-            raise ValueError("dqss.tau_start and dqss.tau_end must be positive")
+        check_options(self)
 
     def hard(self, step: int) -> bool:
         return self.relaxation == "hard" and step >= round(self.soft_fraction * self.iterations)

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import check_options, option
+
 log = logging.getLogger(__name__)
 
 SOURCES = ("embedded", "folders")
@@ -43,32 +45,33 @@ EMBEDDED_TRAIN = ["skimage/rocket.jpg", "skimage/hubble_deep_field.jpg", "skimag
 
 @dataclass
 class SRDataConfig:
-    """The ``sr_ptq.data`` section."""
+    """The ``sr_ptq.data`` section: the training images (FP training, calibration crops) and the test sets."""
 
-    name: str = "embedded"
-    root: str | None = None  # base of relative folder paths
-    train: dict | list | None = None  # folders: {hr, lr}; embedded: list of images (default EMBEDDED_TRAIN)
-    test_sets: dict | None = None  # name -> folders: {hr, lr}; embedded: list of images
+    name: str = option("embedded", choices=SOURCES)  # embedded (photos shipped with the packages) or folders
+    root: str | None = None  # folders: base of relative folder paths
+    # folders: {hr, lr} folders of the training images; embedded: list of images (null = the default split)
+    train: dict | list | None = None
+    # test set name -> folders: {hr, lr} folders; embedded: list of images (null = the default split)
+    test_sets: dict | None = None
 
     def __post_init__(self):
-        if self.name not in SOURCES:
-            raise ValueError(f"sr_ptq.data.name: unknown source '{self.name}'; valid values are {list(SOURCES)}")
+        check_options(self)
         if self.name == "folders":
             if not isinstance(self.train, dict) or not self.train.get("hr"):
-                raise ValueError("sr_ptq.data.train.hr must name the training HR folder (e.g. DIV2K/DIV2K_train_HR) "
-                                 f"when data.name is 'folders'; {FOLDER_LAYOUT}")
+                raise ValueError("train.hr must name the training HR folder (e.g. DIV2K/DIV2K_train_HR) when name is "
+                                 f"'folders'; {FOLDER_LAYOUT}")
             if not self.test_sets:
-                raise ValueError("sr_ptq.data.test_sets must map each test set name to {hr: ..., lr: ...} when "
-                                 f"data.name is 'folders'; {FOLDER_LAYOUT}")
+                raise ValueError("test_sets must map each test set name to {hr: ..., lr: ...} when name is "
+                                 f"'folders'; {FOLDER_LAYOUT}")
             for name, spec in self.test_sets.items():
                 if not isinstance(spec, dict) or not spec.get("hr"):
-                    raise ValueError(f"sr_ptq.data.test_sets.{name}.hr must name the set's HR folder; {FOLDER_LAYOUT}")
+                    raise ValueError(f"test_sets.{name}.hr must name the set's HR folder; {FOLDER_LAYOUT}")
         else:
             self.train = list(self.train or EMBEDDED_TRAIN)
             self.test_sets = {k: list(v) for k, v in (self.test_sets or EMBEDDED_TEST_SETS).items()}
             overlap = set(self.train) & {i for v in self.test_sets.values() for i in v}
             if overlap:
-                raise ValueError(f"sr_ptq.data: images {sorted(overlap)} are both training and test images")
+                raise ValueError(f"images {sorted(overlap)} are both training and test images")
             for i in [*self.train, *(i for v in self.test_sets.values() for i in v)]:
                 _embedded_path(i)  # fails early on an unknown name
 
@@ -201,11 +204,11 @@ def _embedded_path(ident: str) -> Path:
 
         base = Path(sklearn.datasets.__file__).parent / "images"
     else:
-        raise ValueError(f"sr_ptq.data: embedded image '{ident}' must be 'skimage/<file>' or 'sklearn/<file>'")
+        raise ValueError(f"embedded image '{ident}' must be 'skimage/<file>' or 'sklearn/<file>'")
     path = base / fname
     if not path.is_file():
         have = sorted(p.name for p in base.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        raise ValueError(f"sr_ptq.data: embedded image '{ident}' does not ship with the installed {pkg}; "
+        raise ValueError(f"embedded image '{ident}' does not ship with the installed {pkg}; "
                          f"available: {have}")
     return path
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import (Section, TrackMethods, build_section, check_candidates, check_hold_fraction, check_names,
-                     check_seed, given, parse_backbones, parse_bits, parse_options)
+from .config import (BIT_MAX, BIT_MIN, SEED_MAX, Section, TrackMethods, build_section, check_candidates, check_names,
+                     check_options, given, option, parse_backbones, parse_bits, parse_options)
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
@@ -34,60 +34,48 @@ from .track import calibrate, dqss_save, dqss_search, uniform_grid
 log = logging.getLogger(__name__)
 
 TASK = "sr_ptq"
+WEIGHTS_DIR = "data/pretrained"  # where the download rule puts {url, sha256} weights unless weights_dir says
 
 
 @dataclass
 class SRTrainConfig:
     """FP training of the embedded backbones: L1 on random crops, Adam, cosine decay."""
 
-    iterations: int = 600
-    batch_size: int = 8
-    patch: int = 32  # LR crop size
-    lr: float = 2e-3
-    seed: int = 0
+    iterations: int = option(600, ge=1)  # Adam steps
+    batch_size: int = option(8, ge=1)  # crops per step
+    patch: int = option(32, ge=4)  # LR crop size (pixels)
+    lr: float = option(2e-3, gt=0)  # initial learning rate, decayed to 0 by a cosine
+    seed: int = option(0, ge=0, le=SEED_MAX)  # initialisation and crop draw
 
     def __post_init__(self):
-        if self.iterations < 1 or self.batch_size < 1 or self.patch < 4 or self.lr <= 0:
-            raise ValueError("sr_ptq.train: iterations and batch_size must be >= 1, patch >= 4 and lr > 0")
-        check_seed(self.seed, "sr_ptq.train.seed")
+        check_options(self)
 
 
 @dataclass
 class SRCalibConfig:
-    size: int = 64  # LR crops drawn from the training images per seed
-    patch: int = 32
-    batch_size: int = 16
-    bins: int = 2048
-    samples: int = 4
-    images: int | None = None  # folders: training images the crops are drawn from (null = all)
-    hold_fraction: float = 0.25  # held part of the draw: the DQSS selection's guard
+    """The ``sr_ptq.calibration`` section: each seed's LR crops and the activation statistics collected on them."""
+
+    size: int = option(64, ge=1)  # LR crops drawn from the training images per seed
+    patch: int = option(32, ge=4)  # LR crop size (pixels)
+    batch_size: int = option(16, ge=1)  # crops per forward pass while collecting the statistics
+    bins: int = option(2048, ge=256)  # histogram bins of each layer's input statistics
+    samples: int = option(4, ge=0)  # layer inputs (crops) kept per layer for strategies that evaluate the layer
+    images: int | None = option(None, ge=1)  # folders: training images the crops are drawn from (null = all)
+    hold_fraction: float = option(0.25, gt=0, lt=1)  # held part of the draw: the DQSS selection's guard
 
     def __post_init__(self):
-        check_hold_fraction(self.hold_fraction, "sr_ptq.calibration.hold_fraction")
-        if self.images is not None and self.images < 1:
-            raise ValueError("sr_ptq.calibration.images must be >= 1 or null (all training images)")
-        if self.size < 1 or self.patch < 4 or self.batch_size < 1 or self.bins < 256 or self.samples < 0:
-            raise ValueError("sr_ptq.calibration: size and batch_size must be >= 1, patch >= 4, bins >= 256, "
-                             "samples >= 0")
+        check_options(self)
 
 
 @dataclass
 class SRQuantPolicy(QuantPolicy):
     """``quant:`` of the SR track: the classification policy plus the parts kept at higher precision."""
 
-    first_last_bits: int | None = None
-    high_precision: list[str] = field(default_factory=lambda: ["head", "upsampler", "tail"])
-    high_precision_bits: int | None = None  # null = full precision
-
-    def __post_init__(self):
-        super().__post_init__()
-        bad = [p for p in self.high_precision if p not in PARTS]
-        if bad:
-            raise ValueError(f"sr_ptq.quant.high_precision: unknown parts {bad}; valid parts are {sorted(PARTS)}")
-        hb = self.high_precision_bits
-        if hb is not None and not (isinstance(hb, int) and 2 <= hb <= 8):
-            raise ValueError(f"sr_ptq.quant.high_precision_bits must be an integer in 2..8 or null (full "
-                             f"precision), got {hb!r}")
+    # weight and activation bits of the first and last quantized layer; null = the run's W/A like the others
+    first_last_bits: int | None = option(None, ge=BIT_MIN, le=BIT_MAX)
+    # network parts kept at high precision (their layers' name patterns: dqss.sr_models.PARTS)
+    high_precision: list[str] = option(factory=lambda: ["head", "upsampler", "tail"], choices=PARTS)
+    high_precision_bits: int | None = option(None, ge=BIT_MIN, le=BIT_MAX)  # bits of those parts; null = full precision
 
     def patterns(self) -> list[str]:
         return [pat for part in self.high_precision for pat in PARTS[part]]
@@ -109,13 +97,14 @@ class SRQuantPolicy(QuantPolicy):
 
 @dataclass
 class SREvalConfig:
-    crop_set: str | None = None  # the test set of the figure's crop (default: the first)
-    crop_image: int = 0
-    crop_size: int = 64  # HR pixels
+    """The ``sr_ptq.eval`` section: the crop of a test image the report's figure shows for every method."""
+
+    crop_set: str | None = None  # the test set of the figure's crop (null: the first)
+    crop_image: int = option(0, ge=0)  # index of the image in that set (the last if the set is smaller)
+    crop_size: int = option(64, ge=8)  # side of the crop (HR pixels)
 
     def __post_init__(self):
-        if self.crop_image < 0 or self.crop_size < 8:
-            raise ValueError("sr_ptq.eval: crop_image must be >= 0 and crop_size >= 8")
+        check_options(self)
 
 
 @dataclass
@@ -131,31 +120,35 @@ class SRPTQConfig(TrackMethods):
     quant: SRQuantPolicy
     dqss: SearchConfig
     eval: SREvalConfig
-    weights_dir: str = "data/pretrained"
+    weights_dir: str = WEIGHTS_DIR
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
+    # SR distils and selects on images: no class logits, so no kl (or ce)
+    section_defaults: ClassVar[dict] = {"dqss": {"loss": "l1"}}
+    section_choices: ClassVar[dict] = {"dqss": {"loss": ("l1", "mse"), "objective": ("mse_y", "l1", "mse")}}
 
     @classmethod
     def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> SRPTQConfig:
         """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
         s = Section(d, key, partial)
         strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "ptq"), required=True)
-        dq = s.build("dqss", SearchConfig, defaults={"loss": "l1"})
+        dq = s.build("dqss", SearchConfig, cls.section_defaults["dqss"])
         if given(dq):
             dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
-            if dq.loss not in ("l1", "mse"):
+            choices = cls.section_choices["dqss"]
+            if dq.loss not in choices["loss"]:
                 raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' "
                                  "or 'mse'")
-            if dq.objective == "kl":
-                raise ValueError(f"{key}.dqss.objective: 'kl' needs class logits; SR selects on 'mse_y' (the "
-                                 "default), 'l1' or 'mse'")
+            if dq.objective not in (None, *choices["objective"]):
+                raise ValueError(f"{key}.dqss.objective: '{dq.objective}' needs class logits; SR selects on 'mse_y' "
+                                 "(the default), 'l1' or 'mse'")
         cfg = cls(dataset=s.get("dataset", required=True), data=s.build("data", SRDataConfig),
                   backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", SRTrainConfig),
                   bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
                   calibration=s.build("calibration", SRCalibConfig), strategies=strategies,
                   strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "ptq")),
                   quant=s.build("quant", SRQuantPolicy), dqss=dq, eval=s.build("eval", SREvalConfig),
-                  weights_dir=s.get("weights_dir", lambda v: str(v or "data/pretrained")), raw=dict(d))
+                  weights_dir=s.get("weights_dir", lambda v: str(v or WEIGHTS_DIR)), raw=dict(d))
         for name, spec in cfg.backbones.items():
             parse_backbone(name, spec.get("options"))
             if given(cfg.data):

@@ -11,26 +11,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import check_seed
+from .config import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
-    shift: int = 2  # random translation (pixels) as augmentation
-    seed: int = 0
+    """The ``train:`` section of a classification track: the FP recipe of the backbones trained here (weights:
+    train): SGD with Nesterov momentum and cosine decay."""
+
+    epochs: int = option(15, ge=1)  # passes over the training set
+    batch_size: int = option(64, ge=1)  # images per SGD step
+    lr: float = option(0.05, gt=0)  # initial learning rate, decayed to 0 by a cosine
+    momentum: float = option(0.9, ge=0)  # SGD (Nesterov) momentum
+    weight_decay: float = option(5e-4, ge=0)  # L2 penalty on every parameter
+    label_smoothing: float = option(0.0, ge=0, le=1)  # label smoothing of the cross-entropy (0 = one-hot targets)
+    shift: int = option(2, ge=0)  # random translation (pixels) as augmentation
+    seed: int = option(0, ge=0, le=SEED_MAX)  # initialisation, batch order and augmentation
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
-        check_seed(self.seed, "train.seed")
+        check_options(self)
 
 
 def random_shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:

@@ -20,7 +20,6 @@ TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
 TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
 # ``cpu_kernels``: the kernel dispatch of every job on a CPU.  ATen's vectorised kernels, oneDNN's
 # convolutions and MKL's GEMMs each pick their code path by the CPU's instruction sets, and the paths
 # round differently; an FP model trained for thousands of steps amplifies the last bits into points of
@@ -29,6 +28,7 @@ DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # inherited by every job (local, cluster or container), never in the job itself.
 CPU_KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2,STRICT"},
                   "native": {}}
+CPU_KERNELS = tuple(CPU_KERNEL_ENV)  # the top-level cpu_kernels: the first is the default
 
 # The keys of its track's section each job reads.  "backbones" is cut to the job's backbone,
 # "dqss" carries its resolved candidates (so it needs no "strategies"), "strategies" and
@@ -76,7 +76,7 @@ def _config_class(track: str):
 
 
 def check_top_level(config: dict) -> list[int]:
-    """The keys outside the tracks: ``seeds`` (returned) and ``device``."""
+    """The keys outside the tracks: ``seeds`` (returned), ``device`` and ``cpu_kernels``."""
     from .config import parse_seeds
 
     if not any(t in config for t in TRACKS):
@@ -84,14 +84,15 @@ def check_top_level(config: dict) -> list[int]:
     device = str(config.get("device", "auto"))
     if not DEVICES.match(device):
         raise ValueError(f"device: '{device}' is not auto, cpu, cuda or cuda:<index>")
+    cpu_kernels(config)
     return parse_seeds(config.get("seeds"))
 
 
 def cpu_kernels(config: dict) -> str:
     """The config's ``cpu_kernels`` (default avx2), checked."""
-    choice = str(config.get("cpu_kernels", "avx2"))
-    if choice not in CPU_KERNEL_ENV:
-        raise ValueError(f"cpu_kernels: '{choice}' is not one of {list(CPU_KERNEL_ENV)} (avx2: the same results on "
+    choice = config.get("cpu_kernels", CPU_KERNELS[0])
+    if choice not in CPU_KERNELS:
+        raise ValueError(f"cpu_kernels: {choice!r} is not one of {list(CPU_KERNELS)} (avx2: the same results on "
                          "every x86-64 CPU with AVX2; native: each library's fastest code path for this CPU)")
     return choice
 

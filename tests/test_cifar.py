@@ -363,8 +363,10 @@ def _check_message(msg: str, *extra: str):
 
 
 def test_cifar10_needs_root():
-    with pytest.raises(ValueError, match="data.root") as e:
-        DataConfig(name="cifar10")
+    from dqss.config import build_section
+
+    with pytest.raises(ValueError, match=r"^cls_qat\.data\.root") as e:
+        build_section(DataConfig, {"name": "cifar10"}, "cls_qat.data")
     assert "cifar-10-batches-py" in str(e.value)
     assert DataConfig(name="cifar10", root="/x").download is False
 

@@ -4,9 +4,10 @@ import itertools
 import pytest
 import torch
 
+from dqss.config import BIT_MAX, BIT_MIN
 from dqss.quant import FakeQuantizer, QuantSpec, fake_quantize, range_to_qparams
 
-BITS = list(range(2, 9))
+BITS = list(range(BIT_MIN, BIT_MAX + 1))
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 # (symmetric, signed)

@@ -219,19 +219,25 @@ def test_corrupt_image(sr_tree):
     assert str(bad) in str(e.value)
 
 
+def _data_section(**kwargs) -> SRDataConfig:
+    from dqss.config import build_section
+
+    return build_section(SRDataConfig, kwargs, "sr_ptq.data")
+
+
 def test_folders_config_needs_train_and_test_sets():
-    with pytest.raises(ValueError, match=r"sr_ptq\.data\.train\.hr") as e:
-        SRDataConfig(name="folders")
+    with pytest.raises(ValueError, match=r"^sr_ptq\.data\.train\.hr") as e:
+        _data_section(name="folders")
     assert "DIV2K" in str(e.value)
-    with pytest.raises(ValueError, match=r"sr_ptq\.data\.test_sets"):
-        SRDataConfig(name="folders", train=dict(DIV2K))
-    with pytest.raises(ValueError, match=r"sr_ptq\.data\.test_sets\.Set5\.hr"):
-        SRDataConfig(name="folders", train=dict(DIV2K), test_sets={"Set5": {"lr": "Set5/LRbicx2"}})
+    with pytest.raises(ValueError, match=r"^sr_ptq\.data\.test_sets"):
+        _data_section(name="folders", train=dict(DIV2K))
+    with pytest.raises(ValueError, match=r"^sr_ptq\.data\.test_sets\.Set5\.hr"):
+        _data_section(name="folders", train=dict(DIV2K), test_sets={"Set5": {"lr": "Set5/LRbicx2"}})
 
 
 def test_unknown_source():
-    with pytest.raises(ValueError, match=r"sr_ptq\.data\.name.*'div2k'") as e:
-        SRDataConfig(name="div2k")
+    with pytest.raises(ValueError, match=r"^sr_ptq\.data\.name.*'div2k'") as e:
+        _data_section(name="div2k")
     assert "embedded" in str(e.value) and "folders" in str(e.value)
 
 

@@ -62,7 +62,7 @@ def test_paper_config_covers_the_issue_backbones():
     (lambda d: d["backbones"].update({"edsr_tiny_x4": {"weights": {"url": "http://x/y.pth"}}}), "sha256"),
     (lambda d: d["backbones"].update({"edsr_tiny_x4": {"weights": "train", "options": {"upscale": 2}}}),
      "contradicts"),
-    (lambda d: d.update({"quant": {"high_precision": ["body"]}}), "unknown parts"),
+    (lambda d: d.update({"quant": {"high_precision": ["body"]}}), r"sr_ptq\.quant\.high_precision: unknown \['body'\]"),
     (lambda d: d.update({"quant": {"high_precision_bits": 12}}), "high_precision_bits"),
     (lambda d: d.update({"dqss": {"loss": "kl"}}), "needs class logits"),
     (lambda d: d.update({"strategies": ["lsq"]}), "registered PTQ strategies"),

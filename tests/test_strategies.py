@@ -8,6 +8,7 @@ from torch import nn
 
 from baselines.aciq import optimal_clip
 from baselines.kl import kl_threshold_bins
+from dqss.config import BIT_MAX, BIT_MIN
 from dqss.quant import QuantSpec
 from dqss.stats import ActStats, collect_act_stats, load_stats, save_stats
 from dqss.strategy import (STRATEGIES, LayerContext, Strategy, get_strategy, register_strategy,
@@ -302,7 +303,7 @@ LAPLACE = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.20, 6: 7.41, 7: 8.64, 8: 9.89}
 GAUSS = {2: 1.71, 3: 2.15, 4: 2.55, 5: 2.94, 6: 3.29, 7: 3.61, 8: 3.92}
 
 
-@pytest.mark.parametrize("bits", range(2, 9))
+@pytest.mark.parametrize("bits", range(BIT_MIN, BIT_MAX + 1))
 def test_aciq_published_tables(bits):
     one = torch.tensor(1.0, dtype=torch.float64)
     assert float(optimal_clip(one, bits, "laplace")) == pytest.approx(LAPLACE[bits], abs=0.02)
@@ -335,7 +336,7 @@ def test_aciq_weight_range_shrinks_with_fewer_bits(prior):
         torch.randn(4, 4096, generator=g)
     strat = get_strategy("aciq", {"prior": prior})
     ts = []
-    for bits in range(2, 9):
+    for bits in range(BIT_MIN, BIT_MAX + 1):
         _, hi = strat.weight_range(w, QuantSpec(bits, per_channel=True), _ctx())
         ts.append(hi)
     ts = torch.stack(ts)  # [bits, rows]

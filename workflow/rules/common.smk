@@ -6,7 +6,9 @@ from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, 
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
 from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern
 
-validate(config, "../schemas/config.schema.yaml")
+# the schema is generated from the config dataclasses (python -m dqss.schema --write); its defaults are
+# documentation: set_default=False keeps the config as written, which every job's settings hash is computed from
+validate(config, "../schemas/config.schema.yaml", set_default=False)
 SEEDS = check_top_level(config)
 
 # None when the config leaves a track out
