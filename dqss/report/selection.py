@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import DQSS_ARGMAX, DQSS_METHOD
+from ..results import DQSS_ARGMAX, DQSS_METHOD
 
 GAP_ROWS = ("mixture (relaxed)", "dqss_argmax", "uniform: held-chosen", "dqss (selected)")
 
@@ -46,7 +46,7 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
     """One table per (task, backbone, bits): the selection objective of the mixture, the argmax, the
     held-chosen best uniform strategy and the selection on both calibration parts, and their test metric
     (classification: kl_fp; SR: PSNR averaged over the test sets).  Means over seeds."""
-    from .report import _num, _render, _safe_stem, latex_escape
+    from . import _num, _render, _safe_stem, latex_escape
 
     groups: dict[tuple, list[dict]] = {}
     for rec in selections:
@@ -93,7 +93,7 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
     to it in the first sweep (y; below 0 = better than the sweep's current choice)."""
     import matplotlib
 
-    from .report import STYLE, _figure_path, _new_figure, _save, method_colors
+    from . import STYLE, _figure_path, _new_figure, _save, method_colors
 
     probs = {(e["name"], role): e.get(f"{role}_probs") or {}
              for e in assignment["layers"] for role in ("weight", "act")}

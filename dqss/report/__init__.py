@@ -15,9 +15,9 @@ import math
 import re
 from pathlib import Path
 
-from .results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_METHODS, FP_METHOD, GROUP_KEYS,
+from ..results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_METHODS, FP_METHOD, GROUP_KEYS,
                       REFERENCE_METHODS, is_dqss, load_assignment, parse_job_path)
-from .results import PROVENANCE as PROVENANCE_COLUMNS
+from ..results import PROVENANCE as PROVENANCE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ SIGNIFICANCE_TEXT = ("marks: H = against the uniform strategy chosen on the held
 
 def _marks_for_column(per_image, means: dict, **cell) -> dict | None:
     """The significance of one column's quantized rows, or None without per-image results."""
-    from .paired import cell_marks
+    from ..paired import cell_marks
 
     if per_image is None or not means:
         return None
@@ -794,8 +794,8 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     ``job_paths`` (the jobs' metrics.json files) give the per-image values of the significance marks;
     ``selection_paths`` (the DQSS jobs' selection.json) the discretization-gap tables and the figure of
     softmax weights against measured effects."""
-    from .paired import load_per_image
-    from .report_selection import gap_tables, load_selections, plot_softmax_vs_measured
+    from ..paired import load_per_image
+    from .selection import gap_tables, load_selections, plot_softmax_vs_measured
 
     outdir = Path(outdir)
     tdir, fdir = outdir / "tables", outdir / "figures"
