@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from ..results import DQSS_ARGMAX, DQSS_METHOD
+from .style import STYLE, _figure_path, _new_figure, _safe_stem, _save, method_colors
+from .tables import _num, _render, latex_escape
 
 GAP_ROWS = ("mixture (relaxed)", "dqss_argmax", "uniform: held-chosen", "dqss (selected)")
 
@@ -35,6 +35,8 @@ def _test_value(df, rec: dict, method: str, metric: str):
 
 
 def _mixture_test(rec: dict, metric: str):
+    import numpy as np
+
     mix = (rec.get("test") or {}).get("mixture") or {}
     if metric in mix:
         return float(mix[metric])
@@ -46,7 +48,7 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
     """One table per (task, backbone, bits): the selection objective of the mixture, the argmax, the
     held-chosen best uniform strategy and the selection on both calibration parts, and their test metric
     (classification: kl_fp; SR: PSNR averaged over the test sets).  Means over seeds."""
-    from . import _num, _render, _safe_stem, latex_escape
+    import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
     for rec in selections:
@@ -92,8 +94,7 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
     gave it (x) against the measured change of the search-part objective when that tensor alone switches
     to it in the first sweep (y; below 0 = better than the sweep's current choice)."""
     import matplotlib
-
-    from . import STYLE, _figure_path, _new_figure, _save, method_colors
+    import numpy as np
 
     probs = {(e["name"], role): e.get(f"{role}_probs") or {}
              for e in assignment["layers"] for role in ("weight", "act")}
