@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 from ..results import DQSS_ARGMAX, DQSS_METHOD
-from .style import STYLE, _figure_path, _new_figure, _safe_stem, _save, method_colors
+from .style import HELD_ROW, STYLE, _figure_path, _new_figure, _safe_stem, _save, method_colors
 from .tables import _num, _render, latex_escape
 
-GAP_ROWS = ("mixture (relaxed)", "dqss_argmax", "uniform: held-chosen", "dqss (selected)")
+GAP_ROWS = ("mixture (relaxed)", DQSS_ARGMAX, HELD_ROW, "dqss (selected)")
 
 
 def load_selections(paths) -> list[dict]:
@@ -62,11 +62,11 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
         cells: dict[tuple[str, str], list[float]] = {}
         for rec in recs:
             st = rec["stages"]
-            stage_of = {"mixture (relaxed)": "mixture", "dqss_argmax": "argmax",
-                        "uniform: held-chosen": f"uniform {rec['held_best_uniform']}", "dqss (selected)": rec["chosen"]}
+            stage_of = {"mixture (relaxed)": "mixture", DQSS_ARGMAX: "argmax",
+                        HELD_ROW: f"uniform {rec['held_best_uniform']}", "dqss (selected)": rec["chosen"]}
             test = {"mixture (relaxed)": _mixture_test(rec, metric),
-                    "dqss_argmax": _test_value(df, rec, DQSS_ARGMAX, metric),
-                    "uniform: held-chosen": _test_value(df, rec, rec["held_best_uniform"], metric),
+                    DQSS_ARGMAX: _test_value(df, rec, DQSS_ARGMAX, metric),
+                    HELD_ROW: _test_value(df, rec, rec["held_best_uniform"], metric),
                     "dqss (selected)": _test_value(df, rec, DQSS_METHOD, metric)}
             for row, stage in stage_of.items():
                 for part, col in (("search", cols[0]), ("held", cols[1])):
