@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from ..results import DQSS_ARGMAX, DQSS_METHOD
+from .style import HELD_ROW, STYLE, _figure_path, _new_figure, _safe_stem, _save, method_colors
+from .tables import _num, _render, latex_escape
 
-from .results import DQSS_ARGMAX, DQSS_METHOD
-
-GAP_ROWS = ("mixture (relaxed)", "dqss_argmax", "uniform: held-chosen", "dqss (selected)")
+GAP_ROWS = ("mixture (relaxed)", DQSS_ARGMAX, HELD_ROW, "dqss (selected)")
 
 
 def load_selections(paths) -> list[dict]:
@@ -35,6 +35,8 @@ def _test_value(df, rec: dict, method: str, metric: str):
 
 
 def _mixture_test(rec: dict, metric: str):
+    import numpy as np
+
     mix = (rec.get("test") or {}).get("mixture") or {}
     if metric in mix:
         return float(mix[metric])
@@ -46,7 +48,7 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
     """One table per (task, backbone, bits): the selection objective of the mixture, the argmax, the
     held-chosen best uniform strategy and the selection on both calibration parts, and their test metric
     (classification: kl_fp; SR: PSNR averaged over the test sets).  Means over seeds."""
-    from .report import _num, _render, _safe_stem, latex_escape
+    import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
     for rec in selections:
@@ -60,11 +62,11 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
         cells: dict[tuple[str, str], list[float]] = {}
         for rec in recs:
             st = rec["stages"]
-            stage_of = {"mixture (relaxed)": "mixture", "dqss_argmax": "argmax",
-                        "uniform: held-chosen": f"uniform {rec['held_best_uniform']}", "dqss (selected)": rec["chosen"]}
+            stage_of = {"mixture (relaxed)": "mixture", DQSS_ARGMAX: "argmax",
+                        HELD_ROW: f"uniform {rec['held_best_uniform']}", "dqss (selected)": rec["chosen"]}
             test = {"mixture (relaxed)": _mixture_test(rec, metric),
-                    "dqss_argmax": _test_value(df, rec, DQSS_ARGMAX, metric),
-                    "uniform: held-chosen": _test_value(df, rec, rec["held_best_uniform"], metric),
+                    DQSS_ARGMAX: _test_value(df, rec, DQSS_ARGMAX, metric),
+                    HELD_ROW: _test_value(df, rec, rec["held_best_uniform"], metric),
                     "dqss (selected)": _test_value(df, rec, DQSS_METHOD, metric)}
             for row, stage in stage_of.items():
                 for part, col in (("search", cols[0]), ("held", cols[1])):
@@ -92,8 +94,7 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
     gave it (x) against the measured change of the search-part objective when that tensor alone switches
     to it in the first sweep (y; below 0 = better than the sweep's current choice)."""
     import matplotlib
-
-    from .report import STYLE, _figure_path, _new_figure, _save, method_colors
+    import numpy as np
 
     probs = {(e["name"], role): e.get(f"{role}_probs") or {}
              for e in assignment["layers"] for role in ("weight", "act")}
