@@ -5,16 +5,57 @@ Job functions take keyword-only arguments named like their rule's wildcards, inp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
 
-from .data import load_classification
+from .config import EVAL_BATCH_SIZE, TrackConfig, check_options, eval_batch_size, option, track_key
+from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, per_image, predict
+from .layers import QuantPolicy
 from .models import create_backbone, data_config, save_checkpoint
 from .results import FP_METHOD, provenance, write_csv, write_metrics
-from .train import train_classifier
+from .train import TrainConfig, train_classifier
+
+TEN_CLASSES = ("digits", "cifar10")  # data whose number of classes the suite knows (num_classes not needed)
+
+
+@dataclass
+class CalibConfig:
+    """The ``calibration:`` section of a classification track: each seed's draw of training images and the
+    activation statistics collected on it."""
+
+    size: int = option(256, ge=1)  # training images drawn per seed
+    batch_size: int = option(64, ge=1)  # images per forward pass while collecting the statistics
+    bins: int = option(2048, ge=256)  # histogram bins of each layer's input statistics
+    samples: int = option(16, ge=0)  # layer inputs (images) kept per layer for strategies that evaluate the layer
+    # held part of the draw: the DQSS selection's guard (BRECQ/AdaRound: 1024 -> 768/256)
+    hold_fraction: float = option(0.25, gt=0, lt=1)
+
+    def __post_init__(self):
+        check_options(self)
+
+
+@dataclass(kw_only=True)
+class ClassificationConfig(TrackConfig):
+    """The fields both classification tracks share (a track adds its ``dqss`` section, QAT its ``qat``)."""
+
+    dataset: str
+    data: DataConfig
+    backbones: dict[str, dict]
+    train: TrainConfig  # the FP recipe of backbones trained here
+    bits: list[tuple[int, int]]
+    calibration: CalibConfig
+    strategies: list[str]
+    strategy_options: dict[str, dict]
+    quant: QuantPolicy
+    eval_batch_size: int = track_key(lambda v, key, kind: eval_batch_size(v), key="eval", default=EVAL_BATCH_SIZE)
+    classes: int | None = track_key(lambda v, key, kind: v, key="num_classes", default=None)  # of other data
+    raw: dict = field(default_factory=dict)
+
+    def num_classes(self) -> int | None:
+        return 10 if self.data.name in TEN_CLASSES else self.classes
 
 
 @dataclass

@@ -8,92 +8,30 @@ call them directly.  The FP jobs (training, evaluation) are shared with the QAT 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from .classification import (calibration_tensors, evaluate_test, example_input, load_fp_logits, prepare,
-                             run_evaluate_fp, run_train)  # noqa: F401  (the FP jobs of this track's rules)
-from .config import (Section, TrackMethods, check_candidates, check_names, check_options, eval_batch_size, given,
-                     option, parse_backbones, parse_bits, parse_options)
-from .data import DataConfig
-from .layers import QuantPolicy, fold_batchnorm
+from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input,
+                             load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
+from .layers import fold_batchnorm
 from .ptq_search import selection_summary
 from .results import DQSS_ARGMAX, DQSS_METHOD, provenance, write_metrics
 from .search import SearchConfig
 from .track import calibrate, dqss_save, dqss_search, uniform_grid
-from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
 TASK = "cls_ptq"
 
 
-@dataclass
-class CalibConfig:
-    """The ``calibration:`` section of a classification track: each seed's draw of training images and the
-    activation statistics collected on it."""
-
-    size: int = option(256, ge=1)  # training images drawn per seed
-    batch_size: int = option(64, ge=1)  # images per forward pass while collecting the statistics
-    bins: int = option(2048, ge=256)  # histogram bins of each layer's input statistics
-    samples: int = option(16, ge=0)  # layer inputs (images) kept per layer for strategies that evaluate the layer
-    # held part of the draw: the DQSS selection's guard (BRECQ/AdaRound: 1024 -> 768/256)
-    hold_fraction: float = option(0.25, gt=0, lt=1)
-
-    def __post_init__(self):
-        check_options(self)
-
-
-@dataclass
-class ClsPTQConfig(TrackMethods):
-    dataset: str
-    data: DataConfig
-    backbones: dict[str, dict]
-    train: TrainConfig
-    bits: list[tuple[int, int]]
-    calibration: CalibConfig
-    strategies: list[str]
-    strategy_options: dict[str, dict]
-    quant: QuantPolicy
+@dataclass(kw_only=True)
+class ClsPTQConfig(ClassificationConfig):
     dqss: SearchConfig
-    eval_batch_size: int = 256
-    classes: int | None = None  # num_classes of real data (digits: 10)
-    raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
-    section_choices: ClassVar[dict] = {"dqss": {"objective": ("kl", "l1", "mse")}}  # mse_y measures images
-
-    @classmethod
-    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsPTQConfig:
-        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
-        s = Section(d, key, partial)
-        cfg = cls(**classification_sections(s, "ptq", SearchConfig), calibration=s.build("calibration", CalibConfig))
-        objective = cfg.dqss.objective if given(cfg.dqss) else None
-        if objective not in (None, *cls.section_choices["dqss"]["objective"]):
-            raise ValueError(f"{key}.dqss.objective: '{objective}' measures images; classification selects on 'kl' "
-                             "(the default), 'l1' or 'mse' of the logits")
-        return cfg
-
-    def num_classes(self) -> int | None:
-        return 10 if self.data.name == "digits" else self.classes
-
-
-def classification_sections(s: Section, kind: str, search_class, **extra_sections) -> dict:
-    """The config fields both classification tracks read the same way (``kind``: their strategies'), less
-    ``calibration``; ``extra_sections`` adds track-specific dataclass sections (QAT's ``qat``)."""
-    key = s.key
-    strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", kind), required=True)
-    dq = s.build("dqss", search_class)
-    if given(dq):
-        dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", kind)
-    return dict(dataset=s.get("dataset", required=True), data=s.build("data", DataConfig),
-                backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", TrainConfig),
-                bits=s.get("bits", lambda v: parse_bits(v, key), required=True), strategies=strategies,
-                strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, kind)),
-                quant=s.build("quant", QuantPolicy), dqss=dq, eval_batch_size=s.get("eval", eval_batch_size),
-                classes=s.get("num_classes"), raw=dict(s.d),
-                **{name: s.build(name, c) for name, c in extra_sections.items()})
+    section_choices: ClassVar[dict] = {"dqss": {"objective": ("kl", "l1", "mse")}}
+    choice_reasons: ClassVar[dict] = {"dqss.objective": "measures images; classification selects on its logits"}
 
 
 # -- jobs -----------------------------------------------------------------------------------

@@ -6,24 +6,21 @@ with this track's config; this module adds the quantization-aware training jobs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .classification import calibration_tensors, evaluate_test, example_input, load_fp_logits, prepare
-from .cls_ptq import CalibConfig, classification_sections
-from .config import Section, TrackMethods
-from .data import DataConfig
+from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input, load_fp_logits,
+                             prepare)
 from .evaluate import predict
-from .layers import QuantPolicy, plan_layers
+from .layers import plan_layers
 from .ptq import export_assignment, save_assignment
 from .qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
 from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
 from .stats import collect_act_stats
-from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +29,13 @@ DQSS_VARIANTS = {DQSS_METHOD: True, DQSS_NOFIX: False}  # method name -> under-f
 RETRAIN_METHOD = DQSS_RETRAIN  # the frozen DQSS assignment (of method dqss), retrained from the FP checkpoint
 
 
-@dataclass
-class ClsQATConfig(TrackMethods):
-    dataset: str
-    data: DataConfig
-    backbones: dict[str, dict]
-    train: TrainConfig  # FP recipe of backbones trained here
-    bits: list[tuple[int, int]]
-    calibration: CalibConfig  # the FP statistics that initialise the quantizers
-    strategies: list[str]
-    strategy_options: dict[str, dict]
-    quant: QuantPolicy
+@dataclass(kw_only=True)
+class ClsQATConfig(ClassificationConfig):
     qat: QATRecipe
     dqss: DQSSQATConfig
-    eval_batch_size: int = 256
-    classes: int | None = None  # num_classes of other data (digits, CIFAR-10: 10)
-    raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
+    kind: ClassVar[str] = "qat"
     section_defaults: ClassVar[dict] = {"calibration": {"samples": 0}}  # QAT's initialisation keeps no samples
-
-    @classmethod
-    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> ClsQATConfig:
-        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
-        s = Section(d, key, partial)
-        return cls(**classification_sections(s, "qat", DQSSQATConfig, qat=QATRecipe),
-                   calibration=s.build("calibration", CalibConfig, cls.section_defaults["calibration"]))
-
-    def num_classes(self) -> int | None:
-        return 10 if self.data.name in ("digits", "cifar10") else self.classes
 
     def methods(self) -> list[str]:
         return self.strategies + list(DQSS_VARIANTS) + [RETRAIN_METHOD]

@@ -198,31 +198,32 @@ def check_candidates(names, key: str, kind: str) -> list[str]:
 
 
 def parse_options(opts: dict | None, key: str, kind: str) -> dict[str, dict]:
-    """``strategy_options``: each strategy registered and its options valid, before any work."""
+    """``strategy_options`` (``key``: its full key): each strategy registered and its options valid, before any
+    work."""
     from .strategy import get_strategy
 
     opts = dict(opts or {})
-    check_names(list(opts), f"{key}.strategy_options", kind)
+    check_names(list(opts), key, kind)
     for name, o in opts.items():
         try:
             get_strategy(name, o)
         except ValueError as exc:
-            raise ValueError(f"{key}.strategy_options.{name}: {exc}") from exc
+            raise ValueError(f"{key}.{name}: {exc}") from exc
     return opts
 
 
 def parse_bits(bits, key: str) -> list[tuple[int, int]]:
-    """``bits``: a list of distinct ``{w, a}`` with both widths in BIT_MIN..BIT_MAX."""
+    """``bits`` (``key``: its full key): a list of distinct ``{w, a}`` with both widths in BIT_MIN..BIT_MAX."""
     out = []
     for b in bits or []:
         w, a = int(b["w"]), int(b["a"])
         if not (BIT_MIN <= w <= BIT_MAX and BIT_MIN <= a <= BIT_MAX):
-            raise ValueError(f"{key}.bits: W{w}A{a} is out of range; bit widths must lie in {BIT_MIN}..{BIT_MAX}")
+            raise ValueError(f"{key}: W{w}A{a} is out of range; bit widths must lie in {BIT_MIN}..{BIT_MAX}")
         if (w, a) in out:
-            raise ValueError(f"{key}.bits: W{w}A{a} is listed twice; list each bit width once")
+            raise ValueError(f"{key}: W{w}A{a} is listed twice; list each bit width once")
         out.append((w, a))
     if not out:
-        raise ValueError(f"{key}.bits must list at least one {{w: ..., a: ...}}")
+        raise ValueError(f"{key} must list at least one {{w: ..., a: ...}}")
     return out
 
 
@@ -252,13 +253,73 @@ def eval_batch_size(v) -> int:
     return int((v or {}).get("batch_size", EVAL_BATCH_SIZE))
 
 
-class TrackMethods:
-    """What every track config answers the same way (a mixin of the track dataclasses)."""
+def track_key(parse, *, required: bool = False, key: str | None = None, default=MISSING):
+    """A track-section field that is not a section dataclass: ``parse(value, full key, kind)`` of the config key
+    ``key`` (default: the field's name)."""
+    return field(default=default, metadata={"parse": parse, "required": required, "key": key})
 
-    # per section: this track's defaults over the dataclass's own, and the values a field is narrowed to
+
+# the keys every track section reads the same way: field name -> (parse(value, full key, kind), required)
+TRACK_KEYS = {
+    "dataset": (lambda v, key, kind: v, True),
+    "backbones": (lambda v, key, kind: parse_backbones(v), True),
+    "bits": (lambda v, key, kind: parse_bits(v, key), True),
+    "strategies": (check_names, True),
+    "strategy_options": (parse_options, False),
+}
+
+
+class TrackConfig:
+    """The base of the track configs (dataclasses): one :meth:`from_dict` for every track.
+
+    A field that is a dataclass is a section, built by :func:`build_section` (with the track's
+    ``section_defaults`` over the dataclass's own); the keys of :data:`TRACK_KEYS` are read the same way in
+    every track; any other field is declared with :func:`track_key`.
+    :meth:`check` holds the cross-field rules."""
+
+    task: typing.ClassVar[str]
+    kind: typing.ClassVar[str] = "ptq"  # the registry kind of the track's strategies
+    # per section: this track's defaults over the dataclass's own, the values a field is narrowed to, and why
     # (read by from_dict and by dqss.schema)
-    section_defaults: dict[str, dict] = {}
-    section_choices: dict[str, dict[str, tuple]] = {}
+    section_defaults: typing.ClassVar[dict[str, dict]] = {}
+    section_choices: typing.ClassVar[dict[str, dict[str, tuple]]] = {}
+    choice_reasons: typing.ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def from_dict(cls, d: dict, key: str | None = None, partial: bool = False):
+        """The track config from its section ``d``; ``partial``: from a job's settings (see the module's doc)."""
+        key = key or cls.task
+        s = Section(d, key, partial)
+        hints = type_hints(cls)
+        values = {}
+        for f in fields(cls):
+            if f.name == "raw":
+                continue
+            name = f.metadata.get("key") or f.name
+            parse, required = TRACK_KEYS.get(f.name, (f.metadata.get("parse"), f.metadata.get("required", False)))
+            if parse is None:
+                values[f.name] = s.build(name, hints[f.name], cls.section_defaults.get(name))
+            else:
+                values[f.name] = s.get(name, lambda v, p=parse, k=f"{key}.{name}": p(v, k, cls.kind), required)
+        cfg = cls(**values, raw=dict(s.d))
+        cfg.check(key)
+        return cfg
+
+    def check(self, key: str) -> None:
+        """The cross-field rules of every track: DQSS's candidates (null = the track's strategies) and the
+        section values this track narrows; a track adds its own by overriding (and calling this)."""
+        dq = getattr(self, "dqss", None)
+        if dq is not None and given(dq):
+            dq.candidates = check_candidates(dq.candidates or self.strategies, f"{key}.dqss.candidates", self.kind)
+        for section, narrowed in self.section_choices.items():
+            sec = getattr(self, section)
+            if not given(sec):
+                continue
+            for name, allowed in narrowed.items():
+                value = getattr(sec, name)
+                if value is not None and value not in allowed:
+                    why = self.choice_reasons.get(f"{section}.{name}", "is not available in this track")
+                    raise ValueError(f"{key}.{section}.{name}: '{value}' {why}; valid values are {list(allowed)}")
 
     def strategy(self, name: str):
         from .strategy import get_strategy

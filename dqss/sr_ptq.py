@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import (BIT_MAX, BIT_MIN, SEED_MAX, Section, TrackMethods, build_section, check_candidates, check_names,
-                     check_options, given, option, parse_backbones, parse_bits, parse_options)
+from .config import BIT_MAX, BIT_MIN, SEED_MAX, TrackConfig, build_section, check_options, given, option, track_key
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
@@ -107,8 +106,8 @@ class SREvalConfig:
         check_options(self)
 
 
-@dataclass
-class SRPTQConfig(TrackMethods):
+@dataclass(kw_only=True)
+class SRPTQConfig(TrackConfig):
     dataset: str
     data: SRDataConfig
     backbones: dict[str, dict]
@@ -120,46 +119,28 @@ class SRPTQConfig(TrackMethods):
     quant: SRQuantPolicy
     dqss: SearchConfig
     eval: SREvalConfig
-    weights_dir: str = WEIGHTS_DIR
+    weights_dir: str = track_key(lambda v, key, kind: str(v or WEIGHTS_DIR), default=WEIGHTS_DIR)
     raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
     # SR distils and selects on images: no class logits, so no kl (or ce)
     section_defaults: ClassVar[dict] = {"dqss": {"loss": "l1"}}
     section_choices: ClassVar[dict] = {"dqss": {"loss": ("l1", "mse"), "objective": ("mse_y", "l1", "mse")}}
+    choice_reasons: ClassVar[dict] = {"dqss.loss": "needs class logits; SR distils its network's outputs",
+                                      "dqss.objective": "needs class logits; SR selects on its network's outputs"}
 
-    @classmethod
-    def from_dict(cls, d: dict, key: str = TASK, partial: bool = False) -> SRPTQConfig:
-        """The track config from its section; ``partial``: from a job's settings (see :mod:`dqss.config`)."""
-        s = Section(d, key, partial)
-        strategies = s.get("strategies", lambda v: check_names(v, f"{key}.strategies", "ptq"), required=True)
-        dq = s.build("dqss", SearchConfig, cls.section_defaults["dqss"])
-        if given(dq):
-            dq.candidates = check_candidates(dq.candidates or strategies, f"{key}.dqss.candidates", "ptq")
-            choices = cls.section_choices["dqss"]
-            if dq.loss not in choices["loss"]:
-                raise ValueError(f"{key}.dqss.loss: '{dq.loss}' needs class logits; SR distils outputs with 'l1' "
-                                 "or 'mse'")
-            if dq.objective not in (None, *choices["objective"]):
-                raise ValueError(f"{key}.dqss.objective: '{dq.objective}' needs class logits; SR selects on 'mse_y' "
-                                 "(the default), 'l1' or 'mse'")
-        cfg = cls(dataset=s.get("dataset", required=True), data=s.build("data", SRDataConfig),
-                  backbones=s.get("backbones", parse_backbones, required=True), train=s.build("train", SRTrainConfig),
-                  bits=s.get("bits", lambda v: parse_bits(v, key), required=True),
-                  calibration=s.build("calibration", SRCalibConfig), strategies=strategies,
-                  strategy_options=s.get("strategy_options", lambda v: parse_options(v, key, "ptq")),
-                  quant=s.build("quant", SRQuantPolicy), dqss=dq, eval=s.build("eval", SREvalConfig),
-                  weights_dir=s.get("weights_dir", lambda v: str(v or WEIGHTS_DIR)), raw=dict(d))
-        for name, spec in cfg.backbones.items():
+    def check(self, key: str) -> None:
+        """Every backbone known (and its weights and training override valid), the crop's test set a test set."""
+        super().check(key)
+        for name, spec in self.backbones.items():
             parse_backbone(name, spec.get("options"))
-            if given(cfg.data):
-                cfg.weight_source(name)
-            if given(cfg.train):
-                cfg.train_for(name)
-        if given(cfg.eval, cfg.data) and cfg.eval.crop_set is not None \
-                and cfg.eval.crop_set not in cfg.data.test_set_names():
-            raise ValueError(f"{key}.eval.crop_set: '{cfg.eval.crop_set}' is not a test set; test sets are "
-                             f"{cfg.data.test_set_names()}")
-        return cfg
+            if given(self.data):
+                self.weight_source(name)
+            if given(self.train):
+                self.train_for(name)
+        if given(self.eval, self.data) and self.eval.crop_set is not None \
+                and self.eval.crop_set not in self.data.test_set_names():
+            raise ValueError(f"{key}.eval.crop_set: '{self.eval.crop_set}' is not a test set; test sets are "
+                             f"{self.data.test_set_names()}")
 
     def weight_source(self, backbone: str) -> str:
         """'train', 'url' (downloaded by the workflow) or 'file'."""
