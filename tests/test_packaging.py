@@ -1,12 +1,16 @@
 """Packaging and conventions: pins mirrored, CI runs the README's test command, registry discovery."""
 from __future__ import annotations
 
+import ast
+import os
 import pkgutil
 import re
 import sys
 import tomllib
+import types
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +20,13 @@ def _pins_pyproject() -> set[str]:
     return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
 
 
-def _pins_env(path: Path) -> set[str]:
+def _pip_entries(path: Path) -> list[str]:
     deps = yaml.safe_load(path.read_text())["dependencies"]
-    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    return {p for p in pip if not p.startswith("-e")}
+    return next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+
+
+def _pins_env(path: Path) -> set[str]:
+    return {p for p in _pip_entries(path) if not p.startswith("-e")}
 
 
 def test_every_dependency_is_pinned():
@@ -29,6 +36,35 @@ def test_every_dependency_is_pinned():
 def test_environment_files_mirror_pyproject():
     assert _pins_env(ROOT / "environment.yml") == _pins_pyproject()
     assert _pins_env(ROOT / "workflow/envs/dqss.yaml") == _pins_pyproject()
+
+
+# -- one way to import the library: the editable install --------------------------------------
+@pytest.mark.parametrize("env", ["environment.yml", "workflow/envs/dqss.yaml"])
+def test_conda_environments_install_the_repository_editable(env):
+    """conda resolves a relative pip path against the directory of the file it reads: each file names the
+    repository root from where it lies.  Snakemake creates the rules' environment from its copy
+    ``.snakemake/conda/<hash>.yaml`` of the working directory, from which the same path is that directory
+    (the repository root, where the workflow is run)."""
+    path = ROOT / env
+    editable = [e.split(None, 1)[1].strip() for e in _pip_entries(path) if e.startswith("-e ")]
+    assert len(editable) == 1, editable
+    assert Path(os.path.normpath(path.parent / editable[0])) == ROOT
+    if path.parent != ROOT:
+        assert Path(os.path.normpath(ROOT / ".snakemake/conda" / editable[0])) == ROOT
+
+
+def test_workflow_imports_the_library_only_as_installed():
+    """No sys.path or PYTHONPATH edits in the Snakefile, the rules or the scripts: jobs import the installed
+    package, which ./suite installs editable."""
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk")),
+             *sorted((ROOT / "workflow/scripts").glob("*.py"))]
+    for f in files:
+        text = f.read_text()
+        for needle in ("sys.path", "PYTHONPATH", "import _repo"):
+            assert needle not in text, f"{f.relative_to(ROOT)} mentions {needle}"
+    assert re.search(r"-m pip install .*-e \.\s", (ROOT / "suite").read_text())
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert "except ModuleNotFoundError" in snakefile and "pip install -e ." in snakefile
 
 
 def _quick_start() -> list[str]:

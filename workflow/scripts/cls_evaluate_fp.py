@@ -1,4 +1,3 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_evaluate_fp
 from dqss.workflow import job_config, setup
 
