@@ -1,6 +1,7 @@
 """Packaging and conventions: pins mirrored, CI runs the README's test command, registry discovery."""
 from __future__ import annotations
 
+import ast
 import os
 import pkgutil
 import re
@@ -214,3 +215,121 @@ def test_template_registers_when_imported(monkeypatch):
     s = registry.get_strategy("template", {"shrink": 0.5})
     assert s.options.shrink == 0.5
 
+
+# -- every test that runs Snakemake carries the `workflow` marker ---------------------------------
+_SNAKEMAKE = re.compile(r"(?<![.\w])snakemake\b")  # the program or module, not the .snakemake folder
+_SUBPROCESS = {"run", "Popen", "call", "check_call", "check_output"}
+
+
+def _is_workflow_mark(node: ast.AST) -> bool:
+    """Whether ``node`` contains ``pytest.mark.workflow`` (bare, called, or in a list)."""
+    return any(isinstance(n, ast.Attribute) and n.attr == "workflow" and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "mark" for n in ast.walk(node))
+
+
+def _snakemake_tests(source: str) -> tuple[set[str], set[str]]:
+    """The test functions of a test module that run Snakemake in a subprocess, directly, through a helper or
+    through a fixture; and those of them without the ``workflow`` marker (on the function, its class or the
+    module's ``pytestmark``).  A subprocess call runs Snakemake when a string in its arguments, or in what a
+    name there is assigned anywhere in the module, names it."""
+    tree = ast.parse(source)
+    sub_modules, sub_functions = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            sub_modules |= {a.asname or a.name for a in node.names if a.name == "subprocess"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "subprocess":
+            sub_functions |= {a.asname or a.name for a in node.names if a.name in _SUBPROCESS}
+
+    def strings(node):
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    def names(node):
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    values: dict[str, list[ast.AST]] = {}  # what each name is assigned, anywhere
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for t in ast.walk(target):
+                    if isinstance(t, ast.Name):
+                        values.setdefault(t.id, []).append(node.value)
+
+    def mentions_snakemake(node, seen=frozenset()):
+        if any(_SNAKEMAKE.search(s) for s in strings(node)):
+            return True
+        return any(mentions_snakemake(v, seen | {n}) for n in names(node) - seen for v in values.get(n, []))
+
+    def runs_snakemake(call):
+        f = call.func
+        is_sub = (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in sub_modules
+                  and f.attr in _SUBPROCESS) or (isinstance(f, ast.Name) and f.id in sub_functions)
+        return is_sub and any(mentions_snakemake(a) for a in [*call.args, *(k.value for k in call.keywords)])
+
+    functions, marked, fixtures = {}, set(), set()
+    module_marked = any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
+                                                          for t in n.targets) and _is_workflow_mark(n.value)
+                        for n in tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(_is_workflow_mark(d) for d in node.decorator_list):
+            marked |= {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions[node.name] = node
+            if any(_is_workflow_mark(d) for d in node.decorator_list):
+                marked.add(node.name)
+            if any("fixture" in ast.dump(d) for d in node.decorator_list):
+                fixtures.add(node.name)
+    runners = {name for name, f in functions.items()
+               if any(isinstance(c, ast.Call) and runs_snakemake(c) for c in ast.walk(f))}
+    while True:  # what calls a runner, or asks for a fixture that is one, runs Snakemake too
+        more = {name for name, f in functions.items() if name not in runners and (
+            any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in runners
+                for c in ast.walk(f))
+            or any(a.arg in runners & fixtures for a in f.args.args))}
+        if not more:
+            break
+        runners |= more
+    tests = {name for name in runners if name.startswith("test")}
+    return tests, set() if module_marked else tests - marked
+
+
+def test_tests_that_run_snakemake_are_marked_workflow():
+    """`-m "not workflow"` (the inner loop) leaves out exactly the tests that start Snakemake."""
+    found, unmarked = {}, []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tests, bare = _snakemake_tests(path.read_text())
+        found[path.name] = tests
+        unmarked += [f"{path.name}::{t}" for t in sorted(bare)]
+    # the scan sees the ones it must: a dry run, lint, the real run (through its fixture)
+    assert {"test_lint", "test_readme_main_command_from_repo_root", "test_end_to_end",
+            "test_missing_library_names_the_fix"} <= found["test_workflow.py"]
+    assert not unmarked, f"run Snakemake without @pytest.mark.workflow: {unmarked}"
+
+
+def test_workflow_marker_scan_finds_an_unmarked_test():
+    source = '''
+import subprocess
+import sys
+import pytest
+CMD = [sys.executable, "-m", "snakemake"]
+def run(*args):
+    return subprocess.run([*CMD, *args])
+@pytest.fixture
+def finished():
+    run("--cores", "1")
+def test_helper():
+    run("-n")
+def test_fixture(finished):
+    pass
+@pytest.mark.workflow
+def test_marked():
+    run("--lint")
+class TestGroup:
+    def test_direct(self):
+        subprocess.check_output(["snakemake", "-n"])
+def test_other():
+    subprocess.run(["ls", ".snakemake"])
+'''
+    tests, unmarked = _snakemake_tests(source)
+    assert tests == {"test_helper", "test_fixture", "test_marked", "test_direct"}
+    assert unmarked == {"test_helper", "test_fixture", "test_direct"}
+    assert _snakemake_tests(source + "pytestmark = pytest.mark.workflow\n")[1] == set()

@@ -14,6 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
+# every test here runs Snakemake in a subprocess: `python -m pytest -m "not workflow"` skips them
+pytestmark = pytest.mark.workflow
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]  # the Snakemake of the Python running the tests (.venv's)
 TEST_CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())
