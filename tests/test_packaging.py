@@ -216,6 +216,40 @@ def test_template_registers_when_imported(monkeypatch):
     assert s.options.shrink == 0.5
 
 
+
+# -- the config documentation ----------------------------------------------------------------------
+def _schema_keys(node) -> set[str]:
+    if isinstance(node, dict):
+        own = set(node["properties"]) if isinstance(node.get("properties"), dict) else set()
+        return own.union(*(_schema_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_schema_keys(v) for v in node))
+    return set()
+
+
+def test_config_readme_names_every_config_key():
+    """config/README.md mentions (in backticks) every key of the schema and of the config dataclasses."""
+    from dataclasses import fields
+
+    from dqss.cls_ptq import CalibConfig
+    from dqss.data import DataConfig
+    from dqss.layers import QuantPolicy
+    from dqss.qat_train import DQSSQATConfig, QATRecipe
+    from dqss.search import SearchConfig
+    from dqss.sr_data import SRDataConfig
+    from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
+    from dqss.train import TrainConfig
+
+    text = (ROOT / "config/README.md").read_text()
+    documented = set(re.findall(r"[A-Za-z_]\w*", " ".join(re.findall(r"`([^`]*)`", text))))
+    keys = _schema_keys(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
+    assert {"seeds", "device", "cls_ptq", "cls_qat", "sr_ptq", "hold_fraction", "weights_dir"} <= keys
+    for cls in (DataConfig, TrainConfig, CalibConfig, QuantPolicy, SearchConfig, QATRecipe, DQSSQATConfig,
+                SRDataConfig, SRTrainConfig, SRCalibConfig, SRQuantPolicy, SREvalConfig):
+        keys |= {f.name for f in fields(cls)}
+    assert not keys - documented, f"config/README.md does not mention {sorted(keys - documented)}"
+
+
 # -- every test that runs Snakemake carries the `workflow` marker ---------------------------------
 _SNAKEMAKE = re.compile(r"(?<![.\w])snakemake\b")  # the program or module, not the .snakemake folder
 _SUBPROCESS = {"run", "Popen", "call", "check_call", "check_output"}
