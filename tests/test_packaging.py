@@ -217,7 +217,44 @@ def test_template_registers_when_imported(monkeypatch):
 
 
 
-# -- the config documentation ----------------------------------------------------------------------
+# -- the Snakemake workflow catalog's usage file and the config documentation ------------------------
+CATALOG_KEYS = {  # what the catalog reads from .snakemake-workflow-catalog.yml
+    "mandatory-flags": {"desc", "flags"},
+    "software-stack-deployment": {"conda", "apptainer", "apptainer+conda"},
+    "report": None,
+}
+
+
+def _rules(text: str) -> list[str]:
+    """The rule blocks of a .smk file."""
+    return re.split(r"^(?=rule \w+:)", text, flags=re.M)[1:]
+
+
+def test_workflow_catalog_file_uses_the_catalogs_keys():
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert list(catalog) == ["usage"]
+    usage = catalog["usage"]
+    assert set(usage) <= set(CATALOG_KEYS), set(usage) - set(CATALOG_KEYS)
+    flags = usage["mandatory-flags"]
+    assert set(flags) <= CATALOG_KEYS["mandatory-flags"] and isinstance(flags["desc"], str)
+    assert isinstance(flags["flags"], str) or all(isinstance(f, str) for f in flags["flags"])
+    deploy = usage["software-stack-deployment"]
+    assert set(deploy) <= CATALOG_KEYS["software-stack-deployment"]
+    assert all(isinstance(v, bool) for v in deploy.values()) and isinstance(usage["report"], bool)
+    # what it says holds: every rule that runs code has the conda environment; no container is declared
+    smk = {f.name: f.read_text() for f in (ROOT / "workflow/rules").glob("*.smk")}
+    assert deploy["conda"] and (ROOT / "workflow/envs/dqss.yaml").is_file()
+    for name, text in smk.items():
+        for rule in _rules(text):
+            if re.search(r"^    (script|shell|run|notebook|wrapper):", rule, flags=re.M):
+                assert re.search(r"^    conda:", rule, flags=re.M), f"{name}: {rule.splitlines()[0]}"
+    if not (deploy.get("apptainer") or deploy.get("apptainer+conda")):
+        assert not any("container:" in t for t in [*smk.values(), (ROOT / "Snakefile").read_text()])
+    # the catalog shows config/README.md; the commands it names exist
+    assert (ROOT / "config/README.md").is_file()
+    assert "--configfile config/paper.yaml" in flags["desc"] and (ROOT / "config/paper.yaml").is_file()
+
+
 def _schema_keys(node) -> set[str]:
     if isinstance(node, dict):
         own = set(node["properties"]) if isinstance(node.get("properties"), dict) else set()
