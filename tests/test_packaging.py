@@ -216,7 +216,6 @@ def test_template_registers_when_imported(monkeypatch):
     assert s.options.shrink == 0.5
 
 
-
 # -- the Snakemake workflow catalog's usage file and the config documentation ------------------------
 CATALOG_KEYS = {  # what the catalog reads from .snakemake-workflow-catalog.yml
     "mandatory-flags": {"desc", "flags"},
