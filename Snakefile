@@ -1,14 +1,23 @@
 # DQSS quantization benchmark suite.
 #   snakemake --cores all                                 embedded default (CPU, minutes)
 #   snakemake --cores all --configfile config/paper.yaml  the paper's setting (GPU, datasets)
-import sys
-
 from snakemake.utils import min_version
 
 min_version("9.0")
-sys.path.insert(0, workflow.basedir)  # the library (dqss/, baselines/) sits next to this file
 
-from dqss.workflow import load_yaml
+# The library (dqss/, baselines/) is an installed package: ./suite, environment.yml and
+# workflow/envs/dqss.yaml install this repository editable (pip install -e .).
+try:
+    from dqss.workflow import load_yaml
+except ModuleNotFoundError as exc:
+    if (exc.name or "").split(".")[0] != "dqss":
+        raise
+    raise ModuleNotFoundError(
+        "the workflow's library 'dqss' is not installed in the Python that runs Snakemake. "
+        "Install this repository into it from the repository root with `pip install -e .` "
+        "(or `conda env create -f environment.yml`), or run `./suite run`, which sets up .venv "
+        "and runs the workflow in it."
+    ) from None
 
 
 # The embedded default only when no --configfile is given: a config file replaces it rather than

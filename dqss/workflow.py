@@ -273,6 +273,21 @@ def setup(smk):
     return device
 
 
+INT_WILDCARDS = ("seed", "w", "a")
+
+
+def run_job(smk, job, **extra) -> None:
+    """Run a job function as every rule does: its config from the rule's settings, then its wildcards (``seed``,
+    ``w``, ``a`` as integers), the rule's named inputs and outputs and ``extra`` as keyword arguments (a job's
+    parameters are named like its rule's keys, so a swapped or missing file is an error, not a silent mix-up),
+    and the device.  An input the rule leaves empty (no checkpoint for timm weights) is passed as None."""
+    device = setup(smk)
+    kwargs = {k: int(v) if k in INT_WILDCARDS else v for k, v in smk.wildcards.items()}
+    for name, value in [*smk.input.items(), *smk.output.items()]:
+        kwargs[name] = value if isinstance(value, str) else (None if len(value) == 0 else value[0])
+    job(job_config(smk), **kwargs, **extra, device=device)
+
+
 def main(argv=None) -> int:
     """``python -m dqss.workflow check FILE...``: check config files (YAML syntax with file, line and
     column; the library's validation) without running Snakemake."""

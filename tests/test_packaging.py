@@ -1,12 +1,16 @@
 """Packaging and conventions: pins mirrored, CI runs the README's test command, registry discovery."""
 from __future__ import annotations
 
+import ast
+import os
 import pkgutil
 import re
 import sys
 import tomllib
+import types
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +20,13 @@ def _pins_pyproject() -> set[str]:
     return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"])
 
 
-def _pins_env(path: Path) -> set[str]:
+def _pip_entries(path: Path) -> list[str]:
     deps = yaml.safe_load(path.read_text())["dependencies"]
-    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    return {p for p in pip if not p.startswith("-e")}
+    return next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+
+
+def _pins_env(path: Path) -> set[str]:
+    return {p for p in _pip_entries(path) if not p.startswith("-e")}
 
 
 def test_every_dependency_is_pinned():
@@ -29,6 +36,35 @@ def test_every_dependency_is_pinned():
 def test_environment_files_mirror_pyproject():
     assert _pins_env(ROOT / "environment.yml") == _pins_pyproject()
     assert _pins_env(ROOT / "workflow/envs/dqss.yaml") == _pins_pyproject()
+
+
+# -- one way to import the library: the editable install --------------------------------------
+@pytest.mark.parametrize("env", ["environment.yml", "workflow/envs/dqss.yaml"])
+def test_conda_environments_install_the_repository_editable(env):
+    """conda resolves a relative pip path against the directory of the file it reads: each file names the
+    repository root from where it lies.  Snakemake creates the rules' environment from its copy
+    ``.snakemake/conda/<hash>.yaml`` of the working directory, from which the same path is that directory
+    (the repository root, where the workflow is run)."""
+    path = ROOT / env
+    editable = [e.split(None, 1)[1].strip() for e in _pip_entries(path) if e.startswith("-e ")]
+    assert len(editable) == 1, editable
+    assert Path(os.path.normpath(path.parent / editable[0])) == ROOT
+    if path.parent != ROOT:
+        assert Path(os.path.normpath(ROOT / ".snakemake/conda" / editable[0])) == ROOT
+
+
+def test_workflow_imports_the_library_only_as_installed():
+    """No sys.path or PYTHONPATH edits in the Snakefile, the rules or the scripts: jobs import the installed
+    package, which ./suite installs editable."""
+    files = [ROOT / "Snakefile", *sorted((ROOT / "workflow/rules").glob("*.smk")),
+             *sorted((ROOT / "workflow/scripts").glob("*.py"))]
+    for f in files:
+        text = f.read_text()
+        for needle in ("sys.path", "PYTHONPATH", "import _repo"):
+            assert needle not in text, f"{f.relative_to(ROOT)} mentions {needle}"
+    assert re.search(r"-m pip install .*-e \.\s", (ROOT / "suite").read_text())
+    snakefile = (ROOT / "Snakefile").read_text()
+    assert "except ModuleNotFoundError" in snakefile and "pip install -e ." in snakefile
 
 
 def _quick_start() -> list[str]:
@@ -142,8 +178,29 @@ def test_every_baseline_module_registers_and_template_does_not():
     registered_modules = {c.__module__.split(".")[-1] for c in STRATEGIES.values()}
     assert modules <= registered_modules
     assert "template" not in names
-    for cls in STRATEGIES.values():  # a teaching docstring on the class or its module
-        assert (cls.__doc__ or "").strip() or (sys.modules[cls.__module__].__doc__ or "").strip(), cls
+    undocumented = [cls for cls in STRATEGIES.values() if not _teaching_docstring(cls)]
+    assert not undocumented, f"strategies without a docstring on the class or its module: {undocumented}"
+
+
+def _teaching_docstring(cls) -> str:
+    """The docstring of a strategy class, else of the module that defines it (not of its package, which
+    always has one)."""
+    return (cls.__doc__ or "").strip() or (sys.modules[cls.__module__].__doc__ or "").strip()
+
+
+def test_docstring_check_fails_without_one(monkeypatch):
+    """The check above can fail: a class without a docstring in a module without one, inside the documented
+    ``baselines`` package, has none."""
+    import baselines
+    from dqss.strategy import Strategy
+
+    module = types.ModuleType("baselines.undocumented")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    cls = type("Undocumented", (Strategy,), {"__module__": module.__name__})
+    assert cls.__doc__ is None and baselines.__doc__
+    assert _teaching_docstring(cls) == ""
+    module.__doc__ = "What it does, and where it departs from its paper."
+    assert _teaching_docstring(cls) == module.__doc__
 
 
 def test_template_registers_when_imported(monkeypatch):
@@ -157,3 +214,192 @@ def test_template_registers_when_imported(monkeypatch):
     assert "template" in registry.STRATEGIES
     s = registry.get_strategy("template", {"shrink": 0.5})
     assert s.options.shrink == 0.5
+
+
+# -- the Snakemake workflow catalog's usage file and the config documentation ------------------------
+CATALOG_KEYS = {  # what the catalog reads from .snakemake-workflow-catalog.yml
+    "mandatory-flags": {"desc", "flags"},
+    "software-stack-deployment": {"conda", "apptainer", "apptainer+conda"},
+    "report": None,
+}
+
+
+def _rules(text: str) -> list[str]:
+    """The rule blocks of a .smk file."""
+    return re.split(r"^(?=rule \w+:)", text, flags=re.M)[1:]
+
+
+def test_workflow_catalog_file_uses_the_catalogs_keys():
+    catalog = yaml.safe_load((ROOT / ".snakemake-workflow-catalog.yml").read_text())
+    assert list(catalog) == ["usage"]
+    usage = catalog["usage"]
+    assert set(usage) <= set(CATALOG_KEYS), set(usage) - set(CATALOG_KEYS)
+    flags = usage["mandatory-flags"]
+    assert set(flags) <= CATALOG_KEYS["mandatory-flags"] and isinstance(flags["desc"], str)
+    assert isinstance(flags["flags"], str) or all(isinstance(f, str) for f in flags["flags"])
+    deploy = usage["software-stack-deployment"]
+    assert set(deploy) <= CATALOG_KEYS["software-stack-deployment"]
+    assert all(isinstance(v, bool) for v in deploy.values()) and isinstance(usage["report"], bool)
+    # what it says holds: every rule that runs code has the conda environment; no container is declared
+    smk = {f.name: f.read_text() for f in (ROOT / "workflow/rules").glob("*.smk")}
+    assert deploy["conda"] and (ROOT / "workflow/envs/dqss.yaml").is_file()
+    for name, text in smk.items():
+        for rule in _rules(text):
+            if re.search(r"^    (script|shell|run|notebook|wrapper):", rule, flags=re.M):
+                assert re.search(r"^    conda:", rule, flags=re.M), f"{name}: {rule.splitlines()[0]}"
+    if not (deploy.get("apptainer") or deploy.get("apptainer+conda")):
+        assert not any("container:" in t for t in [*smk.values(), (ROOT / "Snakefile").read_text()])
+    # the catalog shows config/README.md; the commands it names exist
+    assert (ROOT / "config/README.md").is_file()
+    assert "--configfile config/paper.yaml" in flags["desc"] and (ROOT / "config/paper.yaml").is_file()
+
+
+def _schema_keys(node) -> set[str]:
+    if isinstance(node, dict):
+        own = set(node["properties"]) if isinstance(node.get("properties"), dict) else set()
+        return own.union(*(_schema_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_schema_keys(v) for v in node))
+    return set()
+
+
+def test_config_readme_names_every_config_key():
+    """config/README.md mentions (in backticks) every key of the schema and of the config dataclasses."""
+    from dataclasses import fields
+
+    from dqss.cls_ptq import CalibConfig
+    from dqss.data import DataConfig
+    from dqss.layers import QuantPolicy
+    from dqss.qat_train import DQSSQATConfig, QATRecipe
+    from dqss.search import SearchConfig
+    from dqss.sr_data import SRDataConfig
+    from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
+    from dqss.train import TrainConfig
+
+    text = (ROOT / "config/README.md").read_text()
+    documented = set(re.findall(r"[A-Za-z_]\w*", " ".join(re.findall(r"`([^`]*)`", text))))
+    keys = _schema_keys(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
+    assert {"seeds", "device", "cls_ptq", "cls_qat", "sr_ptq", "hold_fraction", "weights_dir"} <= keys
+    for cls in (DataConfig, TrainConfig, CalibConfig, QuantPolicy, SearchConfig, QATRecipe, DQSSQATConfig,
+                SRDataConfig, SRTrainConfig, SRCalibConfig, SRQuantPolicy, SREvalConfig):
+        keys |= {f.name for f in fields(cls)}
+    assert not keys - documented, f"config/README.md does not mention {sorted(keys - documented)}"
+
+
+# -- every test that runs Snakemake carries the `workflow` marker ---------------------------------
+_SNAKEMAKE = re.compile(r"(?<![.\w])snakemake\b")  # the program or module, not the .snakemake folder
+_SUBPROCESS = {"run", "Popen", "call", "check_call", "check_output"}
+
+
+def _is_workflow_mark(node: ast.AST) -> bool:
+    """Whether ``node`` contains ``pytest.mark.workflow`` (bare, called, or in a list)."""
+    return any(isinstance(n, ast.Attribute) and n.attr == "workflow" and isinstance(n.value, ast.Attribute)
+               and n.value.attr == "mark" for n in ast.walk(node))
+
+
+def _snakemake_tests(source: str) -> tuple[set[str], set[str]]:
+    """The test functions of a test module that run Snakemake in a subprocess, directly, through a helper or
+    through a fixture; and those of them without the ``workflow`` marker (on the function, its class or the
+    module's ``pytestmark``).  A subprocess call runs Snakemake when a string in its arguments, or in what a
+    name there is assigned anywhere in the module, names it."""
+    tree = ast.parse(source)
+    sub_modules, sub_functions = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            sub_modules |= {a.asname or a.name for a in node.names if a.name == "subprocess"}
+        elif isinstance(node, ast.ImportFrom) and node.module == "subprocess":
+            sub_functions |= {a.asname or a.name for a in node.names if a.name in _SUBPROCESS}
+
+    def strings(node):
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    def names(node):
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    values: dict[str, list[ast.AST]] = {}  # what each name is assigned, anywhere
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for t in ast.walk(target):
+                    if isinstance(t, ast.Name):
+                        values.setdefault(t.id, []).append(node.value)
+
+    def mentions_snakemake(node, seen=frozenset()):
+        if any(_SNAKEMAKE.search(s) for s in strings(node)):
+            return True
+        return any(mentions_snakemake(v, seen | {n}) for n in names(node) - seen for v in values.get(n, []))
+
+    def runs_snakemake(call):
+        f = call.func
+        is_sub = (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in sub_modules
+                  and f.attr in _SUBPROCESS) or (isinstance(f, ast.Name) and f.id in sub_functions)
+        return is_sub and any(mentions_snakemake(a) for a in [*call.args, *(k.value for k in call.keywords)])
+
+    functions, marked, fixtures = {}, set(), set()
+    module_marked = any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
+                                                          for t in n.targets) and _is_workflow_mark(n.value)
+                        for n in tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(_is_workflow_mark(d) for d in node.decorator_list):
+            marked |= {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions[node.name] = node
+            if any(_is_workflow_mark(d) for d in node.decorator_list):
+                marked.add(node.name)
+            if any("fixture" in ast.dump(d) for d in node.decorator_list):
+                fixtures.add(node.name)
+    runners = {name for name, f in functions.items()
+               if any(isinstance(c, ast.Call) and runs_snakemake(c) for c in ast.walk(f))}
+    while True:  # what calls a runner, or asks for a fixture that is one, runs Snakemake too
+        more = {name for name, f in functions.items() if name not in runners and (
+            any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in runners
+                for c in ast.walk(f))
+            or any(a.arg in runners & fixtures for a in f.args.args))}
+        if not more:
+            break
+        runners |= more
+    tests = {name for name in runners if name.startswith("test")}
+    return tests, set() if module_marked else tests - marked
+
+
+def test_tests_that_run_snakemake_are_marked_workflow():
+    """`-m "not workflow"` (the inner loop) leaves out exactly the tests that start Snakemake."""
+    found, unmarked = {}, []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tests, bare = _snakemake_tests(path.read_text())
+        found[path.name] = tests
+        unmarked += [f"{path.name}::{t}" for t in sorted(bare)]
+    # the scan sees the ones it must: a dry run, lint, the real run (through its fixture)
+    assert {"test_lint", "test_readme_main_command_from_repo_root", "test_end_to_end",
+            "test_missing_library_names_the_fix"} <= found["test_workflow.py"]
+    assert not unmarked, f"run Snakemake without @pytest.mark.workflow: {unmarked}"
+
+
+def test_workflow_marker_scan_finds_an_unmarked_test():
+    source = '''
+import subprocess
+import sys
+import pytest
+CMD = [sys.executable, "-m", "snakemake"]
+def run(*args):
+    return subprocess.run([*CMD, *args])
+@pytest.fixture
+def finished():
+    run("--cores", "1")
+def test_helper():
+    run("-n")
+def test_fixture(finished):
+    pass
+@pytest.mark.workflow
+def test_marked():
+    run("--lint")
+class TestGroup:
+    def test_direct(self):
+        subprocess.check_output(["snakemake", "-n"])
+def test_other():
+    subprocess.run(["ls", ".snakemake"])
+'''
+    tests, unmarked = _snakemake_tests(source)
+    assert tests == {"test_helper", "test_fixture", "test_marked", "test_direct"}
+    assert unmarked == {"test_helper", "test_fixture", "test_direct"}
+    assert _snakemake_tests(source + "pytestmark = pytest.mark.workflow\n")[1] == set()

@@ -14,8 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
+# every test here runs Snakemake in a subprocess: `python -m pytest -m "not workflow"` skips them
+pytestmark = pytest.mark.workflow
+
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]  # the Snakemake of the Python running the tests (.venv's)
 TEST_CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())
 END = {"aggregate", "report", "all"}
 
@@ -262,6 +265,32 @@ def test_bad_config_fails_before_any_job(tmp_path):
     assert not wrong, "\n".join(wrong)
 
 
+
+
+# `snakemake ARGS` in a Python where the library is not installed: importing dqss fails as it does there
+WITHOUT_DQSS = """
+import sys
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "dqss":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NotInstalled())
+sys.argv[0] = "snakemake"
+from snakemake.cli import main
+main()
+"""
+
+
+def test_missing_library_names_the_fix(tmp_path):
+    """Without the editable install the Snakefile stops before anything else, naming the two fixes."""
+    res = subprocess.run([sys.executable, "-c", WITHOUT_DQSS, "-n", "--cores", "1", "--directory", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "'dqss' is not installed" in out and "pip install -e ." in out and "./suite run" in out, out[-2000:]
+    assert not (tmp_path / "results").exists()
 
 
 def test_default_config_syntax_error_names_file_line_column(tmp_path):

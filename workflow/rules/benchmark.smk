@@ -19,9 +19,8 @@ rule benchmark_mixed_conv:
         runtime=60,
     params:
         device=DEVICE,
-        root=workflow.basedir,
     shell:
-        "PYTHONPATH={params.root} python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"
+        "python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"
 
 
 rule benchmark_qat_step:
@@ -41,6 +40,5 @@ rule benchmark_qat_step:
         runtime=60,
     params:
         device=DEVICE,
-        root=workflow.basedir,
     shell:
-        "PYTHONPATH={params.root} python -m dqss.bench_qat --out {output} --device {params.device} > {log} 2>&1"
+        "python -m dqss.bench_qat --out {output} --device {params.device} > {log} 2>&1"

@@ -121,7 +121,7 @@ rule cls_qat_retrain:
     input:
         ckpt=qat_checkpoint,
         fp=QAT.fp("logits.pt", CLS_QAT.train.seed if CLS_QAT else 0),
-        assignment=QAT.job("assignment.yaml", DQSS_METHOD),
+        dqss_assignment=QAT.job("assignment.yaml", DQSS_METHOD),
     output:
         metrics=QAT.job("metrics.json"),
         history=QAT.job("train.csv"),

@@ -1,7 +1,7 @@
 # Config validation, the job settings every rule passes, and the lists every track's rules expand over.
 from snakemake.utils import validate
 
-# (the Snakefile put the library on sys.path; jobs find it through scripts/_repo.py)
+# (dqss is the installed package: pip install -e . from the repository root)
 from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
 from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern

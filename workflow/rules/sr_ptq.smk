@@ -4,7 +4,7 @@
 rule sr_download_weights:
     """Fetch a backbone's official pretrained weights and check their SHA-256."""
     output:
-        f"{SR_PTQ.weights_dir}/{{backbone}}.pth",
+        weights=f"{SR_PTQ.weights_dir}/{{backbone}}.pth",
     params:
         track="sr_ptq",
         settings=settings("sr_ptq", "download"),

@@ -1,7 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
-from dqss.cls_ptq import run_evaluate_fp
-from dqss.workflow import job_config, setup
+from dqss.classification import run_evaluate_fp
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-run_evaluate_fp(job_config(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None,
-                snakemake.output.metrics, snakemake.output.logits, device, seed=int(snakemake.wildcards.seed))
+run_job(snakemake, run_evaluate_fp)

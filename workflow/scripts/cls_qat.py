@@ -1,9 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_qat import run_qat
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-wc, out = snakemake.wildcards, snakemake.output
-run_qat(job_config(snakemake), wc.backbone, wc.method, int(wc.seed), int(wc.w), int(wc.a),
-        snakemake.input.get("ckpt") or None, snakemake.input.fp, out.metrics, out.history, device,
-        out.get("assignment"), out_selection=out.get("selection"), assignment=snakemake.input.get("assignment"))
+run_job(snakemake, run_qat)

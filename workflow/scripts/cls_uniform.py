@@ -1,8 +1,5 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.cls_ptq import run_uniform
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-outputs = {tuple(k): path for k, path in zip(snakemake.params.jobs, snakemake.output)}
-run_uniform(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
-            snakemake.input.get("ckpt") or None, snakemake.input.stats, snakemake.input.fp, outputs, device)
+# one metrics file per (strategy, W, A) of params.jobs, in the order of the rule's outputs
+run_job(snakemake, run_uniform, outputs=dict(zip(map(tuple, snakemake.params.jobs), snakemake.output)))

@@ -1,4 +1,3 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 import logging
 import sys
 from pathlib import Path

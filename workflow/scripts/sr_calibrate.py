@@ -1,7 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_calibrate
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-run_calibrate(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
-              snakemake.input.get("ckpt") or None, snakemake.output.stats, snakemake.output.crops, device)
+run_job(snakemake, run_calibrate)

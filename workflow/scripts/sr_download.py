@@ -1,6 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_download
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-setup(snakemake)
-run_download(job_config(snakemake), snakemake.wildcards.backbone, snakemake.output[0])
+run_job(snakemake, run_download)

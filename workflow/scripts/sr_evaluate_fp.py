@@ -1,9 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_evaluate_fp
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-out = snakemake.output
-run_evaluate_fp(job_config(snakemake), snakemake.wildcards.backbone, snakemake.input.get("ckpt") or None, out.fp,
-                out.bicubic, {"gt": out.gt_crop, "fp": out.fp_crop, "bicubic": out.bicubic_crop}, device,
-                seed=int(snakemake.wildcards.seed))
+run_job(snakemake, run_evaluate_fp)

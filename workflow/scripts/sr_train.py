@@ -1,7 +1,4 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_train
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
-run_train(job_config(snakemake), snakemake.wildcards.backbone, snakemake.output.ckpt, snakemake.output.history,
-          device)
+run_job(snakemake, run_train)

@@ -1,9 +1,6 @@
-import _repo  # noqa: F401  (puts the repository's library on sys.path)
 from dqss.sr_ptq import run_uniform
-from dqss.workflow import job_config, setup
+from dqss.workflow import run_job
 
-device = setup(snakemake)
+# a (metrics.json, crop.png) pair per (strategy, W, A) of params.jobs, in the order of the rule's outputs
 files = iter(snakemake.output)
-outputs = {tuple(k): (next(files), next(files)) for k in snakemake.params.jobs}
-run_uniform(job_config(snakemake), snakemake.wildcards.backbone, int(snakemake.wildcards.seed),
-            snakemake.input.get("ckpt") or None, snakemake.input.stats, outputs, device)
+run_job(snakemake, run_uniform, outputs={tuple(k): (next(files), next(files)) for k in snakemake.params.jobs})
