@@ -81,11 +81,30 @@ def test_ci_runs_the_readme_test_command():
     ci = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith("#")]
     assert "./suite test" in ci
+    # then the embedded default from the clean clone, checked against the reference
+    assert ci.index("./suite test") < ci.index("./suite run") < ci.index(
+        ".venv/bin/python -m dqss.reference check results/metrics.csv")
     # the two verbs run the documented commands for people who manage their own environment
     suite = (ROOT / "suite").read_text()
     readme = (ROOT / "README.md").read_text()
     for command in ("snakemake --cores all", "python -m pytest -q"):
         assert f"exec {command} " in suite and f"`{command}`" in readme
+
+
+def test_reference_results_cover_the_embedded_default():
+    """The checked-in reference holds a value for every row the embedded default writes (no more, no less)."""
+    import pandas as pd
+
+    from dqss.reference import REFERENCE, ROW_KEYS
+
+    ref = pd.read_csv(ROOT / REFERENCE)
+    assert list(ref.columns) == ROW_KEYS + ["value"]
+    assert not ref.duplicated(ROW_KEYS).any()
+    assert set(ref.task) == {"cls_ptq", "cls_qat", "sr_ptq"}
+    config = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    for task in ("cls_ptq", "cls_qat", "sr_ptq"):
+        assert set(ref[ref.task == task].backbone) == set(config[task]["backbones"]), task
+    assert set(ref.seed) == set(config["seeds"])
 
 
 # -- ./suite's set-up, with a fake interpreter (no install, no network) ------------------------
@@ -267,7 +286,7 @@ def test_config_readme_names_every_config_key():
     """config/README.md mentions (in backticks) every key of the schema and of the config dataclasses."""
     from dataclasses import fields
 
-    from dqss.cls_ptq import CalibConfig
+    from dqss.classification import CalibConfig
     from dqss.data import DataConfig
     from dqss.layers import QuantPolicy
     from dqss.qat_train import DQSSQATConfig, QATRecipe
