@@ -218,8 +218,12 @@ def _atomic(path, write) -> None:
     os.replace(tmp, path)
 
 
+def write_text(path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(path, payload: dict) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"))
+    write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path, rows: list[dict], fields: list[str] | None = None) -> None:
@@ -271,7 +275,7 @@ ASSIGNMENT_FORMAT = "dqss-assignment/1"  # a DQSS job's per-layer choice (dqss.p
 def save_assignment(assignment: dict, path) -> None:
     import yaml
 
-    _atomic(path, lambda tmp: tmp.write_text(yaml.safe_dump(assignment, sort_keys=False)))
+    write_text(path, yaml.safe_dump(assignment, sort_keys=False))
 
 
 def load_assignment(path) -> dict:

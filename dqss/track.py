@@ -7,7 +7,6 @@ and data, how to evaluate and what a result row holds.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,7 +14,7 @@ import torch
 from .mixed import pinned
 from .ptq import assignment_choice, export_assignment, quantize_uniform
 from .ptq_search import Outcome, search_and_select, write_history, write_selection
-from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment
+from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_text
 from .stats import collect_act_stats, load_stats, save_stats
 
 log = logging.getLogger(__name__)
@@ -30,13 +29,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def write_lines(path, lines: list[str]) -> None:
-    """A list file (calibration images or crops), one item per line, written atomically."""
-    from .results import _atomic
-
-    _atomic(path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in lines)))
-
-
 # -- PTQ job steps ----------------------------------------------------------------------------
 def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, stats, listing, device,
               desc: str) -> None:
@@ -48,7 +40,7 @@ def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, sta
     act_stats = collect_act_stats(folded, layers, torch.split(inputs, c.batch_size), bins=c.bins,
                                   n_samples=c.samples, device=device, desc=desc)
     save_stats(act_stats, stats)
-    write_lines(listing, ids)
+    write_text(listing, "".join(f"{x}\n" for x in ids))  # one calibration image or crop a line
 
 
 def uniform_grid(cfg, folded, example, stats, outputs: dict, finish: Callable) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..results import DQSS_ARGMAX, REFERENCE_METHODS
+from ..results import DQSS_ARGMAX, REFERENCE_METHODS, write_frame, write_text
 from .figures import best_uniform, plot_accuracy_drop, plot_assignment_map, plot_sr_crops, plot_training_curves
 from .readers import (REQUIRED_COLUMNS, _load_assignments, _provenance_line, _read_metrics, check_one_setting,
                       read_crops, read_histories)
@@ -66,7 +66,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     per_image = load_per_image(job_paths) if job_paths else None
     selections = load_selections(selection_paths)
     written: list[Path] = []
-    summary.to_csv(outdir / "summary.csv", index=False)
+    write_frame(outdir / "summary.csv", summary)
     written.append(outdir / "summary.csv")
 
     groups = _load_assignments(assignment_paths or [])
@@ -87,7 +87,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
         for stem, (md, tex) in tables.items():
             for suffix, text in ((".md", md), (".tex", tex)):
                 p = tdir / f"{stem}{suffix}"
-                p.write_text(text)
+                write_text(p, text)
                 written.append(p)
             lines += [f"### {stem}", "", md.rstrip("\n"), "",
                       f"Files: [tables/{stem}.md](tables/{stem}.md), [tables/{stem}.tex](tables/{stem}.tex)", ""]
@@ -141,7 +141,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
                       "how good it is alone; each point is one tensor switched to one candidate in the first "
                       "selection sweep.", "", f"![softmax vs measured](figures/{stem}.png)", ""]
     report = outdir / "report.md"
-    report.write_text("\n".join(lines).rstrip("\n") + "\n")
+    write_text(report, "\n".join(lines).rstrip("\n") + "\n")
     written.append(report)
     log.info("report: wrote %d files under %s", len(written), outdir)
     return written
