@@ -52,14 +52,18 @@ def _provenance_line(df) -> str:
         return ", ".join(f"`{v}`" for v in vals) if vals else "n/a"
 
     n_settings = len({v for v in df["config_hash"] if v})
-    parts = [f"git_rev {uniq('git_rev')}", f"device {uniq('device')}", f"torch {uniq('torch')}",
+    parts = [f"git_rev {uniq('git_rev')}", f"device {uniq('device')}", f"cpu {uniq('cpu')}",
+             f"CPU kernels {uniq('cpu_capability')}", f"threads per job {uniq('threads')}", f"torch {uniq('torch')}",
              f"timm {uniq('timm')}", f"job settings: {n_settings} (a config_hash per job; one per table cell)"]
     revs = {v for v in df["git_rev"] if v}
     if len(revs) > 1:
         log.warning("results come from %d git revisions: %s", len(revs), sorted(revs))
     warn = f" — **warning: results mix {len(revs)} revisions**" if len(revs) > 1 else ""
     dirty = " — **warning: uncommitted changes (-dirty)**" if any(v.endswith("-dirty") for v in revs) else ""
-    return "**Provenance:** " + " · ".join(parts) + warn + dirty
+    kernels = {v for v in df["cpu_capability"] if v} if "cpu_capability" in df.columns else set()
+    mixed = (f" — **warning: results mix CPU kernel sets {sorted(kernels)}: their numbers differ in the last bits, "
+             "and a trained model by whole points (cpu_kernels in the README)**" if len(kernels) > 1 else "")
+    return "**Provenance:** " + " · ".join(parts) + warn + dirty + mixed
 
 
 # -- training curves, crops, assignments ----------------------------------------------------
