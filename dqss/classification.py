@@ -5,7 +5,7 @@ Job functions take keyword-only arguments named like their rule's wildcards, inp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,18 +41,12 @@ class CalibConfig:
 class ClassificationConfig(TrackConfig):
     """The fields both classification tracks share (a track adds its ``dqss`` section, QAT its ``qat``)."""
 
-    dataset: str
     data: DataConfig
-    backbones: dict[str, dict]
     train: TrainConfig  # the FP recipe of backbones trained here
-    bits: list[tuple[int, int]]
     calibration: CalibConfig
-    strategies: list[str]
-    strategy_options: dict[str, dict]
     quant: QuantPolicy
     eval_batch_size: int = track_key(lambda v, key, kind: eval_batch_size(v), key="eval", default=EVAL_BATCH_SIZE)
     classes: int | None = track_key(lambda v, key, kind: v, key="num_classes", default=None)  # of other data
-    raw: dict = field(default_factory=dict)
 
     def num_classes(self) -> int | None:
         return 10 if self.data.name in TEN_CLASSES else self.classes

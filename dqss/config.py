@@ -15,7 +15,7 @@ import operator
 import re
 import types
 import typing
-from dataclasses import MISSING, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 SEED_MAX = 2 ** 32 - 1  # numpy's RandomState (the digits split) takes seeds below 2**32
 BIT_MIN, BIT_MAX = 2, 8  # the weight and activation bit widths the quantizers support
@@ -269,13 +269,21 @@ TRACK_KEYS = {
 }
 
 
+@dataclass(kw_only=True)
 class TrackConfig:
-    """The base of the track configs (dataclasses): one :meth:`from_dict` for every track.
+    """The base of the track configs: the keys every track has, and one :meth:`from_dict` for every track.
 
-    A field that is a dataclass is a section, built by :func:`build_section` (with the track's
-    ``section_defaults`` over the dataclass's own); the keys of :data:`TRACK_KEYS` are read the same way in
-    every track; any other field is declared with :func:`track_key`.
-    :meth:`check` holds the cross-field rules."""
+    A track adds its sections as fields whose type is a dataclass, built by :func:`build_section` (with the
+    track's ``section_defaults`` over the dataclass's own), and any other key with :func:`track_key`; the
+    keys of :data:`TRACK_KEYS` are read the same way in every track.  :meth:`check` holds the cross-field
+    rules."""
+
+    dataset: str
+    backbones: dict[str, dict]
+    bits: list[tuple[int, int]]
+    strategies: list[str]
+    strategy_options: dict[str, dict]
+    raw: dict = field(default_factory=dict)  # the section as given (a job's settings hash is computed from it)
 
     task: typing.ClassVar[str]
     kind: typing.ClassVar[str] = "ptq"  # the registry kind of the track's strategies

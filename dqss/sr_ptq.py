@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -108,19 +108,13 @@ class SREvalConfig:
 
 @dataclass(kw_only=True)
 class SRPTQConfig(TrackConfig):
-    dataset: str
     data: SRDataConfig
-    backbones: dict[str, dict]
     train: SRTrainConfig
-    bits: list[tuple[int, int]]
     calibration: SRCalibConfig
-    strategies: list[str]
-    strategy_options: dict[str, dict]
     quant: SRQuantPolicy
     dqss: SearchConfig
     eval: SREvalConfig
     weights_dir: str = track_key(lambda v, key, kind: str(v or WEIGHTS_DIR), default=WEIGHTS_DIR)
-    raw: dict = field(default_factory=dict)
     task: ClassVar[str] = TASK
     # SR distils and selects on images: no class logits, so no kl (or ce)
     section_defaults: ClassVar[dict] = {"dqss": {"loss": "l1"}}

@@ -42,6 +42,16 @@ def random_shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tens
     return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
+def step(opt, sched, loss, diverged: str) -> None:
+    """One optimiser and schedule step on ``loss``; a non-finite loss stops training with ``diverged``."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(diverged)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+
+
 def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, workers: int = 0) -> list[dict]:
     """SGD with cosine decay; returns the per-epoch loss history."""
     torch.manual_seed(cfg.seed)
@@ -60,12 +70,7 @@ def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, 
         for x, y in loader:
             x = random_shift(x, cfg.shift, g).to(device)
             loss = F.cross_entropy(model(x), y.to(device), label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at epoch {epoch}; lower train.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            step(opt, sched, loss, f"non-finite training loss at epoch {epoch}; lower train.lr")
             running += loss.item() * len(y)
             seen += len(y)
             bar.update()
@@ -89,13 +94,8 @@ def fit_sr(model, pairs, tc, scale: int, device, name: str = "model") -> list[di
     every = max(1, tc.iterations // 20)
     for it in tqdm(range(tc.iterations), desc=f"train {name}", leave=False):
         lr, hr = training_batch(pairs, tc.batch_size, tc.patch, scale, g)
-        loss = torch.nn.functional.l1_loss(model(lr.to(device)), hr.to(device))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        loss = F.l1_loss(model(lr.to(device)), hr.to(device))
+        step(opt, sched, loss, f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
         running.append(loss.item())
         if (it + 1) % every == 0 or it + 1 == tc.iterations:
             history.append({"iteration": it + 1, "loss": float(np.mean(running))})
