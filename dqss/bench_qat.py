@@ -49,7 +49,9 @@ def build(method: str, model, plans, stats, candidates, mode: str):
 
 def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32, steps: int = 20,
         warmup: int = 3, device: str = "auto", methods=DEFAULT_METHODS, modes=("efficient", "naive"),
-        bits: int = 4) -> list[dict]:
+        bits: int = 4, compile: bool = False, num_classes: int = 10) -> list[dict]:
+    """Time one step of each method (and of DQSS-QAT over all ``methods`` in each of ``modes``); with
+    ``compile`` every model's forward runs through ``torch.compile`` (the optimiser steps stay eager)."""
     import torch
     import torch.nn.functional as F
 
@@ -65,9 +67,9 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
     dev = torch.device(device)
     register_models()
     torch.manual_seed(0)
-    model = timm.create_model(backbone, num_classes=10).eval()
+    model = timm.create_model(backbone, num_classes=num_classes).eval()
     x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, num_classes, (batch,))
     plans = plan_layers(model, QuantPolicy(), bits, bits, x[:2])
     stats = collect_act_stats(model, {k: model.get_submodule(k) for k in plans}, [x])
     runs = {m: build(m, model, plans, stats, list(methods), "efficient") for m in methods}
@@ -77,9 +79,11 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
     for qmodel, _ in runs.values():
         qmodel.to(dev)
 
+    forwards = {name: torch.compile(q) if compile else q for name, (q, _) in runs.items()}
+
     def step(name):
-        qmodel, opts = runs[name]
-        loss = F.cross_entropy(qmodel(x), y)
+        _, opts = runs[name]
+        loss = F.cross_entropy(forwards[name](x), y)
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -121,6 +125,7 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
                      "ms_per_step": round(med, 2), "over_lsq": round(med / ref, 3) if ref else None,
                      "mem_mb": round(peaks[name], 1), "backbone": backbone, "batch": batch, "input_size": size,
                      "bits": bits, "steps": steps, "device": device, "threads": torch.get_num_threads(),
+                     "compiled": compile,
                      "mem_measure": "cuda_peak_allocated" if dev.type == "cuda" else "autograd_saved"})
         log.info("%-16s %8.1f ms/step  x%.2f of lsq  %7.1f MB", name, med, med / ref if ref else float("nan"),
                  peaks[name])

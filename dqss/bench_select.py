@@ -28,22 +28,24 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: int = 0) -> dict:
+def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: int | None = None,
+                       size: int | None = None) -> dict:
+    """A randomly initialised ``backbone`` of a track config, BN-folded and calibrated on ``n`` random
+    images (default: the config's calibration size) of ``size`` pixels (default: the config's or the
+    backbone's) at ``bits``: everything the search and the selection
+    need (the cost does not depend on the weights or the images)."""
     import timm
 
     from .layers import fold_batchnorm, plan_layers
     from .models import data_config, register_models
-    from .ptq import quantize_mixed
     from .ptq_search import split_calibration
-    from .search import search
-    from .select import Evaluator, argmax_assignment, measured_selection
     from .stats import collect_act_stats
 
     register_models()
     torch.manual_seed(seed)
     model = timm.create_model(backbone, pretrained=False, num_classes=cfg.num_classes() or 1000).eval()
-    size = cfg.data.input_size if cfg.data.name == "digits" else data_config(model)["input_size"][-1]
-    n = cfg.calibration.size
+    size = size or (cfg.data.input_size if cfg.data.name == "digits" else data_config(model)["input_size"][-1])
+    n = n or cfg.calibration.size
     x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
     folded = fold_batchnorm(model, x[:1]).to(device)
     plans = plan_layers(folded, cfg.quant, bits, bits, x[:1].to(device))
@@ -55,6 +57,29 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
         teacher = torch.cat([folded(b.to(device)).cpu() for b in torch.split(x, cfg.calibration.batch_size)])
     s_idx, h_idx = (torch.tensor(i) for i in split_calibration(n, cfg.calibration.hold_fraction, seed))
     samples = {k: torch.cat(st.samples).to(device) for k, st in stats.items() if k in plans and st.samples}
+    return {"model": model, "folded": folded, "plans": plans, "stats": stats, "strategies": strategies,
+            "x": x, "teacher": teacher, "s_idx": s_idx, "h_idx": h_idx, "samples": samples, "size": size}
+
+
+def evaluators(qmodel, setup: dict, cfg, device):
+    """The selection's two evaluators (search and held part of the calibration), as the jobs build them."""
+    from .select import Evaluator
+
+    x, teacher, s_idx, h_idx = setup["x"], setup["teacher"], setup["s_idx"], setup["h_idx"]
+    ev_s = Evaluator(qmodel, x[s_idx], teacher[s_idx], "kl", cfg.calibration.batch_size, device,
+                     cache=cfg.dqss.block_cache)
+    ev_h = Evaluator(qmodel, x[h_idx], teacher[h_idx], "kl", cfg.calibration.batch_size, device)
+    return ev_s, ev_h
+
+
+def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: int = 0) -> dict:
+    from .ptq import quantize_mixed
+    from .search import search
+    from .select import argmax_assignment, measured_selection
+
+    setup = build_search_setup(cfg, backbone, bits, device, seed)
+    folded, plans, stats, strategies = (setup[k] for k in ("folded", "plans", "stats", "strategies"))
+    x, teacher, s_idx, samples = setup["x"], setup["teacher"], setup["s_idx"], setup["samples"]
     times = {"search": [], "selection": []}
     record = {}
     for r in range(repeats):
@@ -64,9 +89,7 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
         search(qmodel, x[s_idx], teacher[s_idx], cfg.dqss, seed + r, device)
         _sync(device)
         times["search"].append(time.perf_counter() - t0)
-        ev_s = Evaluator(qmodel, x[s_idx], teacher[s_idx], "kl", cfg.calibration.batch_size, device,
-                         cache=cfg.dqss.block_cache)
-        ev_h = Evaluator(qmodel, x[h_idx], teacher[h_idx], "kl", cfg.calibration.batch_size, device)
+        ev_s, ev_h = evaluators(qmodel, setup, cfg, device)
         t0 = time.perf_counter()
         sel = measured_selection(qmodel, list(strategies), argmax_assignment(qmodel), ev_s, ev_h,
                                  sweeps=cfg.dqss.sweeps, accept_z=cfg.dqss.accept_z, top_k=cfg.dqss.top_k,

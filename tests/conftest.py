@@ -1,5 +1,12 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -9,3 +16,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """config/test.yaml run to the end in a fresh directory, once per test session and shared by every module
+    that needs a finished run: (work dir, snakemake args).  A test that changes the run restores it (the
+    workflow's tests rerun what they delete, deterministically)."""
+    work = tmp_path_factory.mktemp("run")
+    args = ["--cores", "2", "--directory", str(work)]
+    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", str(ROOT / "config/test.yaml")]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise AssertionError(f"the tiny run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    yield work, args
+    shutil.rmtree(work / ".snakemake", ignore_errors=True)

@@ -211,3 +211,30 @@ def test_bench_qat_runs_tiny(tmp_path):
     assert set(by) == {"lsq", "lsq_plus", "pact", "dorefa", "dqss_efficient"}
     assert by["lsq"]["over_lsq"] == 1.0 and by["dqss_efficient"]["n_candidates"] == 4
     assert (tmp_path / "q.csv").read_text().startswith("method,")
+
+
+def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
+    """The GPU benchmark's one command runs end to end on a tiny CPU setting: every measure, its ratio against
+    the step it competes with, and the issue's targets on the search step and the DQSS-QAT step."""
+    import pandas as pd
+
+    from dqss.bench_gpu import TARGETS, run
+
+    out = tmp_path / "gpu.csv"
+    from pathlib import Path
+
+    rows = run(str(Path(__file__).resolve().parents[1] / "config/test.yaml"), backbone="test_resnet", batch=4, size=16, calib=16, steps=2, warmup=1,
+               device="cpu", out=out)
+    by = {r["measure"]: r for r in rows}
+    assert set(by) == {"fp_step", "search_step", "selection_sweep", "qat_lsq", "qat_pact", "qat_dqss_efficient"}
+    fp = by["fp_step"]["ms_median"]
+    assert fp > 0 and by["fp_step"]["ratio"] is None
+    for name in ("search_step", "selection_sweep"):
+        assert by[name]["ratio"] == pytest.approx(by[name]["ms_median"] / fp, rel=0.01, abs=1e-3)
+    assert by["qat_lsq"]["ratio"] == 1.0
+    assert by["search_step"]["target"] == TARGETS["search_step"] == 1.3
+    assert by["qat_dqss_efficient"]["target"] == TARGETS["qat_dqss_efficient"] == 1.5
+    assert by["qat_dqss_efficient"]["meets"] == (by["qat_dqss_efficient"]["ratio"] <= 1.5)
+    assert by["selection_sweep"]["evaluations"] > 0 and by["search_step"]["candidates"] == 2
+    df = pd.read_csv(out)
+    assert list(df.measure) == list(by) and (df.backbone == "test_resnet").all() and (df.input_size == 16).all()

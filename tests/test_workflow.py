@@ -301,17 +301,7 @@ def test_default_config_syntax_error_names_file_line_column(tmp_path):
     assert "config/config.yaml, line 4, column" in res.stdout + res.stderr
 
 
-# -- one real run of the tiny config ----------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny config run to the end in a fresh directory: (work dir, snakemake args)."""
-    work = tmp_path_factory.mktemp("run")
-    args = ["--cores", "2", "--directory", str(work)]
-    snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"))
-    yield work, args
-    shutil.rmtree(work / ".snakemake", ignore_errors=True)
-
-
+# -- one real run of the tiny config (the session's `tiny_run`, tests/conftest.py) ----------------------
 def qsel_assignment(record, assignment):
     """The assignment the selection record says it chose: the file's layers, which the record's chosen stage
     must name (a uniform stage is every layer on one strategy)."""

@@ -42,3 +42,25 @@ rule benchmark_qat_step:
         device=DEVICE,
     shell:
         "python -m dqss.bench_qat --out {output} --device {params.device} > {log} 2>&1"
+
+
+rule benchmark_gpu:
+    """On ImageNet-sized inputs (resnet50, 224x224, batch 64, random weights; config/paper.yaml's candidates):
+    one search step and one selection sweep against one FP training step, one DQSS-QAT step against one LSQ step."""
+    output:
+        "results/benchmarks/gpu.csv",
+    conda:
+        ENV
+    log:
+        "logs/benchmark_gpu.log",
+    benchmark:
+        "benchmarks/benchmark_gpu.tsv"
+    threads: lambda wildcards: workflow.cores  # a callable: --unlock and --lint need no --cores
+    resources:
+        gpu=GPU,
+        mem_mb=32000,
+        runtime=60,
+    params:
+        device=DEVICE,
+    shell:
+        "python -m dqss.bench_gpu --config config/paper.yaml --out {output} --device {params.device} > {log} 2>&1"
