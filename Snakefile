@@ -1,6 +1,9 @@
 # DQSS quantization benchmark suite.
 #   snakemake --cores all                                 embedded default (CPU, minutes)
 #   snakemake --cores all --configfile config/paper.yaml  the paper's setting (GPU, datasets)
+#   snakemake --cores 1 paper_tables [--configfile ...]   the paper's tables from results/metrics.csv alone
+#                                                         (results/paper/{cls_ptq,cls_qat,sr_ptq}.{md,tex};
+#                                                         layout: paper_tables: in the config; not part of all)
 from snakemake.utils import min_version
 
 min_version("9.0")

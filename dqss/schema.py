@@ -76,13 +76,16 @@ def class_description(cls) -> str:
 
 def json_type(hint) -> dict:
     """The JSON type of an annotation: ``int`` -> integer, ``X | None`` -> [X, null], ``list[str]`` ->
-    array of string."""
+    array of string, ``dict[str, str]`` -> object of string."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     names = [JSON_TYPES[typing.get_origin(a) or a] for a in args]
     out = {"type": names[0] if len(names) == 1 else names}
     item_types = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list and typing.get_args(a)]
     if item_types:
         out["items"] = json_type(item_types[0])
+    value_types = [typing.get_args(a)[1] for a in args if typing.get_origin(a) is dict and len(typing.get_args(a)) == 2]
+    if value_types:
+        out["additionalProperties"] = json_type(value_types[0])
     return out
 
 
@@ -223,6 +226,15 @@ def track_schema(track: str) -> dict:
             "description": TRACK_DESCRIPTIONS[track], "properties": {**track_keys(track), **sections}}
 
 
+def paper_tables_schema() -> dict:
+    """``paper_tables:``: a layout dataclass per track (dqss.report.paper); null or left out = its defaults."""
+    from .report.paper import PAPER_TABLE_CLASSES, PAPER_TABLES_DESCRIPTION
+
+    return {"type": ["object", "null"], "additionalProperties": False, "description": PAPER_TABLES_DESCRIPTION,
+            "properties": {t: {**section_schema(cls), "type": ["object", "null"]}
+                           for t, cls in PAPER_TABLE_CLASSES.items()}}
+
+
 # -- the whole config -----------------------------------------------------------------------
 CPU_KERNELS_DESCRIPTION = (
     "CPU kernel dispatch of every job: avx2 pins ATen, oneDNN and MKL to AVX2 so that CPU results are identical on "
@@ -248,7 +260,7 @@ def config_schema() -> dict:
                            "the library checks the values again)",
             "type": "object", "additionalProperties": False, "required": ["seeds"],
             "anyOf": [{"required": [t]} for t in TRACKS],
-            "properties": {**top, **{t: track_schema(t) for t in TRACKS}}}
+            "properties": {**top, **{t: track_schema(t) for t in TRACKS}, "paper_tables": paper_tables_schema()}}
 
 
 class _Dumper(yaml.SafeDumper):

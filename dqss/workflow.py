@@ -240,9 +240,12 @@ def check_config_file(path) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config file is a mapping of keys (seeds, device, cls_ptq, ...), not a "
                          f"{type(config).__name__}")
+    from .report.paper import paper_layouts
+
     check_top_level(config)
     for track in TRACKS:
         track_config(config, track)
+    paper_layouts(config)
     return config
 
 

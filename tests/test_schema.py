@@ -56,7 +56,7 @@ def test_schema_covers_every_key_the_library_reads():
         keys = set(SCHEMA["properties"][track]["properties"])
         assert {k for job in JOB_KEYS[track].values() for k in job} | {"bits"} <= keys, track
         assert all(SCHEMA["properties"][track]["properties"][k].get("description") for k in keys), track
-    assert {"seeds", "device", "cpu_kernels", *TRACKS} == set(SCHEMA["properties"])
+    assert {"seeds", "device", "cpu_kernels", "paper_tables", *TRACKS} == set(SCHEMA["properties"])
 
 
 def test_track_defaults_and_choices_are_the_tracks():
@@ -105,11 +105,27 @@ def _edit(path: tuple, value) -> dict:
     (("sr_ptq", "quant", "high_precision_bits"), 1, "1 is less than the minimum of 2"),
     (("cpu_kernels",), "sse4", "'sse4' is not one of ['avx2', 'native']"),
     (("device",), "gpu", "does not match"),
+    (("paper_tables", "cls_ptq", "w"), 9, "9 is greater than the maximum of 8"),
+    (("paper_tables", "sr_ptq", "metric"), "psnr", "'metric' was unexpected"),
+    (("paper_tables", "cls_qat", "method_names"), {"lsq": 1}, "1 is not of type 'string'"),
+    (("paper_tables", "imagenet"), {}, "'imagenet' was unexpected"),
 ])
 def test_schema_refuses_bad_values(path, value, message):
     with pytest.raises(WorkflowError) as e:
         validate(_edit(path, value), str(SCHEMA_PATH), set_default=False)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("track", TRACKS)
+def test_paper_tables_schema_is_the_layouts(track):
+    """paper_tables.<track>: every field of its layout dataclass, described, with the library's defaults."""
+    from dqss.report.paper import PAPER_TABLE_CLASSES
+
+    cls = PAPER_TABLE_CLASSES[track]
+    props = SCHEMA["properties"]["paper_tables"]["properties"][track]["properties"]
+    assert set(props) == {f.name for f in dataclasses.fields(cls)} and class_description(cls)
+    assert all(p["description"].strip() for p in props.values())
+    assert build_section(cls, {k: v["default"] for k, v in props.items()}, f"paper_tables.{track}") == cls()
 
 
 @pytest.mark.parametrize("path, value, message", [

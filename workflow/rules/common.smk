@@ -4,6 +4,7 @@ from snakemake.utils import validate
 # (dqss is the installed package: pip install -e . from the repository root)
 from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
+from dqss.report.paper import layout_params, paper_layouts, paper_outputs
 from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern
 
 # the schema is generated from the config dataclasses (python -m dqss.schema --write); its defaults are
@@ -16,6 +17,7 @@ CLS_PTQ = track_config(config, "cls_ptq")
 CLS_QAT = track_config(config, "cls_qat")
 SR_PTQ = track_config(config, "sr_ptq")
 TRACK = {"cls_ptq": CLS_PTQ, "cls_qat": CLS_QAT, "sr_ptq": SR_PTQ}
+PAPER_TABLES = paper_layouts(config)  # the layout of the paper's tables (paper_tables:), one per track configured
 DEVICE = config.get("device", "auto")
 CPU_KERNELS = pin_cpu_kernels(config)  # every job inherits the kernel dispatch of this process
 GPU = 0 if DEVICE == "cpu" else 1

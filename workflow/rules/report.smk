@@ -1,4 +1,4 @@
-# Gather every job's metrics.json into the tidy CSV, then tables and figures.
+# Gather every job's metrics.json into the tidy CSV, then tables and figures; the paper's tables.
 
 
 rule aggregate:
@@ -34,3 +34,20 @@ rule report:
         "logs/report.log",
     script:
         "../scripts/report.py"
+
+
+rule paper_tables:
+    """The paper's tables (booktabs LaTeX and Markdown) from results/metrics.csv alone, laid out by paper_tables:."""
+    input:
+        "results/metrics.csv",
+    output:
+        paper_outputs(PAPER_TABLES),
+    params:
+        layouts=layout_params(PAPER_TABLES),
+    localrule: True
+    conda:
+        ENV
+    log:
+        "logs/paper_tables.log",
+    script:
+        "../scripts/paper_tables.py"
