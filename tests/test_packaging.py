@@ -316,12 +316,17 @@ def _is_workflow_mark(node: ast.AST) -> bool:
                and n.value.attr == "mark" for n in ast.walk(node))
 
 
-def _snakemake_tests(source: str) -> tuple[set[str], set[str]]:
+def _snakemake_tests(source: str, shared: frozenset[str] = frozenset(),
+                     shared_fixtures: frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
     """The test functions of a test module that run Snakemake in a subprocess, directly, through a helper or
     through a fixture; and those of them without the ``workflow`` marker (on the function, its class or the
     module's ``pytestmark``).  A subprocess call runs Snakemake when a string in its arguments, or in what a
-    name there is assigned anywhere in the module, names it."""
+    name there is assigned anywhere in the module, names it.  ``shared`` are helpers of other test modules
+    that run Snakemake (a call of one imported here counts), ``shared_fixtures`` conftest.py's fixtures that
+    do (asking for one counts)."""
     tree = ast.parse(source)
+    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                and (n.module or "").startswith(("test_", "conftest")) for a in n.names}
     sub_modules, sub_functions = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -369,11 +374,12 @@ def _snakemake_tests(source: str) -> tuple[set[str], set[str]]:
                 fixtures.add(node.name)
     runners = {name for name, f in functions.items()
                if any(isinstance(c, ast.Call) and runs_snakemake(c) for c in ast.walk(f))}
+    outside = imported & set(shared)  # helpers imported from another test module that run Snakemake
     while True:  # what calls a runner, or asks for a fixture that is one, runs Snakemake too
         more = {name for name, f in functions.items() if name not in runners and (
-            any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in runners
+            any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in runners | outside
                 for c in ast.walk(f))
-            or any(a.arg in runners & fixtures for a in f.args.args))}
+            or any(a.arg in (runners & fixtures) | (set(shared_fixtures) - set(functions)) for a in f.args.args))}
         if not more:
             break
         runners |= more
@@ -381,11 +387,33 @@ def _snakemake_tests(source: str) -> tuple[set[str], set[str]]:
     return tests, set() if module_marked else tests - marked
 
 
+def _runner_functions(source: str) -> tuple[set[str], set[str]]:
+    """The functions of a module that run Snakemake (directly or through one another), and its fixtures."""
+    tree = ast.parse(source)
+    funcs = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    wrapped = source + "".join(f"\ndef test__{f}():\n    {f}()\n" for f in sorted(funcs))
+    tests, _ = _snakemake_tests(wrapped)
+    fixtures = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and any("fixture" in ast.dump(d) for d in n.decorator_list)}
+    return {t[len("test__"):] for t in tests if t.startswith("test__")}, fixtures
+
+
+def _shared_runners(tests_dir) -> tuple[frozenset[str], frozenset[str]]:
+    """Helpers of the test modules and fixtures of conftest.py that run Snakemake: what another module may
+    import or ask for."""
+    helpers, fixtures = set(), set()
+    for path in sorted(tests_dir.glob("test_*.py")):
+        helpers |= _runner_functions(path.read_text())[0]
+    runs, fx = _runner_functions((tests_dir / "conftest.py").read_text())
+    return frozenset(helpers | runs), frozenset(runs & fx)
+
+
 def test_tests_that_run_snakemake_are_marked_workflow():
     """`-m "not workflow"` (the inner loop) leaves out exactly the tests that start Snakemake."""
     found, unmarked = {}, []
+    shared, shared_fixtures = _shared_runners(ROOT / "tests")
     for path in sorted((ROOT / "tests").glob("test_*.py")):
-        tests, bare = _snakemake_tests(path.read_text())
+        tests, bare = _snakemake_tests(path.read_text(), shared, shared_fixtures)
         found[path.name] = tests
         unmarked += [f"{path.name}::{t}" for t in sorted(bare)]
     # the scan sees the ones it must: a dry run, lint, the real run (through its fixture)
@@ -422,3 +450,8 @@ def test_other():
     assert tests == {"test_helper", "test_fixture", "test_marked", "test_direct"}
     assert unmarked == {"test_helper", "test_fixture", "test_direct"}
     assert _snakemake_tests(source + "pytestmark = pytest.mark.workflow\n")[1] == set()
+    # a fixture of conftest.py, and a helper imported from another test module, that run Snakemake
+    other = "from test_workflow import snakemake\ndef test_import():\n    snakemake('-n')\ndef test_shared(tiny_run):\n    pass\n"
+    assert _snakemake_tests(other, frozenset({"snakemake"}), frozenset({"tiny_run"}))[1] == {"test_import",
+                                                                                             "test_shared"}
+    assert _shared_runners(ROOT / "tests")[1] >= {"tiny_run"}

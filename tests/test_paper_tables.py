@@ -338,17 +338,6 @@ def test_paper_dry_run_plans_the_tables(tmp_path):
     assert "paper_tables" not in job_counts(snakemake(*args))  # `all` leaves it out
 
 
-# -- one real run of the tiny config (the lead shares one session-wide; a module copy until then) -----
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny config run to the end in a fresh directory: (work dir, snakemake args)."""
-    work = tmp_path_factory.mktemp("run")
-    args = ["--cores", "2", "--directory", str(work)]
-    snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"))
-    yield work, args
-    shutil.rmtree(work / ".snakemake", ignore_errors=True)
-
-
 def _value(df, **keys) -> float:
     sel = df
     for k, v in keys.items():
