@@ -80,7 +80,7 @@ def test_report_holds_every_table_and_figure_by_track(tiny_run, built_report):
     files = report_files(work)
     assert any(f.endswith(".pdf") for f in files) and any(f.endswith(".tex") for f in files)
     assert set(results) == files | RESULTS, "a file of results/report/ is missing from the report " \
-        "(or one is there twice); add a pattern for it to REPORT_FIGURES / REPORT_TABLES in workflow/rules/report.smk"
+        "(or one is there twice); add a pattern for it to REPORT_FIGURES / REPORT_TABLES in workflow/rules/common.smk"
     assert set(categories) == {"Results", *TRACKS}
     assert {p for sub in categories["Results"].values() for p in sub} == RESULTS
     for track in TRACKS:
