@@ -31,6 +31,10 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# Snakemake's own report (snakemake --report report.html): workflow/report/*.rst
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 if CLS_PTQ:
 

@@ -1,4 +1,7 @@
 # Gather every job's metrics.json into the tidy CSV, then tables and figures; the paper's tables.
+# Every file under results/report/ is also in Snakemake's own report (snakemake --report report.html):
+# one category per track, plus "Results"; the captions are workflow/report/*.rst, the patterns and labels
+# of its files are in common.smk.
 
 
 rule aggregate:
@@ -6,7 +9,8 @@ rule aggregate:
     input:
         all_metric_files(),
     output:
-        "results/metrics.csv",
+        report("results/metrics.csv", caption="../report/metrics.rst", category="Results",
+               labels={"file": "metrics.csv", "content": "every job's metrics (tidy long table)"}),
     params:
         expected=expected_hashes(),
     conda:
@@ -27,7 +31,19 @@ rule report:
         jobs=all_metric_files(),
         selections=all_selections(),
     output:
-        "results/report/report.md",
+        # report.md first: the script writes everything into its folder
+        md=report("results/report/report.md", caption="../report/report_md.rst", category="Results",
+                  labels={"file": "report.md", "content": "every table and figure in one page"}),
+        summary=report("results/report/summary.csv", caption="../report/summary.rst", category="Results",
+                       labels={"file": "summary.csv", "content": "statistics over seeds per group"}),
+        figures=report(directory("results/report/figures"), patterns=REPORT_FIGURES,
+                       caption="../report/figure.rst", category="{track}", subcategory="Figures",
+                       labels=figure_labels),
+        tables=report(directory("results/report/tables"), patterns=REPORT_TABLES,
+                      caption="../report/table.rst", category="{track}", subcategory="Tables",
+                      labels=table_labels),
+    params:
+        facts=report_facts(),  # for the report's captions only
     conda:
         ENV
     log:
