@@ -121,7 +121,7 @@ def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
         p = path.with_suffix("." + fmt)
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = PNG_METADATA if fmt == "png" else PDF_METADATA if fmt == "pdf" else None
-        fig.savefig(p, format=fmt, metadata=meta)
+        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight", pad_inches=0.05)  # titles, legends whole
         written.append(p)
     return written
 
