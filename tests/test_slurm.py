@@ -54,8 +54,12 @@ def _answers(*cmd: str) -> str | None:
     except subprocess.TimeoutExpired:
         return f"`{' '.join(cmd)}` did not answer within 30 s"
     if res.returncode != 0:
-        return f"`{' '.join(cmd)}` failed: {(res.stderr or res.stdout).strip()[-300:]}"
+        return f"`{' '.join(cmd)}` failed: {first_line(res.stderr or res.stdout)}"
     return None
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "(no output)")
 
 
 def missing_slurm() -> list[str]:
@@ -66,7 +70,7 @@ def missing_slurm() -> list[str]:
     ping = _answers("scontrol", "ping")
     if ping is None:
         state = subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout
-        ping = None if "UP" in state else f"no SLURM controller is up (`scontrol ping`: {state.strip()})"
+        ping = None if "UP" in state else f"no SLURM controller is up (`scontrol ping`: {first_line(state)})"
     why += [w for w in (ping, _answers("sinfo"), _answers("sacct", "-n", "-X", "-S", "now")) if w]
     return why
 
