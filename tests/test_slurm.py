@@ -129,7 +129,9 @@ def sacct_jobs(work: Path, since: datetime) -> pd.DataFrame:
     return df
 
 
-def test_slurm_run_matches_the_local_run(slurm_run, tiny_run, capsys, record_property):
+def test_slurm_run_matches_the_local_run(slurm_ready, slurm_run, tiny_run, capsys, record_property):
+    """The tiny config through profiles/slurm: every compute job a completed SLURM job, metrics.csv equal to
+    the local run's.  (slurm_ready is asked for first: no local run where the SLURM run is skipped.)"""
     work, log, seconds, start = slurm_run
     jobs = sacct_jobs(work, start)
     # what Snakemake submitted (rule X) and ran itself (localrule X), from its log
