@@ -50,9 +50,21 @@ if SR_PTQ:
 
     include: "workflow/rules/sr_ptq.smk"
 
+    # the download needs the network, which cluster compute nodes often lack
+    localrules:
+        sr_download_weights,
+
 
 include: "workflow/rules/report.smk"
 include: "workflow/rules/benchmark.smk"
+
+
+# Rules that run where Snakemake runs, never as cluster jobs (--executor slurm): light work on the finished
+# results.  profiles/gpu and profiles/slurm give every other rule its threads, memory and runtime.
+localrules:
+    all,
+    aggregate,
+    report,
 
 
 rule all:
