@@ -175,7 +175,7 @@ def paper_outputs(tracks) -> list[str]:
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_metrics(path) -> "pandas.DataFrame":
+def read_metrics(path):
     """``results/metrics.csv`` with the report's checks; an empty file, or one without rows, is an error."""
     import pandas as pd
 
@@ -257,6 +257,18 @@ def _stats(summary, keys) -> dict:
     return out
 
 
+def _at_bits(sub, layout, key: str, keys: tuple[str, ...]):
+    """The layout's bit width (or the results' only one) and the per-``keys`` statistics of ``sub`` at it,
+    the reference rows (which have no bit width) included."""
+    ref = sub["method"].isin(REFERENCE_METHODS)
+    w, a = layout.w, layout.a
+    if w is None:
+        bits = _only(zip(sub.loc[~ref, "w_bits"], sub.loc[~ref, "a_bits"]), "bit widths", f"{key}.w and a")
+        w, a = bits if bits else (None, None)
+    sub = sub[ref | ((sub["w_bits"] == w) & (sub["a_bits"] == a))]
+    return w, a, _stats(summarize(sub), keys) if len(sub) else {}
+
+
 # -- classification -------------------------------------------------------------------------
 def cls_paper_table(df, track: str, layout: ClsPaperTable) -> tuple[str, str]:
     """(Markdown, LaTeX) of a classification track's paper table from the long metrics frame ``df``."""
@@ -266,14 +278,7 @@ def cls_paper_table(df, track: str, layout: ClsPaperTable) -> tuple[str, str]:
     sub = df[df["task"] == track]
     dataset = layout.dataset or _only(sub["dataset"], "data sets", f"{key}.dataset")
     sub = sub[(sub["dataset"] == dataset) & (sub["metric"] == layout.metric)]
-    ref = sub["method"].isin(REFERENCE_METHODS)
-    w, a = layout.w, layout.a
-    if w is None:
-        bits = _only(zip(sub.loc[~ref, "w_bits"], sub.loc[~ref, "a_bits"]), "bit widths", f"{key}.w and a")
-        w, a = bits if bits else (None, None)
-    sub = sub[ref | ((sub["w_bits"] == w) & (sub["a_bits"] == a))]
-    summary = summarize(sub) if len(sub) else None
-    stats = _stats(summary, ("method", "backbone")) if summary is not None else {}
+    w, a, stats = _at_bits(sub, layout, key, ("method", "backbone"))
     have_m = sorted({m for m, _ in stats})
     have_b = sorted({b for _, b in stats})
     methods = list(layout.methods) if layout.methods is not None else method_order(have_m)
@@ -327,14 +332,7 @@ def sr_paper_table(df, layout: SRPaperTable, track: str = "sr_ptq") -> tuple[str
     check_frame(df)
     key = f"paper_tables.{track}"
     sub = df[(df["task"] == track) & df["metric"].isin(SR_METRICS)]
-    ref = sub["method"].isin(REFERENCE_METHODS)
-    w, a = layout.w, layout.a
-    if w is None:
-        bits = _only(zip(sub.loc[~ref, "w_bits"], sub.loc[~ref, "a_bits"]), "bit widths", f"{key}.w and a")
-        w, a = bits if bits else (None, None)
-    sub = sub[ref | ((sub["w_bits"] == w) & (sub["a_bits"] == a))]
-    summary = summarize(sub) if len(sub) else None
-    stats = _stats(summary, ("backbone", "method", "dataset", "metric")) if summary is not None else {}
+    w, a, stats = _at_bits(sub, layout, key, ("backbone", "method", "dataset", "metric"))
     have_b = sorted({k[0] for k in stats})
     have_m = sorted({k[1] for k in stats})
     have_t = _sr_dataset_order({k[2] for k in stats})
