@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqss.layers import QuantPolicy, fold_batchnorm, plan_layers
-from dqss.mixed import MixedQuantizer, MixedQuantLayer, arch_parameters, mixed_layers
+from dqss.mixed import arch_parameters, mixed_layers
 from dqss.ptq import quantize_mixed, quantize_uniform
 from dqss.ptq_search import split_calibration
 from dqss.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, quantizer_parameters, train_qat
@@ -29,6 +29,7 @@ from dqss.select import Evaluator, measured_selection
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.stats import ActStats, collect_act_stats
 from dqss.strategy import LayerContext, get_strategy, strategy_names
+from test_layers import _mixed_layer, _run
 
 pytestmark = pytest.mark.cuda
 
@@ -139,28 +140,10 @@ def test_efficient_equals_naive_on_device(kind, dev):
         layer, x = nn.Linear(32, 10), torch.randn(5, 32, generator=g)
     layer.requires_grad_(False)
     x[0].mul_(3)
-    st = ActStats(bins=256)
-    st.update(x)
-    ctx = LayerContext("l", layer, x)
-    opts = {"mse": {"grid": 20}, "percentile": {"percentile": 99.0}}
-    strats = {n: get_strategy(n, opts.get(n)) for n in ("minmax", "percentile", "mse", "aciq")}
-    wq = MixedQuantizer({n: s.build_weight_quantizer(QuantSpec(3, per_channel=True), ctx) for n, s in strats.items()})
-    aq = MixedQuantizer({n: s.build_act_quantizer(QuantSpec(3, signed=None), st, ctx) for n, s in strats.items()})
-    with torch.no_grad():
-        wq.logits.copy_(torch.randn(4, generator=g) * 2)
-        aq.logits.copy_(torch.randn(4, generator=g) * 2)
-    m = MixedQuantLayer(layer, wq, aq).to(dev)
+    m = _mixed_layer(layer, x).to(dev)  # the CPU test's mixture of four strategies at 3 bits, on the device
     x = x.to(dev)
     r = torch.randn(m(x).shape, generator=g).to(dev)
-    got = {}
-    for mode in ("efficient", "naive"):
-        m.mode = mode
-        for p in (m.weight_quant.logits, m.act_quant.logits):
-            p.grad = None
-        xi = x.clone().requires_grad_(True)
-        y = m(xi)
-        (y * r).sum().backward()
-        got[mode] = (y.detach(), m.weight_quant.logits.grad.clone(), m.act_quant.logits.grad.clone(), xi.grad)
+    got = {mode: _run(m, x, mode, r) for mode in ("efficient", "naive")}
     (y_e, *g_e), (y_n, *g_n) = got["efficient"], got["naive"]
     assert y_e.device.type == dev.type
     assert (y_e - y_n).abs().max() <= 1e-5 * y_n.abs().max()

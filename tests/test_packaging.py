@@ -401,7 +401,7 @@ def _runner_functions(source: str) -> tuple[set[str], set[str]]:
 def _shared_runners(tests_dir) -> tuple[frozenset[str], frozenset[str]]:
     """Helpers of the test modules and fixtures of conftest.py that run Snakemake: what another module may
     import or ask for."""
-    helpers, fixtures = set(), set()
+    helpers = set()
     for path in sorted(tests_dir.glob("test_*.py")):
         helpers |= _runner_functions(path.read_text())[0]
     runs, fx = _runner_functions((tests_dir / "conftest.py").read_text())

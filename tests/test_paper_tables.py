@@ -4,7 +4,6 @@ display names, escaping and errors on small frames; the layout read from a confi
 from __future__ import annotations
 
 import copy
-import re
 import shutil
 import subprocess
 from pathlib import Path

@@ -27,13 +27,6 @@ RUN_LIMIT = 1500  # seconds: the run is killed past this (the plugin polls sacct
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def snakemake(*args, cwd=ROOT):
-    res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
 def _answers(*cmd: str) -> str | None:
     """None when the command succeeds, else why not."""
     if shutil.which(cmd[0]) is None:

@@ -8,29 +8,21 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from test_workflow import ROOT, snakemake
+
 # runs Snakemake in a subprocess: `python -m pytest -m "not workflow"` skips this module
 pytestmark = pytest.mark.workflow
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 RESULTS = {"results/metrics.csv", "results/report/report.md", "results/report/summary.csv"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--virtual-time-budget=10000"]
-
-
-def snakemake(*args, cwd=ROOT):
-    res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
 
 
 def report_data(html: str) -> tuple[dict, dict]:
