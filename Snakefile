@@ -1,6 +1,8 @@
 # DQSS quantization benchmark suite.
 #   snakemake --cores all                                 embedded default (CPU, minutes)
 #   snakemake --cores all --configfile config/paper.yaml  the paper's setting (GPU, datasets)
+#   snakemake --cores all reconstruction                  the reconstruction baselines (AdaRound, BRECQ, QDrop) and
+#                                                         dqss_recon, beside every default row: results/reconstruction/
 #   snakemake --cores 1 paper_tables [--configfile ...]   the paper's tables from results/metrics.csv alone
 #                                                         (results/paper/{cls_ptq,cls_qat,sr_ptq}.{md,tex};
 #                                                         layout: paper_tables: in the config; not part of all)
@@ -65,6 +67,9 @@ localrules:
     all,
     aggregate,
     report,
+    reconstruction,
+    reconstruction_aggregate,
+    reconstruction_report,
 
 
 rule all:

@@ -319,6 +319,9 @@ class TrackConfig:
         dq = getattr(self, "dqss", None)
         if dq is not None and given(dq):
             dq.candidates = check_candidates(dq.candidates or self.strategies, f"{key}.dqss.candidates", self.kind)
+        rec = getattr(self, "reconstruction", None)
+        if rec is not None and given(rec):
+            rec.check(f"{key}.reconstruction", self.strategies if given(self.strategies) else [])
         for section, narrowed in self.section_choices.items():
             sec = getattr(self, section)
             if not given(sec):
@@ -339,7 +342,7 @@ class TrackConfig:
 
     def row_settings(self, backbone: str, method: str) -> dict:
         """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`)."""
-        from .results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
+        from .results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
 
         weights = self.weights(backbone)
         out = {"weights": weights if weights in ("train", "timm", "url") else "file"}
@@ -353,11 +356,14 @@ class TrackConfig:
         qat = hasattr(self, "qat")
         if qat:
             out.update(epochs=self.qat.epochs, lr=self.qat.lr, quant_lr=self.qat.quant_lr)
+        rec = getattr(self, "reconstruction", None)
+        if rec is not None and method in rec.methods:
+            out["iterations"] = rec.iterations
         if not is_dqss(method):
             return out
         d = self.dqss
         select = "argmax" if method == DQSS_ARGMAX else d.select
-        out.update(candidates=d.candidates, select=select)
+        out.update(candidates=d.candidates + (rec.methods if method == DQSS_RECON else []), select=select)
         if select == "measured":
             out.update(sweeps=d.sweeps, hold_fraction=self.calibration.hold_fraction)
         if not qat:

@@ -202,6 +202,31 @@ class ReconConfig:
 
 
 @dataclass
+class ReconSection(ReconConfig):
+    """A PTQ track's ``reconstruction:`` section: the reconstruction baselines it runs and their schedule."""
+
+    methods: list[str] = option(factory=list)  # registered reconstruction methods (baselines/); [] = none
+    as_candidates: bool = True  # also run dqss_recon: DQSS over the range strategies plus these, frozen
+
+    def check(self, key: str, strategies: list[str]) -> None:
+        """Every method registered and not named like a range strategy; the two range strategies it uses
+        registered PTQ strategies."""
+        from .strategy import strategy_names
+
+        known = reconstruction_names()
+        for m in self.methods:
+            if m not in known:
+                raise ValueError(f"{key}.methods: unknown reconstruction method '{m}'; registered: {known}")
+            if m in strategies:
+                raise ValueError(f"{key}.methods: '{m}' is also a range strategy of this track; rename one")
+        ptq = strategy_names("ptq")
+        for name in ("weight_init", "act_strategy"):
+            if getattr(self, name) not in ptq:
+                raise ValueError(f"{key}.{name}: '{getattr(self, name)}' is not a registered PTQ range strategy; "
+                                 f"choose one of {ptq}")
+
+
+@dataclass
 class Pass:
     """One sweep over the units: what is learned, with which loss, with activations quantized or not."""
 

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 from .config import BIT_MAX, BIT_MIN, SEED_MAX, TrackConfig, build_section, check_options, given, option, track_key
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
-from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, FP_METHOD, provenance, write_csv, write_metrics
+from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
+from .recon import ReconSection, mse_task_loss
 from .search import SearchConfig
 from .sr_data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
 from .sr_metrics import mean_metrics, sr_metrics
 from .sr_models import PARTS, create_sr_backbone, parse_backbone
-from .track import calibrate, dqss_save, dqss_search, uniform_grid
+from .track import calibrate, dqss_save, dqss_search, recon_candidates, reconstruct_job, uniform_grid
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class SRPTQConfig(TrackConfig):
     calibration: SRCalibConfig
     quant: SRQuantPolicy
     dqss: SearchConfig
+    reconstruction: ReconSection  # the reconstruction baselines (AdaRound, BRECQ, QDrop); none by default
     eval: SREvalConfig
     weights_dir: str = track_key(lambda v, key, kind: str(v or WEIGHTS_DIR), default=WEIGHTS_DIR)
     task: ClassVar[str] = TASK
@@ -346,20 +348,52 @@ def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, ckpt
     """Search per-layer strategies (L1 distillation to the FP output on the calibration crops' search part),
     choose the final assignment (``dqss``: ``dqss.select``, by default MSE on Y of the 8-bit output;
     ``dqss_argmax``: the logits' argmax), rebuild both from their files and evaluate on every test set."""
+    _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selection, device,
+                {DQSS_ARGMAX: ("argmax", argmax_metrics, argmax_assignment, argmax_crop),
+                 DQSS_METHOD: ("selected", metrics, assignment, crop)})
+
+
+def run_dqss_recon(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, ckpt=None, stats, crops, recon,
+                   metrics, assignment, history, selection, crop, device) -> None:
+    """``dqss_recon``: the search and selection with the reconstructed methods (``recon``: their files, in
+    ``reconstruction.methods`` order) as frozen candidates beside the range strategies."""
+    recon = [recon] if isinstance(recon, str) else list(recon)
+    _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selection, device,
+                {DQSS_RECON: ("selected", metrics, assignment, crop)}, extra=recon_candidates(cfg, recon))
+
+
+def _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selection, device, rows: dict, extra=None):
     torch.manual_seed(seed)
     folded, ex = _folded(cfg, backbone, ckpt, device)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
     x, ids = _calibration_inputs(cfg, backbone, seed, crops)
     out, plans, strategies = dqss_search(cfg, folded, ex, stats, x, ids, seed=seed, w=w, a=a, device=device,
-                                         objective="mse_y", border=cfg.scale(backbone))
+                                         objective="mse_y", border=cfg.scale(backbone), extra=extra)
     spec = crop_spec(cfg, data)
     results = dqss_save(cfg, out, plans, strategies, backbone=backbone, seed=seed, w=w, a=a,
-                        assignments={DQSS_ARGMAX: argmax_assignment, DQSS_METHOD: assignment}, history=history,
-                        selection=selection, evaluate=lambda m, desc: evaluate_sets(m, data, device, desc, spec),
-                        mixture_metrics=lambda r: {x["dataset"]: x["metrics"] for x in r[0]})
-    extra = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
-    for method, metrics_path, crop_path in ((DQSS_ARGMAX, argmax_metrics, argmax_crop),
-                                            (DQSS_METHOD, metrics, crop)):
+                        assignments={m: r[2] for m, r in rows.items()}, history=history, selection=selection,
+                        evaluate=lambda m, desc: evaluate_sets(m, data, device, desc, spec),
+                        mixture_metrics=lambda r: {x["dataset"]: x["metrics"] for x in r[0]},
+                        rows={m: r[0] for m, r in rows.items()})
+    extra_cols = {"final_loss": out.history[-1]["loss"], **selection_summary(out.record)}
+    for method, (_, metrics_path, _, crop_path) in rows.items():
         sets, crop_img = results[method]
         save_png(crop_img, crop_path)
-        _write(metrics_path, cfg, backbone, method, w, a, seed, sets, device, extra)
+        _write(metrics_path, cfg, backbone, method, w, a, seed, sets, device, extra_cols)
+
+
+def run_reconstruct(cfg: SRPTQConfig, *, backbone: str, method: str, seed: int, w: int, a: int, ckpt=None, stats,
+                    crops, metrics, crop, state, history, device) -> None:
+    """A reconstruction baseline (AdaRound, BRECQ, QDrop) on the seed's calibration crops (the Fisher's task
+    loss: MSE to the FP output), evaluated on every test set; its frozen quantizers (``state``) are a candidate
+    of ``dqss_recon``."""
+    torch.manual_seed(seed)
+    folded, ex = _folded(cfg, backbone, ckpt, device)
+    x, _ = _calibration_inputs(cfg, backbone, seed, crops)
+    result = reconstruct_job(cfg, folded, ex, stats, x, method=method, seed=seed, w=w, a=a, device=device,
+                             task_loss=mse_task_loss, state=state, history=history)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+    sets, crop_img = evaluate_sets(result.model, data, device, f"{method} W{w}A{a}", crop_spec(cfg, data))
+    log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, sets)
+    save_png(crop_img, crop)
+    _write(metrics, cfg, backbone, method, w, a, seed, sets, device, {"reconstruction_seconds": round(result.seconds, 3)})

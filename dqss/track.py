@@ -14,7 +14,7 @@ import torch
 from .mixed import pinned
 from .ptq import assignment_choice, export_assignment, quantize_uniform
 from .ptq_search import Outcome, search_and_select, write_history, write_selection
-from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_text
+from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
 from .stats import collect_act_stats, load_stats, save_stats
 
 log = logging.getLogger(__name__)
@@ -54,21 +54,57 @@ def uniform_grid(cfg, folded, example, stats, outputs: dict, finish: Callable) -
         finish(quantize_uniform(folded, plans[w, a], act_stats, cfg.strategy(method)), method, w, a, output)
 
 
-def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, outcome: Outcome) -> dict:
+def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method: str, seed: int, w: int, a: int,
+                    device, task_loss, state, history):
+    """Reconstruct the W{w}A{a} model by ``method`` on the seed's calibration draw; its frozen quantizers
+    (``state``, a DQSS candidate) and per-unit losses (``history``) are written; returns the result."""
+    from .recon import get_reconstruction, reconstruct, reconstruction_state, save_reconstruction
+
+    plans = cfg.quant.layer_plans(folded, w, a, example)
+    result = reconstruct(get_reconstruction(method), folded, plans, load_stats(stats), inputs, cfg.reconstruction,
+                         strategy=cfg.strategy, task_loss=task_loss, seed=seed, device=device,
+                         batch_size=cfg.calibration.batch_size, example=example)
+    meta = {"task": cfg.task, "dataset": cfg.dataset, "method": method, "w_bits": w, "a_bits": a, "seed": seed,
+            "seconds": round(result.seconds, 3)}
+    save_reconstruction(reconstruction_state(result.model, plans, meta), state)
+    write_csv(history, result.history, ["pass", "unit", "layers", "loss"])
+    log.info("%s W%dA%d seed %d reconstructed in %.1f s (%d units)", method, w, a, seed, result.seconds,
+             len(result.units))
+    return result
+
+
+def recon_candidates(cfg, states: list[str]) -> dict:
+    """The reconstructed methods as frozen DQSS candidates, from their jobs' files (in ``methods`` order)."""
+    from .recon import ReconstructedStrategy, load_reconstruction
+
+    out = {}
+    for m, path in zip(cfg.reconstruction.methods, states):
+        state = load_reconstruction(path)
+        if state.get("method") != m:
+            raise RuntimeError(f"{path} holds a '{state.get('method')}' reconstruction, expected '{m}'; delete it "
+                               "and rerun the workflow")
+        out[m] = ReconstructedStrategy(m, state)
+    return out
+
+
+def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, outcome: Outcome,
+                    candidates: list[str] | None = None) -> dict:
     """What an assignment file records besides its layers (any PTQ track's config)."""
+    candidates = candidates or cfg.dqss.candidates
     return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "method": method, "w_bits": w,
-            "a_bits": a, "seed": seed, "candidates": cfg.dqss.candidates,
-            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in cfg.dqss.candidates},
+            "a_bits": a, "seed": seed, "candidates": candidates,
+            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in candidates},
             "select": "argmax" if method == DQSS_ARGMAX else cfg.dqss.select,
             "reference_uniform": outcome.record.get("held_best_uniform"), "calibration": outcome.split}
 
 
 def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
-                device, objective: str, labels=None, border: int = 0):
+                device, objective: str, labels=None, border: int = 0, extra: dict | None = None):
     """The search on the calibration's search part and the final choice (``dqss.select``): the outcome, the
-    layer plans and the candidate strategies.  (The caller seeds torch before it builds the model.)"""
+    layer plans and the candidate strategies (``extra``: more, e.g. reconstructed methods).  (The caller seeds
+    torch before it builds the model.)"""
     plans = cfg.quant.layer_plans(folded, w, a, example)
-    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
+    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates} | (extra or {})
     out = search_and_select(folded, plans, load_stats(stats), strategies, inputs, ids, cfg=cfg.dqss,
                             hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device,
                             objective=objective, batch_size=cfg.calibration.batch_size, labels=labels, border=border)
@@ -76,16 +112,21 @@ def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str
 
 
 def dqss_save(cfg, out: Outcome, plans, strategies, *, backbone: str, seed: int, w: int, a: int,
-              assignments: dict[str, str], history, selection, evaluate: Callable, mixture_metrics: Callable) -> dict:
+              assignments: dict[str, str], history, selection, evaluate: Callable, mixture_metrics: Callable,
+              rows: dict[str, str] | None = None) -> dict:
     """Write both assignment files (``dqss_argmax``: the logits' argmax; ``dqss``: the selection), evaluate the
     model each file reproduces (the mixed model pinned to the file read back), write the search history and
     the selection record.  ``evaluate(model, desc)`` returns a track's result; ``mixture_metrics`` turns the
-    mixture's result into what the selection record shows.  Returns the result per method."""
+    mixture's result into what the selection record shows.  ``rows`` maps each written method to the
+    choice it reports (``argmax`` or ``selected``; default: both rows of a DQSS job).  Returns the result per
+    method."""
     results = {}
-    for method, choice in ((DQSS_ARGMAX, out.argmax), (DQSS_METHOD, out.selected)):
+    rows = rows or {DQSS_ARGMAX: "argmax", DQSS_METHOD: "selected"}
+    for method, which in rows.items():
+        choice = out.argmax if which == "argmax" else out.selected
         path = assignments[method]
-        save_assignment(export_assignment(out.qmodel, plans, assignment_meta(cfg, backbone, seed, w, a, method, out),
-                                          choice), path)
+        meta = assignment_meta(cfg, backbone, seed, w, a, method, out, list(strategies))
+        save_assignment(export_assignment(out.qmodel, plans, meta, choice), path)
         with pinned(out.qmodel, assignment_choice(load_assignment(path), plans, strategies)) as final:
             results[method] = evaluate(final, f"{method} W{w}A{a}")
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results[method][0])

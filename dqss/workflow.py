@@ -43,6 +43,8 @@ JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "calibrate": (*_MODEL, "quant", "calibration"),
         "uniform": (*_CLS_EVAL, "quant", "calibration", "strategies", "strategy_options"),
         "dqss": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options"),
+        "reconstruct": (*_CLS_EVAL, "quant", "calibration", "reconstruction", "strategy_options"),
+        "dqss_recon": (*_CLS_EVAL, "quant", "calibration", "dqss", "reconstruction", "strategy_options"),
     },
     "cls_qat": {
         "train": _CLS_TRAIN,
@@ -58,6 +60,10 @@ JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "uniform": ("backbones", "data", "dataset", "eval", "quant", "calibration", "strategies",
                     "strategy_options"),
         "dqss": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "strategy_options"),
+        "reconstruct": ("backbones", "data", "dataset", "eval", "quant", "calibration", "reconstruction",
+                        "strategy_options"),
+        "dqss_recon": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "reconstruction",
+                       "strategy_options"),
     },
 }
 
@@ -181,12 +187,19 @@ def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dic
         runs = list(cfg.dqss.candidates)
     elif job == "uniform":
         runs = [method] if method is not None else list(cfg.strategies)
+    elif job in ("reconstruct", "dqss_recon"):  # the range strategies giving the grids, and DQSS's candidates
+        rec = cfg.reconstruction
+        runs = list(dict.fromkeys([*(cfg.dqss.candidates if job == "dqss_recon" else []), rec.weight_init,
+                                   rec.act_strategy]))
     out = {}
     for k in keys:
         if k == "backbones":
             out[k] = {backbone: raw["backbones"][backbone]}
+        elif k == "reconstruction":  # a method's job reads its own name only: adding a method reruns nothing
+            sec = raw.get("reconstruction") or {}
+            out[k] = {**sec, "methods": [method]} if job == "reconstruct" else dict(sec)
         elif k == "dqss":
-            out[k] = {**(raw.get("dqss") or {}), "candidates": runs}
+            out[k] = {**(raw.get("dqss") or {}), "candidates": list(cfg.dqss.candidates)}
         elif k == "strategies":
             out[k] = runs
         elif k == "strategy_options":

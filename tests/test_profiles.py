@@ -84,8 +84,9 @@ def problems(prof: dict, rules: set[str], local: set[str]) -> list[str]:
 def test_rules_are_read_from_the_workflow():
     rules, local = set(rule_blocks()), localrules()
     assert {"cls_train", "cls_dqss", "cls_qat_retrain", "sr_dqss", "benchmark_qat_step", "aggregate", "all"} <= rules
-    assert local == {"all", "aggregate", "report", "sr_download_weights", "paper_tables"}
-    assert len(compute_rules()) == 18
+    assert local == {"all", "aggregate", "report", "sr_download_weights", "paper_tables", "reconstruction",
+                     "reconstruction_aggregate", "reconstruction_report"}
+    assert len(compute_rules()) == 22
 
 
 def test_every_compute_rule_declares_one_gpu_resource():

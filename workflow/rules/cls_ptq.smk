@@ -140,3 +140,67 @@ rule cls_dqss:
         runtime=240,
     script:
         "../scripts/cls_dqss.py"
+
+
+rule cls_reconstruct:
+    """A reconstruction baseline (AdaRound, BRECQ, QDrop) on the calibration draw; its frozen quantizers kept."""
+    input:
+        ckpt=cls_checkpoint,
+        stats=rules.cls_calibrate.output.stats,
+        fp=CLS.fp("logits.pt", CLS_PTQ.train.seed),
+    output:
+        metrics=CLS.job("metrics.json"),
+        state=CLS.job("reconstruction.pt"),
+        history=CLS.job("reconstruction.csv"),
+    wildcard_constraints:
+        method=recon_pattern("cls_ptq"),
+    params:
+        track="cls_ptq",
+        settings=settings("cls_ptq", "reconstruct"),
+        device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
+    conda:
+        ENV
+    log:
+        "logs/cls_ptq/{backbone}/{method}_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_ptq/{backbone}/{method}_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/cls_reconstruct.py"
+
+
+rule cls_dqss_recon:
+    """DQSS with the reconstructed methods as frozen candidates beside the range strategies (dqss_recon)."""
+    input:
+        ckpt=cls_checkpoint,
+        stats=rules.cls_calibrate.output.stats,
+        fp=CLS.fp("logits.pt", CLS_PTQ.train.seed),
+        recon=recon_states(CLS, CLS_PTQ),
+    output:
+        metrics=CLS.job("metrics.json", DQSS_RECON),
+        assignment=CLS.job("assignment.yaml", DQSS_RECON),
+        history=CLS.job("search.csv", DQSS_RECON),
+        selection=CLS.job("selection.json", DQSS_RECON),
+    params:
+        track="cls_ptq",
+        settings=settings("cls_ptq", "dqss_recon"),
+        device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
+    conda:
+        ENV
+    log:
+        "logs/cls_ptq/{backbone}/dqss_recon_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/cls_ptq/{backbone}/dqss_recon_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/cls_dqss_recon.py"

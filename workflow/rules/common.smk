@@ -2,7 +2,7 @@
 from snakemake.utils import validate
 
 # (dqss is the installed package: pip install -e . from the repository root)
-from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
+from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
 from dqss.report.paper import layout_params, paper_layouts, paper_outputs
 from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern
@@ -206,3 +206,46 @@ def report_facts():
                             "bits": ", ".join(f"W{w}A{a}" for w, a in cfg.bits),
                             "strategies": ", ".join(cfg.strategies)}
     return facts
+
+
+# -- the reconstruction baselines (AdaRound, BRECQ, QDrop): a target of their own ------------------------
+# snakemake --cores all reconstruction: each configured method's jobs, dqss_recon (DQSS with them as frozen
+# candidates), and results/reconstruction/{metrics.csv,report/} beside every row of the default target.
+RECON = {t: TRACK[t] for t in ("cls_ptq", "sr_ptq") if TRACK[t] is not None and TRACK[t].reconstruction.methods}
+
+
+def recon_pattern(track):
+    return "|".join(TRACK[track].reconstruction.methods) if track in RECON else "none"
+
+
+def recon_jobs():
+    """(metrics.json path, track, job, backbone, method) of every reconstruction job and dqss_recon job."""
+    out = []
+    for track, cfg in RECON.items():
+        rows = [(m, "reconstruct") for m in cfg.reconstruction.methods]
+        if cfg.reconstruction.as_candidates:
+            rows.append((DQSS_RECON, "dqss_recon"))
+        for bb in cfg.backbones:
+            for seed in SEEDS:
+                for w, a in cfg.bits:
+                    for m, job in rows:
+                        out.append((LAYOUT[track].job("metrics.json", m, w, a, seed, bb), track, job, bb, m))
+    return out
+
+
+def recon_states(layout, cfg):
+    """The files of a dqss_recon job's candidates, in reconstruction.methods order."""
+    return lambda wc: [layout.job("reconstruction.pt", m, wc.w, wc.a, wc.seed, wc.backbone)
+                       for m in cfg.reconstruction.methods]
+
+
+def recon_metric_files():
+    return all_metric_files() + [p for p, *_ in recon_jobs()]
+
+
+def recon_hashes():
+    return expected_hashes() | {p: config_hash(job_settings(TRACK[t], job, bb, m)) for p, t, job, bb, m in recon_jobs()}
+
+
+def recon_crops():
+    return all_crops() + [p.replace("metrics.json", "crop.png") for p, t, *_ in recon_jobs() if t == "sr_ptq"]

@@ -67,3 +67,49 @@ rule paper_tables:
         "logs/paper_tables.log",
     script:
         "../scripts/paper_tables.py"
+
+
+# snakemake --cores all reconstruction: the reconstruction baselines and dqss_recon beside every default row
+rule reconstruction_aggregate:
+    """Gather the default target's metrics and the reconstruction jobs' into results/reconstruction/metrics.csv."""
+    input:
+        recon_metric_files(),
+    output:
+        "results/reconstruction/metrics.csv",
+    params:
+        expected=recon_hashes(),
+    conda:
+        ENV
+    log:
+        "logs/reconstruction_aggregate.log",
+    script:
+        "../scripts/aggregate.py"
+
+
+rule reconstruction_report:
+    """The report's tables and figures with the reconstruction baselines and dqss_recon as rows."""
+    input:
+        metrics="results/reconstruction/metrics.csv",
+        assignments=all_assignments(),
+        histories=all_histories(),
+        crops=recon_crops(),
+        jobs=recon_metric_files(),
+        selections=all_selections(),
+    output:
+        md="results/reconstruction/report/report.md",
+        summary="results/reconstruction/report/summary.csv",
+        figures=directory("results/reconstruction/report/figures"),
+        tables=directory("results/reconstruction/report/tables"),
+    conda:
+        ENV
+    log:
+        "logs/reconstruction_report.log",
+    script:
+        "../scripts/report.py"
+
+
+rule reconstruction:
+    """Target: the reconstruction baselines (reconstruction.methods of the PTQ tracks) and dqss_recon."""
+    input:
+        "results/reconstruction/metrics.csv",
+        "results/reconstruction/report/report.md",

@@ -164,3 +164,69 @@ rule sr_dqss:
         runtime=240,
     script:
         "../scripts/sr_dqss.py"
+
+
+rule sr_reconstruct:
+    """A reconstruction baseline (AdaRound, BRECQ, QDrop) on the calibration crops; its frozen quantizers kept."""
+    input:
+        ckpt=sr_checkpoint,
+        stats=rules.sr_calibrate.output.stats,
+        crops=rules.sr_calibrate.output.crops,
+    output:
+        metrics=SR.job("metrics.json"),
+        crop=SR.job("crop.png"),
+        state=SR.job("reconstruction.pt"),
+        history=SR.job("reconstruction.csv"),
+    wildcard_constraints:
+        method=recon_pattern("sr_ptq"),
+    params:
+        track="sr_ptq",
+        settings=settings("sr_ptq", "reconstruct"),
+        device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
+    conda:
+        ENV
+    log:
+        "logs/sr_ptq/{backbone}/{method}_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/sr_ptq/{backbone}/{method}_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/sr_reconstruct.py"
+
+
+rule sr_dqss_recon:
+    """DQSS with the reconstructed methods as frozen candidates beside the range strategies (dqss_recon)."""
+    input:
+        ckpt=sr_checkpoint,
+        stats=rules.sr_calibrate.output.stats,
+        crops=rules.sr_calibrate.output.crops,
+        recon=recon_states(SR, SR_PTQ),
+    output:
+        metrics=SR.job("metrics.json", DQSS_RECON),
+        assignment=SR.job("assignment.yaml", DQSS_RECON),
+        history=SR.job("search.csv", DQSS_RECON),
+        selection=SR.job("selection.json", DQSS_RECON),
+        crop=SR.job("crop.png", DQSS_RECON),
+    params:
+        track="sr_ptq",
+        settings=settings("sr_ptq", "dqss_recon"),
+        device=DEVICE,
+        cpu_kernels=CPU_KERNELS,
+    conda:
+        ENV
+    log:
+        "logs/sr_ptq/{backbone}/dqss_recon_w{w}a{a}_seed{seed}.log",
+    benchmark:
+        "benchmarks/sr_ptq/{backbone}/dqss_recon_w{w}a{a}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        gpu=GPU,
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/sr_dqss_recon.py"
