@@ -357,13 +357,14 @@ class TrackConfig:
         if qat:
             out.update(epochs=self.qat.epochs, lr=self.qat.lr, quant_lr=self.qat.quant_lr)
         rec = getattr(self, "reconstruction", None)
+        rec = rec if rec is not None and given(rec) else None  # a job not given the section is not one of its rows
         if rec is not None and method in rec.methods:
             out["iterations"] = rec.iterations
         if not is_dqss(method):
             return out
         d = self.dqss
         select = "argmax" if method == DQSS_ARGMAX else d.select
-        out.update(candidates=d.candidates + (rec.methods if method == DQSS_RECON else []), select=select)
+        out.update(candidates=d.candidates + (rec.methods if method == DQSS_RECON and rec else []), select=select)
         if select == "measured":
             out.update(sweeps=d.sweeps, hold_fraction=self.calibration.hold_fraction)
         if not qat:

@@ -311,15 +311,16 @@ class _Capture:
         self.grad = grad
         self.handles = [module.register_forward_pre_hook(self._pre), module.register_forward_hook(self._post)]
 
+    # copies: what follows a module may work in place on its output (timm's ReLU(inplace=True) after a conv)
     def _pre(self, _m, args):
-        self.input = args[0].detach()
+        self.input = args[0].detach().clone()
 
     def _post(self, _m, _a, out):
         if self.grad:
             leaf = out.detach().requires_grad_(True)
             self.output = leaf
             return leaf.clone()  # what follows may work in place (timm's ReLU(inplace=True)); the leaf keeps its grad
-        self.output = out.detach()
+        self.output = out.detach().clone()
 
     def remove(self):
         for h in self.handles:

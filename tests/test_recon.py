@@ -331,3 +331,17 @@ def test_reconstruction_is_deterministic():
 def test_nonfinite_loss_fails_clearly():
     with pytest.raises(FloatingPointError, match="lower"):
         _recon("qdrop", bits=4, iterations=5, lr=float("inf"), act_lr=float("inf"))
+
+
+def test_cached_unit_output_is_not_changed_by_an_inplace_activation():
+    """The reconstruction target of a conv followed by timm's ReLU(inplace=True) is the conv's output."""
+    from dqss.recon import _cache
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).eval()
+    x = torch.randn(8, 3, 6, 6)
+    got = _cache(model, "0", x, 4, "cpu", "output")
+    with torch.no_grad():
+        ref = model[0](x)
+    assert (ref < 0).any()
+    torch.testing.assert_close(got, ref)

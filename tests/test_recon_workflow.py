@@ -25,8 +25,8 @@ def recon_run(tiny_run, tmp_path_factory):
     work, _ = tiny_run
     run = tmp_path_factory.mktemp("recon") / "run"
     shutil.copytree(work, run, symlinks=True)
-    res = snakemake("--cores", "2", "--directory", str(run), "--configfile", str(ROOT / "config/test.yaml"),
-                    "reconstruction")
+    res = snakemake("reconstruction", "--cores", "2", "--directory", str(run),
+                    "--configfile", str(ROOT / "config/test.yaml"))
     return run, res
 
 
