@@ -4,7 +4,11 @@ Choukroun et al., "Low-bit quantization of neural networks for efficient inferen
 (OMSE, 2019), with the Lp generalisation of Nahshan et al. (LAPQ, 2019).  The min/max
 range is shrunk by a grid of factors; each candidate is scored by the mean
 ``|x - Q(x)|^p`` on the real grid (weights exactly, per channel; activations over the
-calibration histogram) and the best factor wins.
+calibration histogram) and the best factor wins; ``refine`` rounds of local search
+around it (default 2: +-3 grid steps at a tenth of the step, then +-3 tenths at a
+hundredth) follow, because at 8 bit the error varies faster with the factor than the
+100-point grid resolves: the grid alone lands up to 17% above the brute-force optimum (a
+5000-factor scan), with the refinement within 0.2% (tests/test_strategies.py).
 """
 from dataclasses import dataclass
 
@@ -13,15 +17,37 @@ import torch
 from dqss.strategy import Strategy, quant_error, register_strategy, row_minmax, shrink_grid
 
 
-def best_shrink(values, lo, hi, spec, p, grid, weights=None):
-    """Per row, the factor of ``grid`` whose range ``(f*lo, f*hi)`` has the smallest Lp error."""
+REFINE_SPAN = 3  # a refinement round scans +-3 steps of the previous round ...
+REFINE_DIVISION = 10  # ... at a tenth of its step (61 factors)
+
+
+def best_shrink(values, lo, hi, spec, p, grid, weights=None, refine=0):
+    """Per row, the factor ``f`` whose range ``(f*lo, f*hi)`` has the smallest Lp error.
+
+    First the best of ``grid`` (ascending, evenly spaced; ties go to the smallest factor); then
+    ``refine`` rounds, each scanning the factors within ``REFINE_SPAN`` steps either side of the
+    incumbent at a ``REFINE_DIVISION``-th of the step (clamped to the grid's span; the incumbent
+    is kept unless strictly beaten), the step shrinking tenfold each round.
+    """
     best_err = torch.full_like(lo, float("inf"))
     best_f = torch.ones_like(lo)
-    for f in grid:
+
+    def consider(f):
+        nonlocal best_err, best_f
         err = quant_error(values, lo * f, hi * f, spec, p, weights)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
-        best_f = torch.where(better, f.to(lo.dtype), best_f)
+        best_f = torch.where(better, f, best_f)
+
+    for f in grid:
+        consider(torch.full_like(lo, float(f)))
+    step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
+    for _ in range(refine):
+        centre = best_f.clone()
+        for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1):
+            if t != 0:
+                consider((centre + float(t) * step / REFINE_DIVISION).clamp(low, top))
+        step /= REFINE_DIVISION
     return best_f
 
 
@@ -32,22 +58,28 @@ class MSE(Strategy):
         p: float = 2.0
         grid: int = 100
         min_ratio: float = 0.05
+        refine: int = 2  # rounds of local refinement after the grid (0: the grid only)
 
         def __post_init__(self):
             if self.p <= 0:
                 raise ValueError(f"p must be positive, got {self.p}")
             if self.grid < 2 or not 0 < self.min_ratio < 1:
                 raise ValueError("grid must be >= 2 and min_ratio in (0, 1)")
+            if self.refine < 0:
+                raise ValueError(f"refine must be >= 0, got {self.refine}")
+
+    def _search(self, values, lo, hi, spec, grid, weights=None):
+        return best_shrink(values, lo, hi, spec, self.options.p, grid, weights, self.options.refine)
 
     def weight_range(self, w, spec, ctx):
         lo, hi = row_minmax(w)
-        f = best_shrink(w, lo, hi, spec, self.options.p, shrink_grid(self.options.grid, self.options.min_ratio))
+        f = self._search(w, lo, hi, spec, shrink_grid(self.options.grid, self.options.min_ratio))
         return lo * f, hi * f
 
     def act_range(self, stats, spec, ctx):
         counts, centers = stats.signed_hist()
         lo = torch.tensor([stats.min], dtype=torch.float64)
         hi = torch.tensor([stats.max], dtype=torch.float64)
-        f = best_shrink(centers[None], lo, hi, spec, self.options.p,
-                        shrink_grid(self.options.grid, self.options.min_ratio).double(), counts[None])
+        f = self._search(centers[None], lo, hi, spec,
+                         shrink_grid(self.options.grid, self.options.min_ratio).double(), counts[None])
         return float(lo * f), float(hi * f)

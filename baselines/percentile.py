@@ -3,13 +3,30 @@
 McKinstry et al., "Discovering low-precision networks close to full-precision networks
 for efficient embedded inference" (2018); also the percentile calibrator of NVIDIA's
 pytorch-quantization.  Symmetric grids clip |x| at the percentile; asymmetric grids
-clip both tails.  Activations use the calibration histogram (bin resolution).
+clip both tails, each by the same rule (the lower clip is minus the percentile of -x).
+
+One definition for weights and activations: the inverted CDF, the smallest value whose
+empirical CDF reaches q = percentile / 100 (numpy's ``method='inverted_cdf'``; no
+interpolation, so the clip is always an observed value).  Weights use it exactly on their
+sorted values; activations at the calibration histogram's resolution: the upper edge of the
+first bin whose cumulative count reaches q, capped at the observed extreme, so it lies at most
+one bin above the exact value.
 """
 from dataclasses import dataclass
+import math
 
 import torch
 
 from dqss.strategy import Strategy, register_strategy
+
+
+def inverted_cdf(x: torch.Tensor, q: float) -> torch.Tensor:
+    """Per row of ``x``, the smallest value whose empirical CDF reaches ``q``; the index rule of numpy's
+    ``quantile(..., method='inverted_cdf')`` (``n*q - 1`` rounded up, in float64), so equal to it."""
+    n = x.shape[1]
+    k = n * q - 1
+    idx = min(max(math.floor(k) + (k != math.floor(k)), 0), n - 1)
+    return x.sort(dim=1).values[:, idx]
 
 
 def hist_quantile(counts: torch.Tensor, edges_hi: torch.Tensor, q: float) -> float:
@@ -32,9 +49,9 @@ class Percentile(Strategy):
     def weight_range(self, w, spec, ctx):
         q = self.options.percentile / 100.0
         if spec.symmetric:
-            t = torch.quantile(w.abs(), q, dim=1)
+            t = inverted_cdf(w.abs(), q)
             return -t, t
-        return torch.quantile(w, 1.0 - q, dim=1), torch.quantile(w, q, dim=1)
+        return -inverted_cdf(-w, q), inverted_cdf(w, q)
 
     def act_range(self, stats, spec, ctx):
         q = self.options.percentile / 100.0

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import FakeQuantizer, QuantSpec, range_to_qparams, fake_quantize
+from .quant import FakeQuantizer, QuantSpec, range_to_qparams
 from .results import REFERENCE_METHODS, RESERVED_METHODS, is_dqss
 from .stats import ActStats
 
@@ -131,8 +131,13 @@ def quant_error(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: 
     ``weights`` (same shape as ``values``) turns it into a weighted mean, for histograms.
     """
     scale, zero = range_to_qparams(lo, hi, spec)
-    q = fake_quantize(values, scale, zero, spec.qmin, spec.qmax, channel_axis=0)
-    err = (values - q).abs().pow(p)
+    # the values of fake_quantize (same operations), without its straight-through gradient
+    s = scale.to(values.dtype).reshape(-1, 1) if scale.dim() else scale.to(values.dtype)
+    z = zero.to(values.dtype).reshape(-1, 1) if zero.dim() else zero.to(values.dtype)
+    with torch.no_grad():
+        q = (torch.clamp(torch.round(values / s) + z, spec.qmin, spec.qmax) - z) * s
+        err = (values - q).abs()
+        err = err.square() if p == 2 else err.pow(p)
     if weights is None:
         return err.mean(1)
     return (err * weights).sum(1) / weights.sum(1).clamp_min(1e-12)
