@@ -38,7 +38,7 @@ class ClsPTQConfig(ClassificationConfig):
 
 # -- jobs -----------------------------------------------------------------------------------
 def run_calibrate(cfg: ClsPTQConfig, *, backbone: str, seed: int, ckpt=None, stats, images, device) -> None:
-    """One pass over the calibration draw; statistics shared by every strategy and bit width."""
+    """Two passes over the calibration draw (range, then histograms); statistics shared by every strategy and bit width."""
     prep = prepare(cfg, backbone, ckpt)
     folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
     x, _, ids = calibration_tensors(prep, cfg, seed)

@@ -293,7 +293,7 @@ def run_evaluate_fp(cfg: SRPTQConfig, *, backbone: str, seed: int, ckpt=None, fp
 
 
 def run_calibrate(cfg: SRPTQConfig, *, backbone: str, seed: int, ckpt=None, stats, crops, device) -> None:
-    """One pass over the seed's calibration crops; statistics shared by every strategy and bit width."""
+    """Two passes over the seed's calibration crops (range, then histograms); statistics shared by every strategy and bit width."""
     folded, ex = _folded(cfg, backbone, ckpt, device)
     x, ids = calibration_crops(cfg, backbone, seed)
     calibrate(cfg, folded, ex, x, ids, stats=stats, listing=crops, device=device,

@@ -2,14 +2,21 @@
 
 For each quantized layer's input activation we keep the exact minimum, maximum and
 moments, and two magnitude histograms (positive values and negated negative values)
-over a common range ``[0, M]``.  When a batch exceeds ``M`` the histograms are merged
-pairwise and ``M`` doubles, so the histogram stays exact at its resolution without a
-second pass (the histogram-calibrator idea of NVIDIA's pytorch-quantization).
+over the fixed range ``[0, M]`` with ``M = max|x| * (1 + 2**-12)`` (``M`` strictly above
+every value, so no value sits on the closing edge).  The range is known only after
+every batch has been seen, so collection takes two passes over the calibration batches,
+like TensorRT's legacy calibrator: the first records the exact minimum, maximum, moments,
+zero count and samples, the second fills the histograms over the now fixed range.  The
+histograms therefore depend only on the data, not on how it was batched or ordered
+(growing the range while batches arrive, as NVIDIA's pytorch-quantization and earlier
+versions of this module do, makes the bins depend on the batch order).  Bins follow
+``numpy.histogram`` exactly (float64 edges ``k * M / bins``, last bin closed).
 Strategies that need the layer's real inputs (EasyQuant) ask for a small sample.
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +25,35 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
+# 2: histograms over the exact range found by a first pass.  (Files without the key are
+# format 1, whose range grew by doubling with the batches; they are refused, not reused.)
+STATS_FORMAT = 2
+_CHUNK = 1 << 22  # values binned at a time in the second pass
+
+
+def hist_bins(mag: torch.Tensor, bins: int, top) -> torch.Tensor:
+    """The bin of each value of ``mag`` (all in ``[0, top]``) among ``bins`` equal bins of
+    ``[0, top]``, exactly as ``numpy.histogram(mag, bins, range=(0, top))`` assigns it: float64
+    edges ``k * (top / bins)``, the last bin closed.  ``top`` may be a tensor broadcasting
+    against ``mag`` (one range per row)."""
+    mag = mag.double()
+    top = torch.as_tensor(top, dtype=torch.float64, device=mag.device)
+    step = top / bins
+    idx = (mag * (bins / top)).floor().long().clamp(0, bins - 1)
+    # numpy's correction against the edges themselves, so rounding never moves a value across an edge
+    idx = idx - (mag < idx.double() * step).long()
+    upper = torch.where(idx == bins - 1, top, (idx + 1).double() * step)
+    return idx + ((mag >= upper) & (idx < bins - 1)).long()
+
 
 @dataclass
 class ActStats:
+    """Statistics of one tensor over all calibration batches.
+
+    Filled in two passes over the same batches: ``update_range`` for each batch, then
+    ``fix_range``, then ``update_hist`` for each batch (``ActStats.of`` does all three for a
+    list of tensors; ``collect_act_stats`` for a model's layer inputs).
+    """
     bins: int = 2048
     hist_max: float = 0.0
     hist_pos: torch.Tensor | None = None
@@ -34,7 +67,24 @@ class ActStats:
     abs_sum: float = 0.0
     samples: list[torch.Tensor] = field(default_factory=list)
 
-    def update(self, x: torch.Tensor) -> None:
+    @classmethod
+    def of(cls, batches, bins: int = 2048) -> ActStats:
+        """The statistics of the tensors ``batches`` (any iterable; it is listed once)."""
+        batches = list(batches)
+        st = cls(bins=bins)
+        for x in batches:
+            st.update_range(x)
+        st.fix_range()
+        for x in batches:
+            st.update_hist(x)
+        st.check_complete()
+        return st
+
+    def update_range(self, x: torch.Tensor) -> None:
+        """First pass: the exact minimum, maximum, moments and zero count, batch by batch."""
+        if self.hist_pos is not None:
+            raise RuntimeError("the histogram range is already fixed: update_range belongs to the first pass, "
+                               "before fix_range()")
         x = x.detach().float().flatten()
         if not torch.isfinite(x).all():
             raise FloatingPointError("non-finite activation during calibration; check the model weights "
@@ -46,21 +96,43 @@ class ActStats:
         self.sum += x.sum(dtype=torch.float64).item()
         self.sum_sq += (x.double() ** 2).sum().item()
         self.abs_sum += x.abs().sum(dtype=torch.float64).item()
+
+    def fix_range(self) -> None:
+        """End of the first pass: the histograms' range ``[0, max|x| * (1 + 2**-12)]``."""
+        if self.count == 0:
+            raise RuntimeError("no values were recorded in the first pass; the histogram range is unknown")
         amax = max(abs(self.min), abs(self.max))
+        # strictly above every value (TensorRT's legacy calibrator likewise histograms [0, max|x|])
+        self.hist_max = amax * (1 + 2 ** -12) if amax > 0 else 1e-8
+        self.hist_pos = torch.zeros(self.bins, dtype=torch.float64)
+        self.hist_neg = torch.zeros(self.bins, dtype=torch.float64)
+
+    def update_hist(self, x: torch.Tensor) -> None:
+        """Second pass: add one batch to the histograms over the fixed range."""
         if self.hist_pos is None:
-            # strictly above every value, so no value ever sits on the right edge of a bin
-            # that a later doubling would split
-            self.hist_max = amax * (1 + 2 ** -12) if amax > 0 else 1e-8
-            self.hist_pos = torch.zeros(self.bins, dtype=torch.float64)
-            self.hist_neg = torch.zeros(self.bins, dtype=torch.float64)
-        while amax >= self.hist_max:
-            self.hist_pos = _merge_pairs(self.hist_pos)
-            self.hist_neg = _merge_pairs(self.hist_neg)
-            self.hist_max *= 2.0
-        pos = x[x >= 0]
-        neg = -x[x < 0]
-        self.hist_pos += torch.histc(pos, self.bins, 0.0, self.hist_max).double().cpu()
-        self.hist_neg += torch.histc(neg, self.bins, 0.0, self.hist_max).double().cpu()
+            raise RuntimeError("the histogram range is not fixed yet: call update_range on every batch, then "
+                               "fix_range(), before update_hist")
+        x = x.detach().float().flatten()
+        top = float(x.abs().max()) if x.numel() else 0.0
+        if not top <= self.hist_max:  # also false for NaN
+            raise RuntimeError(f"a value in the second calibration pass (max |x| = {top}) lies "
+                               f"outside the range of the first pass ({self.hist_max}): both passes must see the "
+                               "same batches (a list of tensors or a loader without random augmentation)")
+        counts = torch.zeros(2 * self.bins, dtype=torch.float64, device=x.device)
+        for part in x.split(_CHUNK):  # bounded float64/int64 temporaries
+            idx = hist_bins(part.abs(), self.bins, self.hist_max) + self.bins * (part < 0).long()
+            counts += torch.bincount(idx, minlength=2 * self.bins).double()
+        counts = counts.cpu()
+        self.hist_pos += counts[:self.bins]
+        self.hist_neg += counts[self.bins:]
+
+    def check_complete(self) -> None:
+        """Both passes saw the same number of values."""
+        seen = int(self.abs_hist().sum()) if self.hist_pos is not None else 0
+        if seen != self.count:
+            raise RuntimeError(f"the second calibration pass saw {seen} values, the first {self.count}: both "
+                               "passes must see the same batches (a list of tensors or a loader without random "
+                               "augmentation or shuffling of a subset)")
 
     # -- derived quantities -------------------------------------------------------
     @property
@@ -106,48 +178,83 @@ class ActStats:
         d = {k: getattr(self, k) for k in ("bins", "hist_max", "hist_pos", "hist_neg", "min", "max",
                                            "count", "zeros", "sum", "sum_sq", "abs_sum")}
         d["samples"] = torch.cat(self.samples) if self.samples else None
+        d["format"] = STATS_FORMAT
         return d
 
     @classmethod
     def from_state(cls, d: dict) -> ActStats:
         d = dict(d)
+        fmt = d.pop("format", 1)
+        if fmt != STATS_FORMAT:
+            raise ValueError(f"calibration statistics of format {fmt}, this version reads format {STATS_FORMAT} "
+                             "(histograms over the exact range of a first pass; format 1 grew the range by doubling, "
+                             "so its histograms depend on the batch order)")
         samples = d.pop("samples")
         out = cls(**d)
         out.samples = [samples] if samples is not None else []
         return out
 
 
-def _merge_pairs(h: torch.Tensor) -> torch.Tensor:
-    merged = h.view(-1, 2).sum(1)
-    return torch.cat([merged, torch.zeros_like(merged)])
-
-
 @torch.no_grad()
 def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
                       bins: int = 2048, n_samples: int = 0, device: str | torch.device = "cpu",
                       desc: str = "calibration") -> dict[str, ActStats]:
-    """One pass over ``batches`` recording every listed layer's input statistics.
+    """Two passes over ``batches`` recording every listed layer's input statistics.
 
-    ``n_samples`` inputs per layer (the first images seen) are kept for strategies that
-    evaluate the layer itself.
+    The first pass records the exact minimum, maximum, moments and zero count, the second
+    the histograms over the range the first found, so ``batches`` must be re-iterable and
+    yield the same tensors twice: a list or tuple of tensors (``torch.split`` of a tensor), or
+    a loader without random augmentation.  A one-shot iterator or generator is refused with
+    a TypeError (wrap it in ``list(...)``); batches that differ between the passes raise a
+    RuntimeError (a GPU kernel's rounding may differ between the passes: the range's margin
+    of ``2**-12`` absorbs it).  ``n_samples`` inputs per layer (the first images of the first pass) are
+    kept for strategies that evaluate the layer itself.
     """
+    if isinstance(batches, Iterator):
+        raise TypeError("collect_act_stats makes two passes over the calibration batches, so they must be "
+                        "re-iterable (a list or tuple of tensors, torch.split(...), a DataLoader), not a one-shot "
+                        "iterator or generator; wrap it in list(...)")
     stats = {name: ActStats(bins=bins) for name in layers}
     kept = {name: 0 for name in layers}
 
-    def hook(name):
+    def first(name):
         def fn(_module, args):
             x = args[0]
-            stats[name].update(x)
+            stats[name].update_range(x)
             if kept[name] < n_samples:
                 take = x[: n_samples - kept[name]].detach().cpu()
                 stats[name].samples.append(take)
                 kept[name] += take.shape[0]
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    def second(name):
+        def fn(_module, args):
+            stats[name].update_hist(args[0])
+        return fn
+
     model.eval()
+    _pass(model, layers, first, batches, device, f"{desc} (range)")
+    for st in stats.values():
+        if st.count:  # a layer the forward pass never reached keeps no histogram
+            st.fix_range()
+    _pass(model, layers, second, batches, device, f"{desc} (histograms)")
+    for name, st in stats.items():
+        try:
+            st.check_complete()
+        except RuntimeError as exc:
+            raise RuntimeError(f"layer '{name}': {exc}") from None
+    log.info("collected statistics of %d layers", len(stats))
+    return stats
+
+
+def _pass(model: nn.Module, layers: dict[str, nn.Module], hook, batches, device, desc: str) -> None:
+    """One forward pass over ``batches`` with ``hook(name)`` on every listed layer's input; a
+    non-finite activation is traced to the first module that outputs it."""
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
-        for i, images in enumerate(tqdm(batches, desc=desc, leave=False)):
+        total = len(batches) if hasattr(batches, "__len__") else None
+        # one iter() per pass (tqdm.auto would call it twice: a DataLoader would start its workers twice)
+        for i, images in enumerate(tqdm(iter(batches), total=total, desc=desc, leave=False)):
             try:
                 model(images.to(device))
             except FloatingPointError:
@@ -169,8 +276,6 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
             where = "an operation outside any module" if layer.startswith("none") else f"layer '{layer}'"
         raise FloatingPointError(f"non-finite activation during calibration (batch {i}): the first non-finite output "
                                  f"comes from {where}; check the model weights and the input normalisation")
-    log.info("collected statistics of %d layers", len(stats))
-    return stats
 
 
 def _leaves(model: nn.Module) -> dict[str, nn.Module]:
@@ -187,4 +292,8 @@ def load_stats(path) -> dict[str, ActStats]:
     except Exception as exc:  # a truncated or foreign file
         raise RuntimeError(f"cannot read calibration statistics {path}: {exc}. Delete the file and rerun "
                            "the workflow to recompute it") from exc
-    return {k: ActStats.from_state(v) for k, v in raw.items()}
+    try:
+        return {k: ActStats.from_state(v) for k, v in raw.items()}
+    except ValueError as exc:
+        raise RuntimeError(f"calibration statistics {path} were written by another version: {exc}. Delete the "
+                           "file and rerun the workflow to recompute it") from exc

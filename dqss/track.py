@@ -32,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
 # -- PTQ job steps ----------------------------------------------------------------------------
 def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, stats, listing, device,
               desc: str) -> None:
-    """One pass over the calibration draw: the statistics every strategy and bit width derives its ranges from
+    """Two passes over the calibration draw (range, then histograms): the statistics every strategy and bit width derives its ranges from
     (written to ``stats``) and the draw's item list (``listing``)."""
     plans = cfg.quant.layer_plans(folded, 8, 8, example)
     layers = {n: folded.get_submodule(n) for n in plans}

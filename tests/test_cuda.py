@@ -105,8 +105,7 @@ def test_every_qat_strategy_forward_and_backward_on_device(name, dev):
     g = torch.Generator().manual_seed(3)
     layer = nn.Conv2d(4, 6, 3)
     x = torch.randn(4, 4, 9, 9, generator=g)
-    st = ActStats(bins=256)
-    st.update(x)
+    st = ActStats.of([x], bins=256)
     s = get_strategy(name)
     grads = {}
     for d in ("cpu", dev):

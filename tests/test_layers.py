@@ -177,8 +177,7 @@ def test_unknown_layer_type_message():
 
 # -- mixed layers: efficient == naive -------------------------------------------------------
 def _mixed_layer(layer, x, names=("minmax", "percentile", "mse", "aciq"), bits=3, seed=0):
-    st = ActStats(bins=256)
-    st.update(x)
+    st = ActStats.of([x], bins=256)
     ctx = LayerContext("l", layer, x)
     w_spec = QuantSpec(bits, per_channel=True)
     a_spec = QuantSpec(bits, signed=None)

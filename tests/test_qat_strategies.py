@@ -49,9 +49,7 @@ def _layer(kind="conv", seed=0):
 
 
 def _stats(x):
-    st = ActStats()
-    st.update(x)
-    return st
+    return ActStats.of([x])
 
 
 def _act(signed, shape, seed=1):

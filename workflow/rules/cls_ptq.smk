@@ -54,7 +54,7 @@ rule cls_evaluate_fp:
 
 
 rule cls_calibrate:
-    """One calibration pass: statistics shared by every strategy and bit width."""
+    """Calibration statistics (two passes over the draw: range, then histograms), shared by every strategy."""
     input:
         ckpt=cls_checkpoint,
     output:

@@ -76,7 +76,7 @@ rule sr_evaluate_fp:
 
 
 rule sr_calibrate:
-    """One pass over the seed's calibration crops (training images only): statistics for every strategy."""
+    """Two passes over the seed's calibration crops (training images only): statistics for every strategy."""
     input:
         ckpt=sr_checkpoint,
     output:
