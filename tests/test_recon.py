@@ -188,9 +188,7 @@ def test_step_quantizer_drops_elements_with_its_probability():
 def _stats_of(x):
     from dqss.stats import ActStats
 
-    st = ActStats(bins=256)
-    st.update(x)
-    return st
+    return ActStats.of([x], bins=256)
 
 
 # -- units --------------------------------------------------------------------------------------------
@@ -256,9 +254,9 @@ def test_adaround_lowers_every_layers_output_error():
     model, x, plans, stats, r = _recon("adaround", bits=3, reg_weight=1e-3)  # lambda scaled to the tiny layers
     nearest = quantize_uniform(model, plans, stats, get_strategy("mse"))
     errs = {n: (_layer_error(r.model, model, x, n), _layer_error(nearest, model, x, n)) for n in plans}
-    # lower in total by a fifth, and no layer worse by more than 1% (the 3-channel stem's error is mostly
-    # clipping, which rounding cannot change: there both roundings are within 0.2%)
-    assert sum(a for a, _ in errs.values()) < 0.8 * sum(b for _, b in errs.values()), errs
+    # lower by a fifth (geometric mean of the per-layer ratios), and no layer worse by more than 1% (the
+    # 3-channel stem's error is mostly clipping, which rounding cannot change: there both are within 0.2%)
+    assert math.exp(np.mean([math.log(a / b) for a, b in errs.values()])) < 0.8, errs
     assert all(a < 1.01 * b for a, b in errs.values()), errs
     assert sum(a < b for a, b in errs.values()) >= len(errs) - 1, errs
     assert [u for u, _ in r.units] == list(plans)
