@@ -25,9 +25,10 @@ def recon_run(tiny_run, tmp_path_factory):
     work, _ = tiny_run
     run = tmp_path_factory.mktemp("recon") / "run"
     shutil.copytree(work, run, symlinks=True)
-    res = snakemake("reconstruction", "--cores", "2", "--directory", str(run),
-                    "--configfile", str(ROOT / "config/test.yaml"))
-    return run, res
+    args = ["reconstruction", "--cores", "2", "--directory", str(run), "--configfile", str(ROOT / "config/test.yaml")]
+    plan = snakemake("-n", *args)  # what the target would run (a dry run prints its job table on stdout)
+    snakemake(*args)
+    return run, plan
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_mse_y_matches_basicsr_psnr_on_rounded_images():
 def test_mcnemar_matches_scipy_binomial_test():
     from scipy.stats import binomtest
 
-    for b, c in [(0, 0), (3, 0), (10, 2), (7, 7), (1, 20)]:
+    for b, c in [(0, 0), (3, 0), (10, 2), (7, 7), (1, 20), (600, 590), (1100, 3)]:  # n > 1023 too
         want = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
         assert mcnemar_exact(b, c) == pytest.approx(want, rel=1e-9)
 
