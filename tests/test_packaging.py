@@ -189,15 +189,17 @@ def test_suite_names_what_to_install_without_python_311(tmp_path):
 
 def test_every_baseline_module_registers_and_template_does_not():
     import baselines
+    from dqss.recon import RECONSTRUCTIONS
     from dqss.strategy import STRATEGIES, strategy_names
 
     names = strategy_names()
     modules = {m.name for m in pkgutil.iter_modules(baselines.__path__)
                if m.name != "TEMPLATE" and not m.name.startswith("_")}  # private helpers register nothing
-    registered_modules = {c.__module__.split(".")[-1] for c in STRATEGIES.values()}
+    registered = [*STRATEGIES.values(), *RECONSTRUCTIONS.values()]  # range/QAT strategies and reconstructions
+    registered_modules = {c.__module__.split(".")[-1] for c in registered}
     assert modules <= registered_modules
     assert "template" not in names
-    undocumented = [cls for cls in STRATEGIES.values() if not _teaching_docstring(cls)]
+    undocumented = [cls for cls in registered if not _teaching_docstring(cls)]
     assert not undocumented, f"strategies without a docstring on the class or its module: {undocumented}"
 
 
