@@ -77,8 +77,12 @@ def recon_candidates(cfg, states: list[str]) -> dict:
     """The reconstructed methods as frozen DQSS candidates, from their jobs' files (in ``methods`` order)."""
     from .recon import ReconstructedStrategy, load_reconstruction
 
+    methods = cfg.reconstruction.methods
+    if len(states) != len(methods):
+        raise ValueError(f"dqss_recon was given {len(states)} reconstruction file(s) for the methods {methods}; "
+                         "the rule must pass one per method, in reconstruction.methods order")
     out = {}
-    for m, path in zip(cfg.reconstruction.methods, states):
+    for m, path in zip(methods, states):
         state = load_reconstruction(path)
         if state.get("method") != m:
             raise RuntimeError(f"{path} holds a '{state.get('method')}' reconstruction, expected '{m}'; delete it "

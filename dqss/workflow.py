@@ -296,11 +296,14 @@ def run_job(smk, job, **extra) -> None:
     """Run a job function as every rule does: its config from the rule's settings, then its wildcards (``seed``,
     ``w``, ``a`` as integers), the rule's named inputs and outputs and ``extra`` as keyword arguments (a job's
     parameters are named like its rule's keys, so a swapped or missing file is an error, not a silent mix-up),
-    and the device.  An input the rule leaves empty (no checkpoint for timm weights) is passed as None."""
+    and the device.  An input the rule leaves empty (no checkpoint for timm weights) is passed as None, one of
+    several files as their list."""
     device = setup(smk)
     kwargs = {k: int(v) if k in INT_WILDCARDS else v for k, v in smk.wildcards.items()}
     for name, value in [*smk.input.items(), *smk.output.items()]:
-        kwargs[name] = value if isinstance(value, str) else (None if len(value) == 0 else value[0])
+        # a named input or output of several files (dqss_recon's reconstructions) is passed as the list
+        kwargs[name] = value if isinstance(value, str) else (None if len(value) == 0 else
+                                                             value[0] if len(value) == 1 else list(value))
     job(job_config(smk), **kwargs, **extra, device=device)
 
 
