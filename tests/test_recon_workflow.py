@@ -115,3 +115,25 @@ def test_job_settings_of_a_method_name_only_itself():
     assert job_settings(cfg, "dqss_recon", "test_resnet") != job_settings(fewer, "dqss_recon", "test_resnet")
     # the default target's jobs do not read the section at all
     assert job_settings(cfg, "dqss", "test_resnet") == job_settings(fewer, "dqss", "test_resnet")
+
+
+def test_run_job_passes_one_file_as_a_path_and_several_as_a_list(monkeypatch):
+    """dqss_recon's named input holds one reconstruction per method: the job must get all of them."""
+    from snakemake.iocontainers import InputFiles, OutputFiles, Params, Wildcards
+
+    import dqss.workflow as wf
+
+    cfg = track_config(CONFIG, "cls_ptq")
+    inputs = InputFiles(["ckpt.pt", "a.pt", "b.pt", "c.pt"])
+    inputs._set_name("ckpt", 0)
+    inputs._set_name("recon", 1, 4)
+    outputs = OutputFiles(["m.json"])
+    outputs._set_name("metrics", 0)
+    params = Params([], fromdict={"track": "cls_ptq", "settings": job_settings(cfg, "dqss_recon", "test_resnet")})
+    wildcards = Wildcards(fromdict={"backbone": "test_resnet", "w": "4", "a": "4", "seed": "0"})
+    smk = type("Smk", (), {"input": inputs, "output": outputs, "params": params, "wildcards": wildcards})()
+    monkeypatch.setattr(wf, "setup", lambda s: "cpu")
+    got = {}
+    wf.run_job(smk, lambda cfg, **kw: got.update(kw))
+    assert got["ckpt"] == "ckpt.pt" and got["recon"] == ["a.pt", "b.pt", "c.pt"] and got["metrics"] == "m.json"
+    assert (got["w"], got["seed"], got["device"]) == (4, 0, "cpu")
