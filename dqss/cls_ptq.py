@@ -77,7 +77,6 @@ def run_dqss_recon(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: in
                    metrics, assignment, history, selection, device) -> None:
     """``dqss_recon``: the DQSS search and selection with the reconstructed methods (``recon``: their files, in
     ``reconstruction.methods`` order) as frozen candidates beside the range strategies."""
-    recon = [recon] if isinstance(recon, str) else list(recon)
     _search_job(cfg, backbone, seed, w, a, ckpt, stats, fp, history, selection, device,
                 {DQSS_RECON: ("selected", metrics, assignment)}, extra=recon_candidates(cfg, recon))
 

@@ -328,16 +328,19 @@ class _Capture:
 
 
 @torch.no_grad()
-def _cache(model: nn.Module, unit: str, inputs: torch.Tensor, batch_size: int, device, what: str) -> torch.Tensor:
+def _cache(model: nn.Module, unit: str, inputs: torch.Tensor, batch_size: int, device
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unit's inputs and outputs over ``inputs``, from one pass of ``model``."""
     cap = _Capture(model.get_submodule(unit))
-    out = []
+    ins, outs = [], []
     try:
         for b in torch.split(inputs, batch_size):
             model(b.to(device))
-            out.append((cap.input if what == "input" else cap.output).cpu())
+            ins.append(cap.input.cpu())
+            outs.append(cap.output.cpu())
     finally:
         cap.remove()
-    return torch.cat(out)
+    return torch.cat(ins), torch.cat(outs)
 
 
 def _fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss) -> torch.Tensor:
@@ -424,9 +427,9 @@ def reconstruct(method: type[Reconstruction], model: nn.Module, plans: dict[str,
             for m in layers:  # the unit starts from nearest rounding for its caches and Fisher
                 if isinstance(m.weight_quant, AdaRoundQuantizer):
                     m.weight_quant.soft = False
-            q_in = _cache(qmodel, unit, inputs, batch_size, device, "input")
-            fp_in = _cache(fp, unit, inputs, batch_size, device, "input") if ps.drop else None
-            target = _cache(fp, unit, inputs, batch_size, device, "output")
+            q_in, _ = _cache(qmodel, unit, inputs, batch_size, device)
+            fp_in, target = _cache(fp, unit, inputs, batch_size, device)  # one FP pass: QDrop's inputs, the target
+            fp_in = fp_in if ps.drop else None
             fisher = (_fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss)
                       if ps.loss == "fisher" else None)
             loss = _optimise(qmodel.get_submodule(unit), layers, q_in, fp_in, target, fisher, ps, cfg, gen, device)

@@ -357,7 +357,6 @@ def run_dqss_recon(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int
                    metrics, assignment, history, selection, crop, device) -> None:
     """``dqss_recon``: the search and selection with the reconstructed methods (``recon``: their files, in
     ``reconstruction.methods`` order) as frozen candidates beside the range strategies."""
-    recon = [recon] if isinstance(recon, str) else list(recon)
     _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selection, device,
                 {DQSS_RECON: ("selected", metrics, assignment, crop)}, extra=recon_candidates(cfg, recon))
 

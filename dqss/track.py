@@ -77,6 +77,7 @@ def recon_candidates(cfg, states: list[str]) -> dict:
     """The reconstructed methods as frozen DQSS candidates, from their jobs' files (in ``methods`` order)."""
     from .recon import ReconstructedStrategy, load_reconstruction
 
+    states = [states] if isinstance(states, str) else list(states)  # one method: run_job passes a path
     methods = cfg.reconstruction.methods
     if len(states) != len(methods):
         raise ValueError(f"dqss_recon was given {len(states)} reconstruction file(s) for the methods {methods}; "

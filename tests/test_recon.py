@@ -338,7 +338,7 @@ def test_cached_unit_output_is_not_changed_by_an_inplace_activation():
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).eval()
     x = torch.randn(8, 3, 6, 6)
-    got = _cache(model, "0", x, 4, "cpu", "output")
+    _, got = _cache(model, "0", x, 4, "cpu")
     with torch.no_grad():
         ref = model[0](x)
     assert (ref < 0).any()
