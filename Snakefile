@@ -1,5 +1,6 @@
 # DQSS quantization benchmark suite.
-#   snakemake --cores all                                 embedded default (CPU, minutes)
+#   snakemake --cores all                                 embedded default (CPU, minutes); with the deployment
+#                                                         check in ONNX Runtime (results/deploy/deploy.csv)
 #   snakemake --cores all --configfile config/paper.yaml  the paper's setting (GPU, datasets)
 #   snakemake --cores all reconstruction                  the reconstruction baselines (AdaRound, BRECQ, QDrop) and
 #                                                         dqss_recon, beside every default row: results/reconstruction/
@@ -59,6 +60,7 @@ if SR_PTQ:
 
 include: "workflow/rules/report.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/deploy.smk"
 
 
 # Rules that run where Snakemake runs, never as cluster jobs (--executor slurm): light work on the finished
@@ -70,6 +72,7 @@ localrules:
     reconstruction,
     reconstruction_aggregate,
     reconstruction_report,
+    deploy_summary,
 
 
 rule all:
@@ -77,3 +80,4 @@ rule all:
     input:
         "results/metrics.csv",
         "results/report/report.md",
+        "results/deploy/deploy.csv",

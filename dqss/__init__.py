@@ -9,3 +9,19 @@ names, columns, the ``results/`` layout), ``track`` and ``classification`` (what
 """
 
 __version__ = "0.1.0"
+
+# the public flow (dqss.api), imported on first use
+_API = ("calibrate", "quantize", "search", "from_assignment", "from_stats", "top1", "outputs", "agreement",
+        "Calibration", "SearchResult")
+
+
+def __getattr__(name):
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    if name == "QuantPolicy":
+        from .layers import QuantPolicy
+
+        return QuantPolicy
+    raise AttributeError(f"module 'dqss' has no attribute '{name}'")

@@ -15,6 +15,7 @@ import torch
 
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input,
                              load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
+from .deploy_check import DeploySection, run_cls_deploy  # noqa: F401  (this track's deploy_check job)
 from .layers import fold_batchnorm
 from .ptq_search import selection_summary
 from .recon import ReconSection, kl_task_loss
@@ -31,6 +32,7 @@ TASK = "cls_ptq"
 class ClsPTQConfig(ClassificationConfig):
     dqss: SearchConfig
     reconstruction: ReconSection  # the reconstruction baselines (AdaRound, BRECQ, QDrop); none by default
+    deploy: DeploySection  # the ONNX Runtime check of the DQSS and best uniform models (deploy_check)
     task: ClassVar[str] = TASK
     section_choices: ClassVar[dict] = {"dqss": {"objective": ("kl", "l1", "mse")}}
     choice_reasons: ClassVar[dict] = {"dqss.objective": "measures images; classification selects on its logits"}

@@ -65,6 +65,13 @@ class QuantPolicy:
     def act_spec(self, bits: int) -> QuantSpec:
         return QuantSpec(bits, symmetric=self.act_symmetric, signed=None, per_channel=False)
 
+    def skip_reason(self, name: str) -> str:
+        """Why a Conv2d/Linear of a type the policy quantizes is not planned (for the API's report)."""
+        for pat in self.keep_fp:
+            if fnmatch.fnmatch(name, pat):
+                return f"keep_fp pattern '{pat}'"
+        return "left out by the policy"
+
     def layer_plans(self, model: nn.Module, w_bits: int, a_bits: int, example: torch.Tensor) -> dict:
         """The planned layers of ``model`` at W{w_bits}A{a_bits} under this policy (a track's policy may
         override it: SR keeps its head, upsampler and tail at higher precision)."""
@@ -141,8 +148,9 @@ class _ActAfterBN(nn.Sequential):
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Return a copy of ``model`` with every BN that directly follows a conv folded into it.
+def fold_batchnorm(model: nn.Module, example: torch.Tensor, pairs: list | None = None) -> nn.Module:
+    """Return a copy of ``model`` with every BN that directly follows a conv folded into it
+    (``pairs``: a list that receives the folded ``(conv, bn)`` names).
 
     Pairs are found by running ``example`` and matching each BN's input tensor with a
     conv's output tensor, so any module structure works (timm's ``BatchNormAct2d``
@@ -150,7 +158,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """
     model = copy.deepcopy(model).eval()
     outputs: dict[int, tuple[str, torch.Tensor]] = {}
-    pairs: list[tuple[str, str]] = []
+    found: list[tuple[str, str]] = []
     consumers: dict[str, int] = {}
     handles = []
     for name, m in model.named_modules():
@@ -161,7 +169,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
             def pre(_m, args, n=name):
                 hit = outputs.get(id(args[0]))
                 if hit is not None and hit[1] is args[0]:
-                    pairs.append((hit[0], n))
+                    found.append((hit[0], n))
                     consumers[hit[0]] = consumers.get(hit[0], 0) + 1
             handles.append(m.register_forward_pre_hook(pre))
     try:
@@ -170,7 +178,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
         for h in handles:
             h.remove()
         outputs.clear()
-    for conv_name, bn_name in dict.fromkeys(pairs):
+    folded = []
+    for conv_name, bn_name in dict.fromkeys(found):
         if consumers[conv_name] != 1:
             continue  # a conv feeding several BNs cannot be folded
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
@@ -183,5 +192,8 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> nn.Module:
         conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
         rest = [getattr(bn, k) for k in ("drop", "act") if isinstance(getattr(bn, k, None), nn.Module)]
         model.set_submodule(bn_name, _ActAfterBN(*rest) if rest else nn.Identity())
-    log.info("folded %d batch-norm layers", len(set(pairs)))
+        folded.append((conv_name, bn_name))
+    if pairs is not None:
+        pairs.extend(folded)
+    log.info("folded %d batch-norm layers", len(folded))
     return model

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import BIT_MAX, BIT_MIN, SEED_MAX, TrackConfig, build_section, check_options, given, option, track_key
+from .deploy_check import DeploySection
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
@@ -80,6 +81,12 @@ class SRQuantPolicy(QuantPolicy):
     def patterns(self) -> list[str]:
         return [pat for part in self.high_precision for pat in PARTS[part]]
 
+    def skip_reason(self, name: str) -> str:
+        for part in self.high_precision:
+            if any(fnmatch.fnmatch(name, p) for p in PARTS[part]):
+                return f"the {part}, kept in full precision (quant.high_precision)"
+        return super().skip_reason(name)
+
     def layer_plans(self, model, w_bits: int, a_bits: int, example: torch.Tensor):
         """plan_layers with the high-precision parts left in FP or moved to ``high_precision_bits``."""
         pats = self.patterns()
@@ -115,6 +122,7 @@ class SRPTQConfig(TrackConfig):
     quant: SRQuantPolicy
     dqss: SearchConfig
     reconstruction: ReconSection  # the reconstruction baselines (AdaRound, BRECQ, QDrop); none by default
+    deploy: DeploySection  # the ONNX Runtime check of the DQSS and best uniform models (deploy_check)
     eval: SREvalConfig
     weights_dir: str = track_key(lambda v, key, kind: str(v or WEIGHTS_DIR), default=WEIGHTS_DIR)
     task: ClassVar[str] = TASK

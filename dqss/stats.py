@@ -252,7 +252,10 @@ def _pass(model: nn.Module, layers: dict[str, nn.Module], hook, batches, device,
     non-finite activation is traced to the first module that outputs it."""
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
-        total = len(batches) if hasattr(batches, "__len__") else None
+        try:
+            total = len(batches)
+        except TypeError:  # a loader or wrapper without a length
+            total = None
         # one iter() per pass (tqdm.auto would call it twice: a DataLoader would start its workers twice)
         for i, images in enumerate(tqdm(iter(batches), total=total, desc=desc, leave=False)):
             try:

@@ -11,11 +11,12 @@ from typing import Callable
 
 import torch
 
+from . import api
 from .mixed import pinned
-from .ptq import assignment_choice, export_assignment, quantize_uniform
-from .ptq_search import Outcome, search_and_select, write_history, write_selection
+from .ptq import assignment_choice, export_assignment
+from .ptq_search import Outcome, write_history, write_selection
 from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
-from .stats import collect_act_stats, load_stats, save_stats
+from .stats import load_stats
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +33,30 @@ def resolve_device(device: str) -> torch.device:
 # -- PTQ job steps ----------------------------------------------------------------------------
 def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, stats, listing, device,
               desc: str) -> None:
-    """Two passes over the calibration draw (range, then histograms): the statistics every strategy and bit width derives its ranges from
-    (written to ``stats``) and the draw's item list (``listing``)."""
-    plans = cfg.quant.layer_plans(folded, 8, 8, example)
-    layers = {n: folded.get_submodule(n) for n in plans}
+    """Two passes over the calibration draw (range, then histograms) by the public :func:`dqss.api.calibrate`:
+    the statistics every strategy and bit width derives its ranges from (written to ``stats``) and the
+    draw's item list (``listing``).  The layers it leaves in full precision are logged with their reason."""
     c = cfg.calibration
-    act_stats = collect_act_stats(folded, layers, torch.split(inputs, c.batch_size), bins=c.bins,
-                                  n_samples=c.samples, device=device, desc=desc)
-    save_stats(act_stats, stats)
+    calib = api.calibrate(folded, torch.split(inputs, c.batch_size), cfg.quant, bins=c.bins, samples=c.samples,
+                          device=device)
+    log.info("%s:\n%s", desc, calib.report())
+    calib.save(stats)
     write_text(listing, "".join(f"{x}\n" for x in ids))  # one calibration image or crop a line
 
 
+def load_calibration(cfg, folded, example, stats, device) -> api.Calibration:
+    """The calibration a PTQ job reads (its statistics file) as the API's :class:`~dqss.api.Calibration`."""
+    return api.from_stats(folded, stats, cfg.quant, example, device=device)
+
+
 def uniform_grid(cfg, folded, example, stats, outputs: dict, finish: Callable) -> None:
-    """Every (strategy, bit width) of ``outputs`` applied uniformly to all planned layers; ``finish(qmodel,
-    method, w, a, output)`` evaluates one and writes its result.  Layers are planned once per bit width."""
-    act_stats = load_stats(stats)
-    plans = {}
+    """Every (strategy, bit width) of ``outputs`` applied uniformly to all planned layers by the public
+    :func:`dqss.api.quantize`; ``finish(qmodel, method, w, a, output)`` evaluates one and writes its result."""
+    device = example.device
+    calib = load_calibration(cfg, folded, example, stats, device)
     for (method, w, a), output in outputs.items():
-        if (w, a) not in plans:
-            plans[w, a] = cfg.quant.layer_plans(folded, w, a, example)
-        finish(quantize_uniform(folded, plans[w, a], act_stats, cfg.strategy(method)), method, w, a, output)
+        qmodel = api.quantize(folded, calib, cfg.strategy(method), w_bits=w, a_bits=a, device=device, folded=True)
+        finish(qmodel, method, w, a, output)
 
 
 def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method: str, seed: int, w: int, a: int,
@@ -105,15 +110,15 @@ def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, 
 
 def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
                 device, objective: str, labels=None, border: int = 0, extra: dict | None = None):
-    """The search on the calibration's search part and the final choice (``dqss.select``): the outcome, the
-    layer plans and the candidate strategies (``extra``: more, e.g. reconstructed methods).  (The caller seeds
-    torch before it builds the model.)"""
-    plans = cfg.quant.layer_plans(folded, w, a, example)
-    strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates} | (extra or {})
-    out = search_and_select(folded, plans, load_stats(stats), strategies, inputs, ids, cfg=cfg.dqss,
-                            hold_fraction=cfg.calibration.hold_fraction, seed=seed, device=device,
-                            objective=objective, batch_size=cfg.calibration.batch_size, labels=labels, border=border)
-    return out, plans, strategies
+    """The search on the calibration's search part and the final choice (``dqss.select``), by the public
+    :func:`dqss.api.search`: the outcome, the layer plans and the candidate strategies (``extra``: more, e.g.
+    reconstructed methods).  (The caller seeds torch before it builds the model.)"""
+    calib = load_calibration(cfg, folded, example, stats, device)
+    found = api.search(folded, calib, inputs, w_bits=w, a_bits=a, candidates=cfg.dqss.candidates,
+                       options=cfg.strategy_options, config=cfg.dqss, labels=labels, objective=objective,
+                       hold_fraction=cfg.calibration.hold_fraction, batch_size=cfg.calibration.batch_size, seed=seed,
+                       ids=ids, border=border, device=device, extra=extra, folded=True)
+    return found.outcome, found.plans, found.strategies
 
 
 def dqss_save(cfg, out: Outcome, plans, strategies, *, backbone: str, seed: int, w: int, a: int,

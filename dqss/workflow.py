@@ -45,6 +45,7 @@ JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "dqss": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options"),
         "reconstruct": (*_CLS_EVAL, "quant", "calibration", "reconstruction", "strategy_options"),
         "dqss_recon": (*_CLS_EVAL, "quant", "calibration", "dqss", "reconstruction", "strategy_options"),
+        "deploy": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options", "deploy"),
     },
     "cls_qat": {
         "train": _CLS_TRAIN,
@@ -64,6 +65,8 @@ JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
                         "strategy_options"),
         "dqss_recon": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "reconstruction",
                        "strategy_options"),
+        "deploy": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "strategy_options",
+                   "deploy"),
     },
 }
 
@@ -183,7 +186,7 @@ def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dic
     raw = cfg.raw
     keys = JOB_KEYS[cfg.task][job]
     runs = None  # the strategies this job runs or searches over
-    if job == "dqss":
+    if job in ("dqss", "deploy"):  # deploy_check rebuilds the DQSS model and the best uniform among the candidates
         runs = list(cfg.dqss.candidates)
     elif job == "uniform":
         runs = [method] if method is not None else list(cfg.strategies)

@@ -85,16 +85,20 @@ def test_rules_are_read_from_the_workflow():
     rules, local = set(rule_blocks()), localrules()
     assert {"cls_train", "cls_dqss", "cls_qat_retrain", "sr_dqss", "benchmark_qat_step", "aggregate", "all"} <= rules
     assert local == {"all", "aggregate", "report", "sr_download_weights", "paper_tables", "reconstruction",
-                     "reconstruction_aggregate", "reconstruction_report"}
-    assert len(compute_rules()) == 22
+                     "reconstruction_aggregate", "reconstruction_report", "deploy_summary"}
+    assert len(compute_rules()) == 23
+
+
+CPU_ONLY = {"deploy_check"}
 
 
 def test_every_compute_rule_declares_one_gpu_resource():
     """Each compute rule asks for a GPU through the standard `gpu` resource (0 where the config says
-    device: cpu), and through nothing else."""
+    device: cpu), and through nothing else; the deployment check runs ONNX Runtime's CPU provider: gpu=0."""
     for name in sorted(compute_rules()):
         block = rule_blocks()[name]
-        assert re.search(r"^        gpu=GPU,$", block, flags=re.M), f"rule {name} does not declare gpu=GPU"
+        want = "0" if name in CPU_ONLY else "GPU"
+        assert re.search(rf"^        gpu={want},$", block, flags=re.M), f"rule {name} does not declare gpu={want}"
         assert not re.search(r"^        (gpus|gres|gpu_model|nvidia_gpu)=", block, flags=re.M), name
 
 

@@ -93,12 +93,14 @@ EMBEDDED_COUNTS = {
     "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 8, "cls_qat_dqss": 4, "cls_qat_retrain": 2,
     # SR: 2 backbones x 2 seeds x 2 bit widths of DQSS, one uniform and one calibration job per backbone and seed
     "sr_train": 2, "sr_evaluate_fp": 2, "sr_calibrate": 4, "sr_uniform": 4, "sr_dqss": 8,
+    # deployment check: one job per PTQ backbone (3 classification, 2 SR), on the first seed
+    "deploy_check": 5, "deploy_summary": 1,
     "aggregate": 1, "report": 1, "all": 1,
 }
 TEST_COUNTS = {"cls_train": 1, "cls_evaluate_fp": 1, "cls_calibrate": 1, "cls_uniform": 1, "cls_dqss": 1,
                "cls_qat_train": 1, "cls_qat_evaluate_fp": 1, "cls_qat_uniform": 2, "cls_qat_dqss": 2,
                "cls_qat_retrain": 1, "sr_train": 1, "sr_evaluate_fp": 1, "sr_calibrate": 1, "sr_uniform": 1, "sr_dqss": 1,
-               "aggregate": 1, "report": 1, "all": 1}
+               "deploy_check": 2, "deploy_summary": 1, "aggregate": 1, "report": 1, "all": 1}
 
 
 # -- the README's commands, literally, from the repository root -----------------------------

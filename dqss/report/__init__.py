@@ -47,14 +47,45 @@ log = logging.getLogger(__name__)
 DROP_METRICS = ("top1", "agree_fp")  # accuracy-drop figures written by write_report
 
 
+def _deploy_section(deploy_path, tdir: Path, written: list) -> list[str]:
+    """The deployment check's tables (one per task) and what they show."""
+    import pandas as pd
+
+    from ..deploy_check import deploy_tables
+
+    if not deploy_path:
+        return []
+    df = pd.read_csv(deploy_path)
+    if not len(df):
+        return []
+    lines = ["## Deployment check: ONNX Runtime int8 vs fake quantization", "",
+             "Each model exported to ONNX with QuantizeLinear/DequantizeLinear pairs carrying the suite's scales and "
+             "zero points (per-channel weights stored as int8, per-tensor activations, uint8 after a ReLU), run by "
+             "ONNX Runtime's CPU execution provider on the test set, against the fake-quantized PyTorch model. "
+             "*Integer kernels*: QLinearConv/QLinearMatMul/... nodes in ONNX Runtime's optimised graph, out of the "
+             "quantized layers (a layer whose output feeds a float operation, e.g. a residual Add, keeps its "
+             "dequantized inputs and a float kernel). W4A4 runs as 4-bit codes in the int8 container: the same "
+             "values, with int8 kernels, not int4 ones. Latency: median of the runs, int8 and FP interleaved, one "
+             "thread. Source: `results/deploy/deploy.csv`.", ""]
+    for stem, (md, tex) in deploy_tables(df).items():
+        for suffix, text in ((".md", md), (".tex", tex)):
+            p = tdir / f"{stem}{suffix}"
+            write_text(p, text)
+            written.append(p)
+        lines += [f"### {stem}", "", md.rstrip("\n"), "",
+                  f"Files: [tables/{stem}.md](tables/{stem}.md), [tables/{stem}.tex](tables/{stem}.tex)", ""]
+    return lines
+
+
 def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: list | None = None,
                  crop_paths: list | None = None, job_paths: list | None = None,
-                 selection_paths: list | None = None) -> list[Path]:
+                 selection_paths: list | None = None, deploy_path=None) -> list[Path]:
     """Summary CSV, tables (.md, .tex), figures (.png, .pdf) and ``report.md`` under ``outdir``.
 
     ``job_paths`` (the jobs' metrics.json files) give the per-image values of the significance marks;
     ``selection_paths`` (the DQSS jobs' selection.json) the discretization-gap tables and the figure of
-    softmax weights against measured effects."""
+    softmax weights against measured effects; ``deploy_path`` (``results/deploy/deploy.csv``) the table of
+    the deployment check in ONNX Runtime."""
     from ..paired import load_per_image
 
     outdir = Path(outdir)
@@ -140,6 +171,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
                       "As in DARTS-PT (Wang et al., ICLR 2021, Fig. 1): a candidate's softmax weight does not say "
                       "how good it is alone; each point is one tensor switched to one candidate in the first "
                       "selection sweep.", "", f"![softmax vs measured](figures/{stem}.png)", ""]
+    lines += _deploy_section(deploy_path, tdir, written)
     report = outdir / "report.md"
     write_text(report, "\n".join(lines).rstrip("\n") + "\n")
     written.append(report)

@@ -172,6 +172,7 @@ REPORT_FIGURES = [
     "{kind,softmax_vs_measured}_{track,%s}_{backbone}.%s" % (_TRACKS, _EXT_FIG),
 ]
 REPORT_TABLES = [
+    "{kind,deploy}_{track,%s}.%s" % (_TRACKS, _EXT_TAB),  # deployment check in ONNX Runtime
     "{kind,gap}_{track,%s}_{backbone}_w{w,\\d+}a{a,\\d+}.%s" % (_TRACKS, _EXT_TAB),  # discretization gap
     "{track,%s}_{dataset}_w{w,\\d+}a{a,\\d+}_{metric}.%s" % (_TRACKS, _EXT_TAB),  # classification
     "{track,%s}_{backbone}_w{w,\\d+}a{a,\\d+}.%s" % (_TRACKS, _EXT_TAB),  # SR
@@ -189,6 +190,9 @@ def figure_labels(wc):
 def table_labels(wc):
     if wc.get("kind") == "gap":
         table, of = "discretization gap", wc.backbone
+    elif wc.get("kind") == "deploy":
+        return {"table": "deployment check (ONNX Runtime)", "dataset / backbone": "all backbones",
+                "bits": "all", "format": {"md": "Markdown", "tex": "LaTeX"}[wc.ext]}
     elif "metric" in wc.keys():
         table, of = wc.metric, f"{wc.dataset} (columns: backbones)"
     else:

@@ -1,0 +1,267 @@
+"""The deployment check job: the DQSS assignment and the best uniform strategy of a PTQ track, exported to
+ONNX (QuantizeLinear/DequantizeLinear with the suite's scales, :mod:`dqss.deploy`) and run as integers by
+ONNX Runtime's CPU execution provider, against the fake-quantized PyTorch model on the same test inputs.
+
+One job per (track, backbone), on the first seed's calibration and assignments; one CSV row per (method, bit
+width).  "Best uniform" is the uniform strategy the DQSS selection found best on the calibration's held part
+(``reference_uniform`` of the assignment file): chosen on calibration data, never on the test set.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import api
+from .config import check_options, option
+from .results import DQSS_METHOD, load_assignment, provenance, write_frame
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "metric", "fake", "ort",
+           "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "container", "emulated_layers",
+           "quantized_layers", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes", "size_ratio"]
+
+
+@dataclass
+class DeploySection:
+    """A PTQ track's ``deploy:`` section: the ONNX Runtime check of ``deploy_check`` (part of ``all``)."""
+
+    enabled: bool = True  # run deploy_check for this track (false: no results/deploy rows for it)
+    runs: int = option(20, ge=1)  # timed runs per latency median (after warmup)
+    warmup: int = option(3, ge=0)  # untimed runs before them
+    batch_sizes: list[int] = option(factory=lambda: [1, 64], min_items=1)  # latency batches
+    threads: int = option(1, ge=1)  # ONNX Runtime intra-op threads (the job's one core)
+    test_items: int | None = option(None, ge=1)  # test items compared (evenly spaced); null = the whole test set
+    opset: int = option(17, ge=13, le=21)  # ONNX opset of the export
+
+    def __post_init__(self):
+        check_options(self)
+
+
+def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> dict:
+    """Median ms per call of the int8 and the FP session at each batch size (``ex`` repeated), and their ratio."""
+    from .deploy import compare_latency
+
+    out = {}
+    for b in sec.batch_sizes:
+        batch = ex[:1].repeat(b, *[1] * (ex.dim() - 1))
+        med = compare_latency(sessions, batch, sec.runs, sec.warmup)
+        out[f"fp_ms_b{b}"] = round(1000 * med["fp"], 4)
+        out[f"int8_ms_b{b}"] = round(1000 * med["int8"], 4)
+        out[f"latency_ratio_b{b}"] = round(med["int8"] / med["fp"], 4)
+    return out
+
+
+def _kernels(path, info, threads: int) -> dict:
+    from .deploy import integer_kernels
+
+    k = integer_kernels(path, threads)
+    return {"container": info.container, "emulated_layers": len(info.emulated), "quantized_layers": len(info.layers),
+            "integer_kernels": sum(k["integer"].values()), "float_kernels": sum(k["float"].values())}
+
+
+def test_subset(n: int, items: int | None) -> list[int]:
+    """Indices of the test items compared: all, or ``items`` evenly spaced over the set (a class-sorted
+    ImageFolder's first N would be its first classes only)."""
+    if items is None or items >= n:
+        return list(range(n))
+    return sorted({int(i) for i in torch.linspace(0, n - 1, items).round()})
+
+
+def models_to_check(cfg, folded, calib, assignments: list[str]) -> list[tuple[str, str, int, int, torch.nn.Module]]:
+    """(method, strategy, w, a, quantized model) for DQSS and the held-best uniform strategy at each bit width."""
+    out = []
+    for path in assignments:
+        a = load_assignment(path)
+        w, ab = int(a["w_bits"]), int(a["a_bits"])
+        ref = a.get("reference_uniform")
+        if not ref:
+            raise RuntimeError(f"{path} names no reference_uniform (the held-best uniform strategy); it predates "
+                               "this version: delete it and rerun its DQSS job")
+        out.append((DQSS_METHOD, "per layer", w, ab, api.from_assignment(folded, calib, a, folded=True)))
+        out.append(("best_uniform", ref, w, ab,
+                    api.quantize(folded, calib, cfg.strategy(ref), w_bits=w, a_bits=ab, folded=True)))
+    return out
+
+
+class OrtModule(torch.nn.Module):
+    """An ONNX Runtime session as a module (CPU tensors in and out), so a track's own evaluation runs it."""
+
+    def __init__(self, session, batch_size: int = 64):
+        super().__init__()
+        self.session, self.batch_size = session, batch_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .deploy import run_onnx
+
+        return run_onnx(self.session, x.cpu(), self.batch_size)
+
+
+def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, assignments, table, export_target, compare) -> None:
+    """Export FP and each model to check, compare each in ONNX Runtime (``compare(qmodel, session)`` -> the rows
+    of its metric, without the shared columns), time both, write ``table``."""
+    from importlib.metadata import version
+
+    import pandas as pd
+
+    from .deploy import export_onnx, ort_session
+
+    sec = cfg.deploy
+    assignments = [assignments] if isinstance(assignments, (str, Path)) else list(assignments)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        fp_path = Path(tmp) / "fp.onnx"
+        export_onnx(export_target(folded), ex, fp_path, opset=sec.opset, **_dynamic(cfg))
+        fp_session = ort_session(fp_path, sec.threads)
+        for method, strategy, w, a, qmodel in models_to_check(cfg, folded, calib, assignments):
+            q_path = Path(tmp) / f"{method}_w{w}a{a}.onnx"
+            info = export_onnx(export_target(qmodel), ex, q_path, opset=sec.opset, **_dynamic(cfg))
+            session = ort_session(q_path, sec.threads)
+            shared = {"task": cfg.task, "backbone": backbone, "method": method, "strategy": strategy, "w_bits": w,
+                      "a_bits": a, "seed": seed, **_kernels(q_path, info, sec.threads),
+                      "fp_bytes": fp_path.stat().st_size, "int8_bytes": q_path.stat().st_size,
+                      "size_ratio": round(q_path.stat().st_size / fp_path.stat().st_size, 4),
+                      **_latency_columns({"int8": session, "fp": fp_session}, ex, sec)}
+            for r in compare(qmodel, session):
+                rows.append({**shared, **r})
+                log.info("%s %s W%dA%d %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, r["dataset"],
+                         r["fake"], r["ort"])
+    prov = provenance(torch.device("cpu"), cfg.raw)
+    df = pd.DataFrame(rows)
+    df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
+    df["onnxruntime"], df["cpu"], df["config_hash"] = version("onnxruntime"), prov["cpu"], prov["config_hash"]
+    write_frame(table, df)
+
+
+def _dynamic(cfg) -> dict:
+    """SR inputs are whole test images of any size: height and width are dynamic too."""
+    return {"dynamic_hw": cfg.task == "sr_ptq"}
+
+
+def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
+    """The classification PTQ track's deployment check of one backbone (``table``: its CSV): top-1 of the
+    fake-quantized model and of ONNX Runtime on the test set, their agreement and largest logit difference."""
+    from .classification import example_input, prepare
+    from .deploy import run_onnx
+    from .layers import fold_batchnorm
+    from .track import load_calibration
+
+    cpu = torch.device("cpu")  # ONNX Runtime's CPU execution provider against the PyTorch CPU model
+    prep = prepare(cfg, backbone, ckpt)
+    ex = example_input(prep)
+    folded = fold_batchnorm(prep.model, ex).to(cpu)
+    calib = load_calibration(cfg, folded, ex, stats, cpu)
+    items = [prep.data.test[i] for i in test_subset(len(prep.data.test), cfg.deploy.test_items)]
+    x = torch.stack([torch.as_tensor(t[0]) for t in items])
+    labels = torch.as_tensor([int(t[1]) for t in items])
+    bs = cfg.eval_batch_size
+
+    def compare(qmodel, session):
+        fake, ort = api.outputs(qmodel, torch.split(x, bs)), run_onnx(session, x, bs)
+        right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
+        return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
+                 "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
+                 "diff_items": right_ort - right_fake, "n_items": len(x), "agreement": round(api.agreement(fake, ort), 4),
+                 "max_abs_diff": round(float((fake - ort).abs().max()), 6)}]
+
+    _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m, compare)
+
+
+def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
+    """The SR PTQ track's deployment check of one backbone: PSNR (Y, border cropped, as the tables) of the
+    fake-quantized model and of ONNX Runtime on every test set, and the largest output difference.  The
+    basicsr network is exported; SRNet's padding to a size multiple stays in PyTorch around it."""
+    from .sr_data import load_sr_data
+    from .sr_models import SRNet
+    from .sr_ptq import _folded, evaluate_sets
+    from .track import load_calibration
+
+    cpu = torch.device("cpu")
+    folded, ex = _folded(cfg, backbone, ckpt, cpu)
+    calib = load_calibration(cfg, folded, ex, stats, cpu)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+
+    def compare(qmodel, session):
+        ort = SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)
+        fake_sets, _ = evaluate_sets(qmodel, data, cpu, "fake")
+        ort_sets, _ = evaluate_sets(ort, data, cpu, "ONNX Runtime")
+        rows = []
+        for f, o in zip(fake_sets, ort_sets):
+            name = f["dataset"]
+            with torch.no_grad():
+                diff = max(float((qmodel(_lr(p)) - ort(_lr(p))).abs().max()) for p in data.test_sets[name])
+            rows.append({"dataset": name, "metric": "psnr", "fake": round(f["metrics"]["psnr"], 4),
+                         "ort": round(o["metrics"]["psnr"], 4),
+                         "diff": round(o["metrics"]["psnr"] - f["metrics"]["psnr"], 4), "n_items": f["n_images"],
+                         "max_abs_diff": round(diff, 6)})
+        return rows
+
+    _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m.net, compare)
+
+
+def _lr(pair) -> torch.Tensor:
+    from .sr_data import to_tensor
+
+    return to_tensor(pair.lr)[None]
+
+
+# -- the tables --------------------------------------------------------------------------------------
+def summarize_tables(paths: list, out) -> None:
+    """Every deploy_check CSV in one table (``results/deploy/deploy.csv``), rows in a fixed order."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p) for p in paths]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+    if len(df):
+        df = df.sort_values(["task", "backbone", "w_bits", "a_bits", "method"], ascending=[True, True, False, False,
+                                                                                            True], kind="stable")
+    write_frame(out, df)
+    log.info("%d deployment rows from %d tables", len(df), len(paths))
+
+
+def deploy_tables(df) -> dict[str, tuple[str, str]]:
+    """``{stem: (markdown, latex)}``: one table per task of the deployment check."""
+    out = {}
+    for task, g in df.groupby("task", sort=True):
+        lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
+        cls = (g["metric"] == "top1").all()
+        head = (["backbone", "method", "bits"] + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %",
+                                                    "max |Δ logit|"] if cls else
+                                                   ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max |Δ pixel|"])
+                + ["integer kernels", "size int8/FP"] + [f"latency int8/FP b{b}" for b in lat])
+        rows = []
+        for _, r in g.iterrows():
+            method = r["method"] if r["method"] == DQSS_METHOD else f"{r['strategy']} (best uniform)"
+            bits = f"W{r['w_bits']}A{r['a_bits']}" + (" (int8 grid)" if r["emulated_layers"] else "")
+            if cls:
+                cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}", f"{r['agreement']:.2f}",
+                         f"{r['max_abs_diff']:.4f}"]
+            else:
+                cells = [r["dataset"], f"{r['fake']:.3f}", f"{r['ort']:.3f}", f"{r['diff']:+.3f}",
+                         f"{r['max_abs_diff']:.4f}"]
+            rows.append([r["backbone"], method, bits, *cells,
+                         f"{int(r['integer_kernels'])}/{int(r['quantized_layers'])}", f"{r['size_ratio']:.3f}"]
+                        + [f"{r[f'latency_ratio_b{b}']:.2f}" for b in lat])
+        md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
+        md += "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
+        tex = ("\\begin{tabular}{" + "l" * (3 + (not cls)) + "r" * (len(head) - 3 - (not cls)) + "}\n\\toprule\n"
+               + " & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n"
+               + "".join(" & ".join(_tex(c) for c in row) + " \\\\\n" for row in rows)
+               + "\\bottomrule\n\\end{tabular}\n")
+        out[f"deploy_{task}"] = (md, tex)
+    return out
+
+
+def _tex(s) -> str:
+    return str(s).replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$").replace("|", r"$|$")
+
+
+def run_deploy(cfg, *, track: str, **kwargs) -> None:
+    """The rule's entry: the job of its ``track`` wildcard."""
+    if track != cfg.task:
+        raise ValueError(f"deploy_check for {track} was given the {cfg.task} settings")
+    {"cls_ptq": run_cls_deploy, "sr_ptq": run_sr_deploy}[track](cfg, **kwargs)

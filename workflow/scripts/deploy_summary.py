@@ -1,0 +1,8 @@
+import logging
+import sys
+
+from dqss.deploy_check import summarize_tables
+
+sys.stderr = open(snakemake.log[0], "w")
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+summarize_tables(list(snakemake.input), snakemake.output[0])
