@@ -42,13 +42,15 @@ Agreement.  Run unoptimised (``ORT_DISABLE_ALL``), the QDQ graph reproduces the 
 codes except where a value lies on a rounding tie up to float error (the float convolutions sum in
 another order): there a code differs by one, and a deep network propagates it (:func:`onnx_act_codes`
 and :func:`torch_act_codes` compare them layer by layer).  Optimised, the int32 bias adds its own
-rounding.  On the random-weight resnet18 above, 64 random images: top-1 agreement 97-98 %, largest
-logit difference 0.03 (logits' std 0.4); at W4A4 the same untrained network is so sensitive that the
-bias rounding alone moves its logits by 0.45 (unoptimised ORT: 6.5e-4).
+rounding.  Measured on the embedded default's trained ``resnet18`` (digits, 593 test images, logits'
+std 5.5): W8A8 top-1 agreement 100 % (accuracy 99.16 % in both), largest logit difference 0.12;
+W4A4 agreement 99.5 % (accuracy 98.82 % fake-quantized, 98.48 % in ORT), largest difference 3.0, of
+which the int32 biases make most (unoptimised ORT: 0.81, agreement 100 %).
 
 :func:`compare` checks ORT's output against the fake-quantized PyTorch model on the same
 inputs (top-1 agreement, largest logit difference), :func:`latency` times a session
-(median of ``runs``), :func:`compare_latency` times several sessions interleaved.
+(median of ``runs``), :func:`compare_latency` times several sessions interleaved;
+:func:`deploy_report` does all of it for a quantized model and its float model in one call.
 """
 from __future__ import annotations
 
