@@ -1,0 +1,676 @@
+"""Deployment check: a fake-quantized model exported to ONNX QDQ and run by ONNX Runtime (CPU).
+
+What the exported graph contains (:func:`export_onnx`, TorchScript exporter, opset 17, batch
+dimension dynamic).  Every :class:`~dqss.layers.QuantLayer` becomes
+
+* its input activation: ``QuantizeLinear -> DequantizeLinear`` per tensor, with the suite's scale
+  and zero point; ``uint8`` when the grid is unsigned (``qmin >= 0``: after a ReLU, or an
+  asymmetric grid with its zero point), ``int8`` when signed;
+* its weight: an ``int8`` (``uint8`` for an asymmetric weight grid) initializer holding the grid
+  codes, then ``DequantizeLinear`` per output channel (axis 0) with the suite's scales, so the
+  file stores one byte per weight; the bias stays a float initializer;
+* then the float ``Conv`` / ``Gemm`` (``MatMul``) of the original layer.
+
+Nothing else is quantized: adds, pools, activations and the layers the policy keeps in full
+precision stay float, as in the fake-quantized model.  Grids narrower than their 8-bit
+container (bit widths < 8, PACT's or DoReFa's symmetric ``-Q_P..Q_P``) are *emulated*: the
+weight codes already lie on the narrow grid; an activation gets a float ``Clip`` to the
+grid's range ``[(qmin - z) s, (qmax - z) s]`` before its ``QuantizeLinear``.  Such layers are
+listed in :attr:`ExportInfo.emulated`, never silently.
+
+What ONNX Runtime 1.32 runs (:func:`integer_kernels` counts the op types of the graph ORT optimises at
+``ORT_ENABLE_ALL``, the level :func:`ort_session` uses).  ORT fuses ``DequantizeLinear(act),
+DequantizeLinear(weight) -> Conv -> [Relu] -> QuantizeLinear`` into one ``QLinearConv`` (u8 x s8,
+int32 accumulation, NHWC with ``Transpose`` around it; the ReLU is absorbed by the ``uint8`` output
+grid) only when the conv's output (after its ReLU) goes to QuantizeLinear nodes and nowhere else.
+To do so ORT first quantizes each float bias to int32 on the scale ``s_act * s_weight[c]`` (its
+``WeightBiasQuantization`` pass, from ``ORT_ENABLE_BASIC`` on; without it there is no QLinearConv),
+a rounding the fake-quantized model does not make.  Every other quantized layer runs as a float
+convolution (``Conv``/``FusedConv``/``NchwcConv``, ``Gemm``) on dequantized inputs, and its weight is
+dequantized at every run (ORT keeps the weight's ``DequantizeLinear``).  Measured on timm ``resnet18``
+(10 classes, input 32x32, BN folded, W8A8 minmax, first/last layer 8 bit; 21 quantized layers):
+8 ``QLinearConv`` (the ``conv1`` of each of the 8 basic blocks: conv -> BN -> ReLU -> ``conv2``'s
+QDQ) and 13 float kernels: each block's ``conv2`` and the 3 ``downsample`` convs (their outputs go to
+the float residual ``Add``), the stem conv (its output goes to the max-pool; the QDQ sits after the
+pool, at ``layer1.0.conv1``'s input) and the classifier ``Gemm`` (its output is the logits).  So the
+int8 file is 4x smaller but, single-threaded, *slower* than the float one (1.5x at batch 1, 2x at
+batch 64 on this CPU): 13 of 21 layers dequantize weights and run in float, plus 16 layout
+transposes.  At W4A4 no conv is fused (the emulating ``Clip`` separates every conv from the next
+``QuantizeLinear``): the graph checks the 4-bit model's numerics, not 4-bit speed.
+
+Agreement.  Run unoptimised (``ORT_DISABLE_ALL``), the QDQ graph reproduces the suite's activation
+codes except where a value lies on a rounding tie up to float error (the float convolutions sum in
+another order): there a code differs by one, and a deep network propagates it (:func:`onnx_act_codes`
+and :func:`torch_act_codes` compare them layer by layer).  Optimised, the int32 bias adds its own
+rounding.  Measured on the embedded default's trained ``resnet18`` (digits, 593 test images, logits'
+std 5.5): W8A8 top-1 agreement 100 % (accuracy 99.16 % in both), largest logit difference 0.12;
+W4A4 agreement 99.5 % (accuracy 98.82 % fake-quantized, 98.48 % in ORT), largest difference 3.0, of
+which the int32 biases make most (unoptimised ORT: 0.81, agreement 100 %).
+
+:func:`compare` checks ORT's output against the fake-quantized PyTorch model on the same
+inputs (top-1 agreement, largest logit difference), :func:`latency` times a session
+(median of ``runs``), :func:`compare_latency` times several sessions interleaved;
+:func:`deploy_report` does all of it for a quantized model and its float model in one call.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import QuantLayer
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # per-channel DequantizeLinear
+CONTAINERS = {"int8": (-128, 127, torch.int8), "uint8": (0, 255, torch.uint8)}
+
+
+# -- grids ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Grid:
+    """The integer grid a quantizer rounds to: ``value = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+
+    ``scale`` is float32, a scalar (per tensor) or ``[C]`` (per channel along ``axis``);
+    ``zero_point`` an integer tensor of the same shape.
+    """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: int
+    qmax: int
+    axis: int = 0
+
+    @property
+    def container(self) -> str:
+        """The 8-bit ONNX type holding the codes: ``uint8`` for a grid with ``qmin >= 0``, else ``int8``."""
+        return "uint8" if self.qmin >= 0 else "int8"
+
+    @property
+    def emulated(self) -> bool:
+        """True when the grid is narrower than its 8-bit container (the codes use part of it)."""
+        lo, hi, _ = CONTAINERS[self.container]
+        return (self.qmin, self.qmax) != (lo, hi)
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.dim() > 0 and self.scale.numel() > 1
+
+    def check(self, what: str) -> None:
+        lo, hi, _ = CONTAINERS[self.container]
+        if not (lo <= self.qmin <= self.qmax <= hi):
+            raise ValueError(f"{what}: the grid [{self.qmin}, {self.qmax}] does not fit the 8-bit {self.container} "
+                             "that ONNX QDQ stores; only grids of at most 8 bits can be exported")
+        z = self.zero_point
+        if z.numel() and (int(z.min()) < lo or int(z.max()) > hi):
+            raise ValueError(f"{what}: zero point outside the {self.container} range [{lo}, {hi}]")
+        if not torch.isfinite(self.scale).all() or (self.scale <= 0).any():
+            raise ValueError(f"{what}: the scale must be finite and positive")
+
+    def values(self, codes: torch.Tensor) -> torch.Tensor:
+        """``(codes - z) * s`` (what DequantizeLinear computes) for codes shaped like the tensor."""
+        s, z = _view(self.scale, codes, self.axis), _view(self.zero_point.float(), codes, self.axis)
+        return (codes.float() - z) * s
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``clamp(round(x / s) + z, qmin, qmax)`` (what QuantizeLinear computes, on this grid)."""
+        s, z = _view(self.scale, x, self.axis), _view(self.zero_point.float(), x, self.axis)
+        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax)
+
+
+def _view(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    if t.dim() == 0 or t.numel() == 1:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
+
+
+def _grid(scale, zero, qmin, qmax, axis=0) -> Grid:
+    scale = torch.as_tensor(scale).detach().float().clone()
+    zero = torch.as_tensor(zero).detach()
+    if zero.is_floating_point():
+        if not torch.equal(zero, torch.round(zero)):
+            raise ValueError("zero point is not an integer")
+    zero = zero.round().to(torch.int32)
+    if zero.shape != scale.shape:
+        zero = zero.expand(scale.shape).clone() if zero.numel() == 1 else zero
+    return Grid(scale, zero, int(qmin), int(qmax), int(axis))
+
+
+def _buffer_grid(q, weight=None) -> Grid:
+    """FakeQuantizer, AdaRoundQuantizer, FrozenWeightQuantizer: ``scale``/``zero_point`` buffers on ``spec``."""
+    return _grid(q.scale, q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+
+
+def _step_grid(q, weight=None) -> Grid:
+    if not q.enabled or q.drop_prob > 0:
+        raise ValueError(f"StepQuantizer with enabled={q.enabled}, drop_prob={q.drop_prob} is a training state; "
+                         "export needs enabled=True and drop_prob=0 (what evaluation uses)")
+    return _grid(q.scale.clamp_min(1e-8), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+
+
+def _lsq_grid(q, weight=None) -> Grid:
+    from baselines._qat_common import EPS
+    s = q.step.detach().clamp_min(EPS)
+    return _grid(s, torch.zeros(s.shape), q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+
+
+def _lsq_plus_grid(q, weight=None) -> Grid:
+    from baselines._qat_common import EPS
+    s = q.step.detach().clamp_min(EPS)
+    z = -q.offset.detach() / s
+    zr = torch.round(z)
+    if (z - zr).abs() > 1e-4:
+        raise ValueError(f"LSQ+ activation offset {float(q.offset):.6g} is not a whole number of steps "
+                         f"({float(z):.4f} steps of {float(s):.6g}); a QDQ zero point is an integer, so this "
+                         "grid cannot be exported exactly")
+    return _grid(s, zr, q.spec.qmin, q.spec.qmax, 0)
+
+
+def _clip_grid(q, alpha: torch.Tensor) -> Grid:
+    """PACT / DoReFa activations: step ``alpha / Q_P``, levels ``0..Q_P`` (signed: ``-Q_P..Q_P``)."""
+    qmax = q.spec.qmax
+    s = alpha / qmax
+    return _grid(s, torch.zeros(()), -qmax if q.spec.signed else 0, qmax, 0)
+
+
+def _pact_grid(q, weight=None) -> Grid:
+    from baselines._qat_common import EPS
+    return _clip_grid(q, q.alpha.detach().clamp_min(EPS))
+
+
+def _dorefa_act_grid(q, weight=None) -> Grid:
+    return _clip_grid(q, torch.tensor(q.clip, dtype=torch.float32))
+
+
+def _dorefa_weight_grid(q, weight: torch.Tensor | None) -> Grid:
+    """DoReFa weights ``(2k - n)/n * m`` (``n = 2^b - 1``, ``m = max|w|`` with ``rescale``, else 1): odd codes
+    ``-n..n`` on the step ``m / n``."""
+    n = 2 ** q.spec.bits - 1
+    if n > 127:
+        raise ValueError(f"DoReFa {q.spec.bits}-bit weights take the odd codes -{n}..{n}, which do not fit int8; "
+                         "DoReFa weights export at 7 bits or fewer")
+    if weight is None:
+        raise ValueError("the DoReFa weight grid depends on the weight: call tensor_grid(quantizer, weight)")
+    if q.rescale:
+        m = q._max(weight.detach().abs())
+        m = m.reshape(-1) if q.spec.per_channel else m.reshape(())
+    else:
+        m = torch.ones(weight.shape[q.spec.channel_axis]) if q.spec.per_channel else torch.ones(())
+    return _grid(m / n, torch.zeros(m.shape), -n, n, q.spec.channel_axis)
+
+
+def _grid_makers() -> list[tuple[type, object]]:
+    from baselines.dorefa import DoReFaActQuantizer, DoReFaWeightQuantizer
+    from baselines.lsq import LSQQuantizer
+    from baselines.lsq_plus import LSQPlusActQuantizer
+    from baselines.pact import PACTQuantizer
+    from .quant import FakeQuantizer
+    from .recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
+    return [(FakeQuantizer, _buffer_grid), (AdaRoundQuantizer, _buffer_grid), (FrozenWeightQuantizer, _buffer_grid),
+            (StepQuantizer, _step_grid), (LSQQuantizer, _lsq_grid), (LSQPlusActQuantizer, _lsq_plus_grid),
+            (PACTQuantizer, _pact_grid), (DoReFaActQuantizer, _dorefa_act_grid),
+            (DoReFaWeightQuantizer, _dorefa_weight_grid)]
+
+
+def resolve(quantizer: nn.Module) -> nn.Module:
+    """The quantizer a layer really applies: a pinned :class:`~dqss.mixed.MixedQuantizer`'s candidate."""
+    from .mixed import MixedQuantizer
+    if isinstance(quantizer, MixedQuantizer):
+        if quantizer.pinned is None:
+            raise ValueError("an unpinned MixedQuantizer (a DQSS search's mixture) has no single grid to export; "
+                             "build the discrete model from its assignment (dqss.ptq.quantize_from_assignment) "
+                             "or pin every layer (dqss.mixed.pin) first")
+        return resolve(quantizer.candidates[quantizer.pinned])
+    return quantizer
+
+
+def tensor_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> Grid:
+    """The integer grid of ``quantizer`` with the scale it computes with (float32-equal to the suite's).
+
+    ``weight`` is needed only by quantizers whose grid depends on the tensor (DoReFa's weights).  A
+    quantizer class of its own is exported by giving it a method ``export_grid(weight=None) -> Grid``.
+    """
+    q = resolve(quantizer)
+    if hasattr(q, "export_grid"):
+        return q.export_grid(weight)
+    for cls, make in _grid_makers():
+        if type(q) is cls:
+            return make(q, weight)
+    known = ", ".join(c.__name__ for c, _ in _grid_makers())
+    raise TypeError(f"cannot export quantizer {type(q).__module__}.{type(q).__qualname__}: dqss.deploy knows {known}; "
+                    "to make it exportable give the class a method export_grid(weight=None) -> dqss.deploy.Grid "
+                    "(the scale, integer zero point, qmin, qmax and channel axis of the grid its forward rounds to)")
+
+
+def weight_codes(quantizer: nn.Module, weight: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The integer codes of the quantized weight on ``grid``, checked against the quantizer's own output."""
+    from .recon import AdaRoundQuantizer, FrozenWeightQuantizer
+    q = resolve(quantizer)
+    with torch.no_grad():
+        if isinstance(q, FrozenWeightQuantizer):
+            codes = q.codes.float()
+        elif isinstance(q, AdaRoundQuantizer):
+            codes = q.integers()  # the hard rounding (v >= 0), as after reconstruction
+        else:
+            values = q(weight.detach().float())
+            codes = grid.codes(values)
+            err = (grid.values(codes) - values).abs() - 1e-5 * _view(grid.scale, values, grid.axis)
+            if (err > 0).any():
+                raise ValueError(f"{type(q).__name__}'s weight values are not on its grid (largest miss "
+                                 f"{float(err.max()):.3g}); it cannot be stored as integer codes")
+    if codes.min() < grid.qmin or codes.max() > grid.qmax:
+        raise ValueError(f"weight codes outside the grid [{grid.qmin}, {grid.qmax}]")
+    return codes
+
+
+# -- the export modules -------------------------------------------------------------------------
+class _ActQDQ(torch.autograd.Function):
+    """QuantizeLinear -> DequantizeLinear per tensor (``scale``: float scalar, ``zero``: int8/uint8 scalar)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero):
+        lo, hi = (0, 255) if zero.dtype == torch.uint8 else (-128, 127)
+        z = zero.float()
+        return (torch.clamp(torch.round(x / scale) + z, lo, hi) - z) * scale
+
+    @staticmethod
+    def symbolic(g, x, scale, zero):
+        return g.op("DequantizeLinear", g.op("QuantizeLinear", x, scale, zero), scale, zero)
+
+
+class _ActClipQDQ(torch.autograd.Function):
+    """Clip to a narrow grid's range, then QuantizeLinear -> DequantizeLinear on the 8-bit container."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero, lo, hi):
+        return _ActQDQ.forward(ctx, torch.clamp(x, lo, hi), scale, zero)
+
+    @staticmethod
+    def symbolic(g, x, scale, zero, lo, hi):
+        return _ActQDQ.symbolic(g, g.op("Clip", x, lo, hi), scale, zero)
+
+
+class _WeightDQ(torch.autograd.Function):
+    """DequantizeLinear of an int8/uint8 initializer, per channel along ``axis`` (per tensor for a scalar scale)."""
+
+    @staticmethod
+    def forward(ctx, codes, scale, zero, axis):
+        return Grid(scale, zero, 0, 0, axis).values(codes)
+
+    @staticmethod
+    def symbolic(g, codes, scale, zero, axis):
+        return g.op("DequantizeLinear", codes, scale, zero, axis_i=axis)
+
+
+class QDQLayer(nn.Module):
+    """What a QuantLayer becomes for export: integer weight codes and the activation's QDQ pair."""
+
+    def __init__(self, name: str, qlayer: QuantLayer):
+        super().__init__()
+        m = qlayer.layer
+        if type(m) not in (nn.Conv2d, nn.Linear):
+            raise TypeError(f"layer '{name}' is a {type(m).__name__}; dqss.deploy exports quantized Conv2d and "
+                            "Linear layers only")
+        self.layer = copy.deepcopy(m)
+        weight = m.weight.detach().float()
+        self.layer.weight = None  # replaced by the dequantized codes
+        self.act = self.weight = None
+        self.w_axis = 0
+        if not isinstance(qlayer.weight_quant, nn.Identity):
+            g = tensor_grid(qlayer.weight_quant, weight)
+            g.check(f"weight of layer '{name}'")
+            if g.per_channel and g.axis != 0:
+                raise ValueError(f"layer '{name}': per-channel weight grid along axis {g.axis}; export expects axis 0")
+            codes = weight_codes(qlayer.weight_quant, weight, g)
+            dtype = CONTAINERS[g.container][2]
+            self.register_buffer("w_codes", codes.to(dtype))
+            self.register_buffer("w_scale", g.scale.clone())
+            self.register_buffer("w_zero", g.zero_point.to(dtype))
+            self.w_axis = g.axis
+            self.weight = g
+        else:
+            self.register_buffer("w_float", weight)
+        if not isinstance(qlayer.act_quant, nn.Identity):
+            g = tensor_grid(qlayer.act_quant)
+            g.check(f"input activation of layer '{name}'")
+            if g.per_channel:
+                raise ValueError(f"layer '{name}': per-channel activation grids are not exported (per tensor only)")
+            dtype = CONTAINERS[g.container][2]
+            self.register_buffer("a_scale", g.scale.reshape(()).clone())
+            self.register_buffer("a_zero", g.zero_point.reshape(()).to(dtype))
+            z = g.zero_point.reshape(()).float()
+            self.register_buffer("a_lo", (g.qmin - z) * self.a_scale)
+            self.register_buffer("a_hi", (g.qmax - z) * self.a_scale)
+            self.act = g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is not None:
+            if self.act.emulated:
+                x = _ActClipQDQ.apply(x, self.a_scale, self.a_zero, self.a_lo, self.a_hi)
+            else:
+                x = _ActQDQ.apply(x, self.a_scale, self.a_zero)
+        w = (_WeightDQ.apply(self.w_codes, self.w_scale, self.w_zero, self.w_axis) if self.weight is not None
+             else self.w_float)
+        m = self.layer
+        if isinstance(m, nn.Conv2d):
+            return m._conv_forward(x, w, m.bias)
+        return F.linear(x, w, m.bias)
+
+
+def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+@dataclass
+class LayerExport:
+    name: str
+    weight: str  # "int8", "uint8" or "float"
+    act: str     # "int8", "uint8" or "float" (no QDQ)
+    weight_grid: tuple[int, int] | None
+    act_grid: tuple[int, int] | None
+    emulated: bool  # a grid narrower than its 8-bit container
+
+
+@dataclass
+class ExportInfo:
+    path: Path
+    opset: int
+    seconds: float
+    bytes: int
+    layers: list[LayerExport] = field(default_factory=list)
+    container: str = "int8/uint8"
+
+    @property
+    def emulated(self) -> list[str]:
+        """Layers whose weight or activation grid is narrower than 8 bit, emulated in the 8-bit container."""
+        return [x.name for x in self.layers if x.emulated]
+
+    @property
+    def emulated_bits(self) -> bool:
+        return bool(self.emulated)
+
+
+def export_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
+    """A copy of ``qmodel`` with every QuantLayer replaced by a :class:`QDQLayer` (the module exported)."""
+    model = copy.deepcopy(qmodel).cpu().eval().float()
+    layers = []
+    for name, ql in quant_layers(model).items():
+        new = QDQLayer(name, ql)
+        model.set_submodule(name, new)
+        w, a = new.weight, new.act
+        layers.append(LayerExport(name, w.container if w else "float", a.container if a else "float",
+                                  (w.qmin, w.qmax) if w else None, (a.qmin, a.qmax) if a else None,
+                                  bool((w and w.emulated) or (a and a.emulated))))
+    return model, layers
+
+
+def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = DEFAULT_OPSET) -> ExportInfo:
+    """Write ``qmodel`` (fake-quantized, or a float model) as an ONNX QDQ model to ``path`` (atomically).
+
+    Input ``input``, output ``output``, both with a dynamic batch dimension; ``example`` fixes the other
+    dimensions.  Returns where it went, how long it took, its size and how each quantized layer was stored.
+    """
+    import onnx
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} lacks per-channel DequantizeLinear; use opset >= {MIN_OPSET}")
+    path = Path(path)
+    start = time.perf_counter()
+    model, layers = export_model(qmodel)
+    example = example.detach().cpu().float()
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{type(qmodel).__name__}'s forward returns {type(out).__name__}; export_onnx exports "
+                        "a model with one tensor output")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            try:
+                torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+                                  input_names=["input"], output_names=["output"],
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+            except Exception as e:
+                raise RuntimeError(f"cannot export {type(qmodel).__name__} to ONNX (opset {opset}): "
+                                   f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
+                                   "its forward must trace to ONNX operators (tensors in and out, no operator "
+                                   "without an ONNX equivalent)") from e
+        proto = onnx.load(tmp)
+        onnx.checker.check_model(proto)
+        _check_weights(proto, layers)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ExportInfo(path, opset, time.perf_counter() - start, path.stat().st_size, layers)
+
+
+def onnx_constants(proto) -> dict:
+    """Every constant of an ONNX graph by name, as numpy arrays: its initializers, and the outputs of the
+    ``Identity`` nodes the exporter puts in place of a duplicate initializer (equal scales, equal codes)."""
+    from onnx import numpy_helper
+    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
+        elif n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
+def _check_weights(proto, layers: list[LayerExport]) -> None:
+    """Every quantized weight is stored as 8-bit codes: an int8/uint8 constant feeding a DequantizeLinear
+    (the exporter must not have folded it to float)."""
+    import numpy as np
+    consts = onnx_constants(proto)
+    fed = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    for x in layers:
+        if x.weight == "float":
+            continue
+        name = f"{x.name}.w_codes"
+        codes = consts.get(name)
+        if name not in fed or codes is None or codes.dtype not in (np.int8, np.uint8):
+            raise RuntimeError(f"the exported graph does not store layer '{x.name}''s weight as 8-bit codes "
+                               "feeding a DequantizeLinear; the exporter changed the weights' representation")
+
+
+# -- ONNX Runtime ------------------------------------------------------------------------------
+def _session_options(threads: int, level=None):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level if level is not None else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3  # errors only (the NCHWc serialisation notice is expected)
+    return so
+
+
+def ort_session(path, threads: int = 1):
+    """An ONNX Runtime CPU session (``ORT_ENABLE_ALL``, ``threads`` intra-op threads) for the file ``path``."""
+    import onnxruntime as ort
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX model at {path}; export it with dqss.deploy.export_onnx")
+    try:
+        return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise RuntimeError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).strip()[:300]}); the file "
+                           "is corrupt or truncated: delete it and re-export it with dqss.deploy.export_onnx") from e
+
+
+def run_onnx(session, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The session's output on ``inputs``, ``batch_size`` at a time, as one float tensor."""
+    name = session.get_inputs()[0].name
+    outs = [torch.from_numpy(session.run(None, {name: b.detach().cpu().float().contiguous().numpy()})[0])
+            for b in torch.split(inputs, batch_size)]
+    return torch.cat(outs)
+
+
+INTEGER_OPS = frozenset({
+    "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "QLinearMul",
+    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid",
+    "QLinearSoftmax", "QLinearReduceMean", "QLinearWhere", "QLinearConvTranspose", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "QAttention", "NhwcQLinearConv"})
+FLOAT_OPS = frozenset({"Conv", "FusedConv", "NchwcConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul",
+                       "ConvTranspose"})
+
+
+def integer_kernels(path, threads: int = 1) -> dict:
+    """What ONNX Runtime runs for the model at ``path``: the op types of the graph it optimises at
+    ``ORT_ENABLE_ALL`` (what :func:`ort_session` runs; it may hold ORT's own ops such as ``NchwcConv``).
+
+    Returns ``{"level", "ops": {op: count}, "integer": {op: count}, "float": {op: count},
+    "float_nodes": [names of the float Conv/Gemm/MatMul nodes], "quantize", "dequantize"}``.
+    """
+    import onnx
+    import onnxruntime as ort
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as d:
+        so = _session_options(threads)
+        so.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        try:
+            ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise RuntimeError(f"ONNX Runtime cannot load {path} ({type(e).__name__}); re-export it with "
+                               "dqss.deploy.export_onnx") from e
+        graph = onnx.load(so.optimized_model_filepath).graph
+    ops = Counter(n.op_type for n in graph.node)
+    return {"level": "ORT_ENABLE_ALL",
+            "ops": dict(sorted(ops.items())),
+            "integer": {k: v for k, v in sorted(ops.items()) if k in INTEGER_OPS},
+            "float": {k: v for k, v in sorted(ops.items()) if k in FLOAT_OPS},
+            "float_nodes": [n.name for n in graph.node if n.op_type in FLOAT_OPS],
+            "quantize": ops.get("QuantizeLinear", 0) + ops.get("DynamicQuantizeLinear", 0),
+            "dequantize": ops.get("DequantizeLinear", 0)}
+
+
+# -- comparison ---------------------------------------------------------------------------------
+@torch.no_grad()
+def torch_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
+    model = model.eval()
+    device = next(iter(model.state_dict().values()), torch.empty(0)).device
+    return torch.cat([model(b.to(device)).float().cpu() for b in torch.split(inputs, batch_size)])
+
+
+def compare(qmodel: nn.Module, session, inputs: torch.Tensor, batch_size: int = 64) -> dict:
+    """Fake-quantized PyTorch output vs ONNX Runtime's on the same ``inputs``.
+
+    ``max_abs_diff`` / ``mean_abs_diff`` over all outputs; for logits (2-D outputs) ``top1_agreement``,
+    the fraction of inputs whose arg-max class is the same (None otherwise).
+    """
+    ref = torch_outputs(qmodel, inputs, batch_size)
+    out = run_onnx(session, inputs, batch_size)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shapes differ: PyTorch {tuple(ref.shape)}, ONNX Runtime {tuple(out.shape)}")
+    diff = (ref - out).abs()
+    top1 = None
+    if ref.dim() == 2:
+        top1 = float((ref.argmax(1) == out.argmax(1)).float().mean())
+    return {"n": int(inputs.shape[0]), "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": top1}
+
+
+def latency(session, x: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
+    """Median seconds of ``runs`` calls of ``session`` on the batch ``x`` (after ``warmup`` calls)."""
+    return compare_latency({"_": session}, x, runs, warmup)["_"]
+
+
+def compare_latency(sessions: dict, x: torch.Tensor, runs: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each session on the batch ``x``, the sessions timed in turn within
+    each round (a, b, a, b, ...) so that a ratio between them sees the same machine state."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    feeds = {k: {s.get_inputs()[0].name: x.detach().cpu().float().contiguous().numpy()} for k, s in sessions.items()}
+    for _ in range(warmup):
+        for k, s in sessions.items():
+            s.run(None, feeds[k])
+    times = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def file_sizes(int8_path, fp_path) -> dict:
+    """Bytes of the quantized and the float ONNX file, and their ratio."""
+    q, f = Path(int8_path).stat().st_size, Path(fp_path).stat().st_size
+    return {"int8_bytes": q, "fp_bytes": f, "ratio": q / f}
+
+
+# -- per-layer codes (debugging a mismatch) ----------------------------------------------------------
+@torch.no_grad()
+def torch_act_codes(qmodel: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The activation codes ``clamp(round(x / s) + z, qmin, qmax)`` each quantized layer's input gets in
+    the fake-quantized model (layers with a float input are left out)."""
+    codes, handles = {}, []
+    for name, m in quant_layers(qmodel).items():
+        if isinstance(m.act_quant, nn.Identity):
+            continue
+        g = tensor_grid(m.act_quant)
+        handles.append(m.register_forward_pre_hook(
+            lambda _m, args, name=name, g=g: codes.__setitem__(name, g.codes(args[0].float()))))
+    try:
+        qmodel.eval()(inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return codes
+
+
+def onnx_act_codes(path, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The codes each activation ``QuantizeLinear`` of the exported file produces on ``inputs``, by layer.
+
+    The graph is run with its QuantizeLinear outputs made graph outputs and ORT's optimisations off
+    (a node producing a graph output is not fused), so these are the QDQ graph's own codes."""
+    import onnx
+    import onnxruntime as ort
+    proto = onnx.load(str(path))
+    names = {}
+    for n in proto.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1].endswith(".a_scale"):
+            names[n.output[0]] = n.input[1][: -len(".a_scale")]
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(n.output[0]))
+    so = _session_options(1, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    wanted = list(names)
+    outs = session.run(wanted, {session.get_inputs()[0].name: inputs.detach().float().contiguous().numpy()})
+    return {names[k]: torch.from_numpy(v.astype("float32")) for k, v in zip(wanted, outs)}
+
+
+def deploy_report(qmodel: nn.Module, fp_model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, out_dir, *,
+                  batch_sizes=(1, 64), runs: int = 20, warmup: int = 3, threads: int = 1) -> dict:
+    """Everything of the deployment check in one call: export ``qmodel`` and the float ``fp_model`` to
+    ``out_dir``/{int8,fp}.onnx, compare ORT's outputs with PyTorch's on ``inputs``, time both sessions
+    (interleaved, median of ``runs``) at each of ``batch_sizes`` (the first images of ``inputs``), and
+    count ORT's integer and float kernels.  A flat dict of numbers (seconds, bytes)."""
+    out_dir = Path(out_dir)
+    q = export_onnx(qmodel, example, out_dir / "int8.onnx")
+    f = export_onnx(fp_model, example, out_dir / "fp.onnx")
+    sq, sf = ort_session(q.path, threads), ort_session(f.path, threads)
+    cq, cf = compare(qmodel, sq, inputs), compare(fp_model, sf, inputs)
+    k = integer_kernels(q.path, threads)
+    row = {"export_s_int8": q.seconds, "export_s_fp": f.seconds, "bytes_int8": q.bytes, "bytes_fp": f.bytes,
+           "emulated_layers": len(q.emulated), "quantized_layers": len(q.layers),
+           "integer_kernels": sum(k["integer"].values()), "float_kernels": sum(k["float"].values()),
+           "top1_agreement": cq["top1_agreement"], "max_abs_diff": cq["max_abs_diff"],
+           "fp_max_abs_diff": cf["max_abs_diff"], "threads": threads, "runs": runs}
+    for bs in batch_sizes:
+        t = compare_latency({"int8": sq, "fp": sf}, inputs[:bs], runs, warmup)
+        row[f"latency_s_int8_b{bs}"], row[f"latency_s_fp_b{bs}"] = t["int8"], t["fp"]
+    return row
