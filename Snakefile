@@ -58,9 +58,9 @@ if SR_PTQ:
         sr_download_weights,
 
 
+include: "workflow/rules/deploy.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/benchmark.smk"
-include: "workflow/rules/deploy.smk"
 
 
 # Rules that run where Snakemake runs, never as cluster jobs (--executor slurm): light work on the finished
@@ -80,4 +80,4 @@ rule all:
     input:
         "results/metrics.csv",
         "results/report/report.md",
-        "results/deploy/deploy.csv",
+        DEPLOY_SUMMARY,

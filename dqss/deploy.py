@@ -415,11 +415,12 @@ def export_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
     return model, layers
 
 
-def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = DEFAULT_OPSET) -> ExportInfo:
+def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = DEFAULT_OPSET,
+                dynamic_hw: bool = False) -> ExportInfo:
     """Write ``qmodel`` (fake-quantized, or a float model) as an ONNX QDQ model to ``path`` (atomically).
 
     Input ``input``, output ``output``, both with a dynamic batch dimension; ``example`` fixes the other
-    dimensions.  Returns where it went, how long it took, its size and how each quantized layer was stored.
+    dimensions, unless ``dynamic_hw`` (image-to-image models, SR) makes height and width dynamic too.  Returns where it went, how long it took, its size and how each quantized layer was stored.
     """
     import onnx
     if opset < MIN_OPSET:
@@ -442,7 +443,7 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
             try:
                 torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
                                   input_names=["input"], output_names=["output"],
-                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                                  dynamic_axes=_dynamic_axes(example, dynamic_hw))
             except Exception as e:
                 raise RuntimeError(f"cannot export {type(qmodel).__name__} to ONNX (opset {opset}): "
                                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}; "
@@ -456,6 +457,17 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return ExportInfo(path, opset, time.perf_counter() - start, path.stat().st_size, layers)
+
+
+def _dynamic_axes(example: torch.Tensor, hw: bool) -> dict:
+    """The batch dimension dynamic; with ``hw`` (images of any size: SR) also the last two."""
+    axes = {0: "batch"}
+    if hw:
+        if example.dim() != 4:
+            raise ValueError(f"dynamic height and width need an image input [N, C, H, W], got {tuple(example.shape)}")
+        axes |= {2: "height", 3: "width"}
+    out = {0: "batch", 2: "out_height", 3: "out_width"} if hw else {0: "batch"}
+    return {"input": axes, "output": out}
 
 
 def onnx_constants(proto) -> dict:
@@ -499,14 +511,18 @@ def _session_options(threads: int, level=None):
     return so
 
 
-def ort_session(path, threads: int = 1):
-    """An ONNX Runtime CPU session (``ORT_ENABLE_ALL``, ``threads`` intra-op threads) for the file ``path``."""
+def ort_session(path, threads: int = 1, float_bias: bool = False):
+    """An ONNX Runtime CPU session (``ORT_ENABLE_ALL``, ``threads`` intra-op threads) for the file ``path``.
+
+    ``float_bias``: without ORT's ``WeightBiasQuantization`` pass, so each bias stays float as in the
+    fake-quantized model (a diagnostic: the convolutions are then not fused into integer kernels)."""
     import onnxruntime as ort
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {path}; export it with dqss.deploy.export_onnx")
     try:
-        return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=["WeightBiasQuantization"] if float_bias else None)
     except Exception as e:
         raise RuntimeError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).strip()[:300]}); the file "
                            "is corrupt or truncated: delete it and re-export it with dqss.deploy.export_onnx") from e

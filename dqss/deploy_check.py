@@ -22,7 +22,8 @@ from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "metric", "fake", "ort",
-           "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "container", "emulated_layers",
+           "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_float_bias", "agreement_float_bias",
+           "container", "emulated_layers",
            "quantized_layers", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes", "size_ratio"]
 
 
@@ -121,12 +122,13 @@ def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, assignments, ta
             q_path = Path(tmp) / f"{method}_w{w}a{a}.onnx"
             info = export_onnx(export_target(qmodel), ex, q_path, opset=sec.opset, **_dynamic(cfg))
             session = ort_session(q_path, sec.threads)
+            float_bias = ort_session(q_path, sec.threads, float_bias=True)
             shared = {"task": cfg.task, "backbone": backbone, "method": method, "strategy": strategy, "w_bits": w,
                       "a_bits": a, "seed": seed, **_kernels(q_path, info, sec.threads),
                       "fp_bytes": fp_path.stat().st_size, "int8_bytes": q_path.stat().st_size,
                       "size_ratio": round(q_path.stat().st_size / fp_path.stat().st_size, 4),
                       **_latency_columns({"int8": session, "fp": fp_session}, ex, sec)}
-            for r in compare(qmodel, session):
+            for r in compare(qmodel, session, float_bias):
                 rows.append({**shared, **r})
                 log.info("%s %s W%dA%d %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, r["dataset"],
                          r["fake"], r["ort"])
@@ -160,13 +162,16 @@ def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignmen
     labels = torch.as_tensor([int(t[1]) for t in items])
     bs = cfg.eval_batch_size
 
-    def compare(qmodel, session):
+    def compare(qmodel, session, float_bias):
         fake, ort = api.outputs(qmodel, torch.split(x, bs)), run_onnx(session, x, bs)
+        ort_fb = run_onnx(float_bias, x, bs)
         right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
         return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
                  "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
                  "diff_items": right_ort - right_fake, "n_items": len(x), "agreement": round(api.agreement(fake, ort), 4),
-                 "max_abs_diff": round(float((fake - ort).abs().max()), 6)}]
+                 "max_abs_diff": round(float((fake - ort).abs().max()), 6),
+                 "ort_float_bias": round(100 * int((ort_fb.argmax(1) == labels).sum()) / len(x), 4),
+                 "agreement_float_bias": round(api.agreement(fake, ort_fb), 4)}]
 
     _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m, compare)
 
@@ -185,19 +190,21 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
     calib = load_calibration(cfg, folded, ex, stats, cpu)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
 
-    def compare(qmodel, session):
+    def compare(qmodel, session, float_bias):
         ort = SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)
         fake_sets, _ = evaluate_sets(qmodel, data, cpu, "fake")
         ort_sets, _ = evaluate_sets(ort, data, cpu, "ONNX Runtime")
+        fb_sets, _ = evaluate_sets(SRNet(OrtModule(float_bias, 1), qmodel.scale, qmodel.pad_multiple), data, cpu,
+                                   "ONNX Runtime, float bias")
         rows = []
-        for f, o in zip(fake_sets, ort_sets):
+        for f, o, fb in zip(fake_sets, ort_sets, fb_sets):
             name = f["dataset"]
             with torch.no_grad():
                 diff = max(float((qmodel(_lr(p)) - ort(_lr(p))).abs().max()) for p in data.test_sets[name])
             rows.append({"dataset": name, "metric": "psnr", "fake": round(f["metrics"]["psnr"], 4),
                          "ort": round(o["metrics"]["psnr"], 4),
                          "diff": round(o["metrics"]["psnr"] - f["metrics"]["psnr"], 4), "n_items": f["n_images"],
-                         "max_abs_diff": round(diff, 6)})
+                         "max_abs_diff": round(diff, 6), "ort_float_bias": round(fb["metrics"]["psnr"], 4)})
         return rows
 
     _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m.net, compare)
@@ -230,8 +237,9 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
         lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
         cls = (g["metric"] == "top1").all()
         head = (["backbone", "method", "bits"] + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %",
-                                                    "max |Δ logit|"] if cls else
-                                                   ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max |Δ pixel|"])
+                                                    "max abs Δ logit", "top-1 ORT float bias"] if cls else
+                                                   ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max abs Δ pixel",
+                                                    "PSNR ORT float bias"])
                 + ["integer kernels", "size int8/FP"] + [f"latency int8/FP b{b}" for b in lat])
         rows = []
         for _, r in g.iterrows():
@@ -239,10 +247,10 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
             bits = f"W{r['w_bits']}A{r['a_bits']}" + (" (int8 grid)" if r["emulated_layers"] else "")
             if cls:
                 cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}", f"{r['agreement']:.2f}",
-                         f"{r['max_abs_diff']:.4f}"]
+                         f"{r['max_abs_diff']:.4f}", f"{r['ort_float_bias']:.2f}"]
             else:
                 cells = [r["dataset"], f"{r['fake']:.3f}", f"{r['ort']:.3f}", f"{r['diff']:+.3f}",
-                         f"{r['max_abs_diff']:.4f}"]
+                         f"{r['max_abs_diff']:.4f}", f"{r['ort_float_bias']:.3f}"]
             rows.append([r["backbone"], method, bits, *cells,
                          f"{int(r['integer_kernels'])}/{int(r['quantized_layers'])}", f"{r['size_ratio']:.3f}"]
                         + [f"{r[f'latency_ratio_b{b}']:.2f}" for b in lat])
@@ -257,7 +265,7 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
 
 
 def _tex(s) -> str:
-    return str(s).replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$").replace("|", r"$|$")
+    return str(s).replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$")
 
 
 def run_deploy(cfg, *, track: str, **kwargs) -> None:

@@ -160,7 +160,8 @@ def test_dry_run_sr_only(tmp_path):
     del cfg["cls_ptq"], cfg["cls_qat"]
     path = write_config(tmp_path / "sr_only.yaml", cfg)
     counts = job_counts(snakemake("-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", str(path)))
-    assert set(counts) == {"sr_train", "sr_evaluate_fp", "sr_calibrate", "sr_uniform", "sr_dqss"} | END
+    assert set(counts) == {"sr_train", "sr_evaluate_fp", "sr_calibrate", "sr_uniform", "sr_dqss", "deploy_check",
+                           "deploy_summary"} | END
 
 
 def test_lint():
@@ -384,6 +385,26 @@ def test_end_to_end(tiny_run):
     assert "uniform: held-chosen" in report and "uniform: oracle" in report and "H=" in report
     assert any((work / "results/report/figures").glob("softmax_vs_measured_*.png"))
 
+    # the deployment check: the dqss job's model and the held-best uniform one, rebuilt and run in ONNX Runtime
+    dep = pd.read_csv(work / "results/deploy/deploy.csv")
+    assert set(dep.task) == {"cls_ptq", "sr_ptq"} and set(dep.method) == {"dqss", "best_uniform"}
+    assert (dep.w_bits == 4).all() and (dep.emulated_layers > 0).all()  # W4A4 on the int8 grid, said so
+    assert (dep.emulated_layers <= dep.quantized_layers).all() and (dep.size_ratio < 1).all()
+    assert ((dep.fp_ms_b1 > 0) & (dep.int8_ms_b1 > 0)).all()
+    full = pd.read_csv(work / "results/metrics.csv")
+    for r in dep.itertuples():
+        method = "dqss" if r.method == "dqss" else r.strategy
+        if r.method == "best_uniform":
+            sel = json.loads(next(work.glob(f"results/{r.task}/*/{r.backbone}/dqss/w4a4/seed0/selection.json")).read_text())
+            assert r.strategy == sel["held_best_uniform"]
+        metric = "top1" if r.task == "cls_ptq" else "psnr"
+        want = full[(full.task == r.task) & (full.backbone == r.backbone) & (full.method == method) & (full.seed == 0)
+                     & (full.w_bits == 4) & (full.metric == metric) & (full.dataset == r.dataset)]["value"]
+        assert r.fake == pytest.approx(float(want.iloc[0]), abs=1e-3), (r.task, r.method)  # the very same model
+        assert 0 <= r.ort and (r.task == "sr_ptq" or 0 <= r.agreement <= 100)
+    assert "Deployment check" in report and (work / "results/report/tables/deploy_cls_ptq.tex").is_file()
+    assert (work / "results/report/tables/deploy_sr_ptq.md").is_file()
+
     # nothing to redo on a rerun, nor for the same config with its keys reordered
     res = snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "-n")
     assert "Nothing to be done" in res.stdout + res.stderr
@@ -427,6 +448,13 @@ EDITS = [
 ]
 
 
+def deploy_reruns(want: dict, keys: tuple = ()) -> dict:
+    """The deployment check of a track reruns with its DQSS job of the first seed (it reads the assignments and
+    the same settings)."""
+    n = 0 if keys == ("seeds",) else int("cls_dqss" in want) + int("sr_dqss" in want)
+    return {"deploy_check": n, "deploy_summary": 1} if n else {}
+
+
 @pytest.mark.slow
 def test_config_edit_reruns_exactly_its_jobs(tiny_run):
     """In the finished run, an edit of one key of each section schedules exactly the jobs that read it
@@ -449,7 +477,7 @@ def test_config_edit_reruns_exactly_its_jobs(tiny_run):
     for (keys, value, want), counts in zip(EDITS, got):
         if isinstance(want, set):
             want = {r: TEST_COUNTS[r] for r in want}
-        want = {**want, **{r: 1 for r in END}}
+        want = {**want, **deploy_reruns(want, keys), **{r: 1 for r in END}}
         if counts != want:
             wrong.append(f"{'.'.join(keys)} = {value!r}: scheduled {counts}, expected {want}")
     assert not wrong, "\n".join(wrong)
@@ -466,7 +494,7 @@ def test_interrupted_or_deleted_job_is_recomputed(tiny_run):
     victim.unlink()
     (work / "results/metrics.csv").unlink()
     counts = job_counts(snakemake(*args, "-n"))
-    assert counts == {"cls_dqss": 1, **{r: 1 for r in END}}
+    assert counts == {"cls_dqss": 1, **deploy_reruns({"cls_dqss": 1}), **{r: 1 for r in END}}
     snakemake(*args)
     assert json.loads(victim.read_text())["metrics"] == before["metrics"]  # determinism
 
@@ -479,7 +507,7 @@ def test_interrupted_or_deleted_job_is_recomputed(tiny_run):
     sel = (df.task == "sr_ptq") & (df.method == "dqss")
     df.loc[sel, "value"] = -1.0
     df.to_csv(csv, index=False)
-    assert job_counts(snakemake(*args, "-n")) == {"sr_dqss": 1, **{r: 1 for r in END}}
+    assert job_counts(snakemake(*args, "-n")) == {"sr_dqss": 1, **deploy_reruns({"sr_dqss": 1}), **{r: 1 for r in END}}
     snakemake(*args)
     job = json.loads((job_dir / "metrics.json").read_text())
     df = pd.read_csv(csv)

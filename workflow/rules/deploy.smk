@@ -10,6 +10,10 @@ def deploy_tables():
             if TRACK[t] is not None and TRACK[t].deploy.enabled for bb in TRACK[t].backbones]
 
 
+# the summary table, when a track runs the check (all and the report take it)
+DEPLOY_SUMMARY = ["results/deploy/deploy.csv"] if deploy_tables() else []
+
+
 def deploy_inputs(wc):
     cfg, layout = TRACK[wc.track], DEPLOY_TRACKS[wc.track]
     ckpt = {"cls_ptq": cls_checkpoint, "sr_ptq": sr_checkpoint}[wc.track](wc)

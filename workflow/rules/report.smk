@@ -30,7 +30,7 @@ rule report:
         crops=all_crops(),
         jobs=all_metric_files(),
         selections=all_selections(),
-        deploy="results/deploy/deploy.csv",
+        deploy=DEPLOY_SUMMARY,
     output:
         # report.md first: the script writes everything into its folder
         md=report("results/report/report.md", caption="../report/report_md.rst", category="Results",

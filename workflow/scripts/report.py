@@ -9,4 +9,4 @@ logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 write_report(snakemake.input.metrics, list(snakemake.input.assignments), Path(snakemake.output[0]).parent,
              list(snakemake.input.histories), list(snakemake.input.crops), job_paths=list(snakemake.input.jobs),
              selection_paths=list(snakemake.input.selections),
-             deploy_path=snakemake.input.deploy or None)
+             deploy_path=snakemake.input.deploy[0] if snakemake.input.deploy else None)
