@@ -6,7 +6,7 @@
     calib = dqss.calibrate(model, batches)                     # BN folded, two passes of statistics
     print(calib.report())                                      # which layers are quantized, which are not, and why
     q8 = dqss.quantize(model, calib, "mse", w_bits=8, a_bits=8)        # a uniform baseline
-    found = dqss.search(model, calib, inputs, w_bits=4, a_bits=4)      # DQSS: per-layer strategies
+    found = dqss.search_assignment(model, calib, inputs, w_bits=4, a_bits=4)  # DQSS: per-layer strategies
     q4 = dqss.from_assignment(model, calib, found.assignment)         # the discrete model of the search
     print(dqss.top1(q4, test_batches))
 
@@ -60,7 +60,8 @@ class LayerReport:
 @dataclass
 class Calibration:
     """What :func:`calibrate` returns: the statistics every strategy and bit width derives its ranges from,
-    and what :func:`quantize`, :func:`search` and :func:`from_assignment` need to plan the same layers again."""
+    and what :func:`quantize`, :func:`search_assignment` and :func:`from_assignment` need to plan the same
+    layers again."""
 
     stats: dict[str, ActStats]
     policy: QuantPolicy
@@ -234,7 +235,8 @@ def survey_layers(model: nn.Module, policy, example: torch.Tensor, plans: dict[s
                                                        "weights, or unused)"))
         elif isinstance(m, UNSUPPORTED):
             kept = any(fnmatch.fnmatch(name, pat) for pat in policy.keep_fp)
-            rows.append(LayerReport(name, kind, False, f"{kind} is not quantized by the suite (Conv2d and Linear only)"))
+            rows.append(LayerReport(name, kind, False,
+                                    f"{kind} is not quantized by the suite (Conv2d and Linear only)"))
             if not kept:
                 problems.append(f"layer '{name}' is a {kind}, which the suite cannot quantize")
         elif not isinstance(m, wanted):
@@ -337,7 +339,7 @@ def quantize(model: nn.Module, calib: Calibration, strategy="minmax", *, w_bits:
 
 @dataclass
 class SearchResult:
-    """What :func:`search` returns: the selected assignment (the file format of the suite's
+    """What :func:`search_assignment` returns: the selected assignment (the file format of the suite's
     ``assignment.yaml``), the logits' argmax one, and the search's full outcome."""
 
     assignment: dict
@@ -347,11 +349,11 @@ class SearchResult:
     strategies: dict
 
 
-def search(model: nn.Module, calib: Calibration, inputs, *, w_bits: int = 4, a_bits: int = 4,
-           candidates=DEFAULT_CANDIDATES, options: dict | None = None, config=None, labels=None,
-           objective: str = "kl", hold_fraction: float = 0.25, batch_size: int = 64, seed: int = 0,
-           ids: list[str] | None = None, border: int = 0, device="cpu", extra: dict | None = None,
-           folded: bool = False) -> SearchResult:
+def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: int = 4, a_bits: int = 4,
+                      candidates=DEFAULT_CANDIDATES, options: dict | None = None, config=None, labels=None,
+                      objective: str = "kl", hold_fraction: float = 0.25, batch_size: int = 64, seed: int = 0,
+                      ids: list[str] | None = None, border: int = 0, device="cpu", extra: dict | None = None,
+                      folded: bool = False) -> SearchResult:
     """DQSS: search every layer's (weight, activation) strategy among ``candidates`` on ``inputs`` (a tensor, or
     batches) by the softmax relaxation, then choose the final assignment on the search part with the held
     part (``hold_fraction``) as guard (``config.select``; see :class:`dqss.search.SearchConfig`).

@@ -420,7 +420,8 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
     """Write ``qmodel`` (fake-quantized, or a float model) as an ONNX QDQ model to ``path`` (atomically).
 
     Input ``input``, output ``output``, both with a dynamic batch dimension; ``example`` fixes the other
-    dimensions, unless ``dynamic_hw`` (image-to-image models, SR) makes height and width dynamic too.  Returns where it went, how long it took, its size and how each quantized layer was stored.
+    dimensions, unless ``dynamic_hw`` (image-to-image models, SR) makes height and width dynamic too.
+    Returns where it went, how long it took, its size and how each quantized layer was stored.
     """
     import onnx
     if opset < MIN_OPSET:

@@ -168,7 +168,8 @@ def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignmen
         right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
         return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
                  "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
-                 "diff_items": right_ort - right_fake, "n_items": len(x), "agreement": round(api.agreement(fake, ort), 4),
+                 "diff_items": right_ort - right_fake, "n_items": len(x),
+                 "agreement": round(api.agreement(fake, ort), 4),
                  "max_abs_diff": round(float((fake - ort).abs().max()), 6),
                  "ort_float_bias": round(100 * int((ort_fb.argmax(1) == labels).sum()) / len(x), 4),
                  "agreement_float_bias": round(api.agreement(fake, ort_fb), 4)}]

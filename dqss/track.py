@@ -111,13 +111,14 @@ def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, 
 def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
                 device, objective: str, labels=None, border: int = 0, extra: dict | None = None):
     """The search on the calibration's search part and the final choice (``dqss.select``), by the public
-    :func:`dqss.api.search`: the outcome, the layer plans and the candidate strategies (``extra``: more, e.g.
+    :func:`dqss.api.search_assignment`: the outcome, the layer plans and the candidate strategies (``extra``: more, e.g.
     reconstructed methods).  (The caller seeds torch before it builds the model.)"""
     calib = load_calibration(cfg, folded, example, stats, device)
-    found = api.search(folded, calib, inputs, w_bits=w, a_bits=a, candidates=cfg.dqss.candidates,
-                       options=cfg.strategy_options, config=cfg.dqss, labels=labels, objective=objective,
-                       hold_fraction=cfg.calibration.hold_fraction, batch_size=cfg.calibration.batch_size, seed=seed,
-                       ids=ids, border=border, device=device, extra=extra, folded=True)
+    found = api.search_assignment(folded, calib, inputs, w_bits=w, a_bits=a, candidates=cfg.dqss.candidates,
+                                  options=cfg.strategy_options, config=cfg.dqss, labels=labels,
+                                  objective=objective, hold_fraction=cfg.calibration.hold_fraction,
+                                  batch_size=cfg.calibration.batch_size, seed=seed, ids=ids, border=border,
+                                  device=device, extra=extra, folded=True)
     return found.outcome, found.plans, found.strategies
 
 

@@ -62,8 +62,9 @@ def test_timm_model_search_and_from_assignment(tmp_path):
     model = timm.create_model("mobilenetv2_050", num_classes=10).eval()
     x, y = _images(64)
     calib = dqss.calibrate(model, torch.split(x, 32), samples=4)
-    found = dqss.search(model, calib, x, w_bits=4, a_bits=4, candidates=("minmax", "mse"),
-                        config={"iterations": 3, "batch_size": 16, "top_k": 1, "sweeps": 1}, batch_size=32)
+    found = dqss.search_assignment(model, calib, x, w_bits=4, a_bits=4, candidates=("minmax", "mse"),
+                                   config={"iterations": 3, "batch_size": 16, "top_k": 1, "sweeps": 1},
+                                   batch_size=32)
     names = [e["name"] for e in found.assignment["layers"]]
     assert names == list(found.plans) and set(names) == set(calib.quantized)
     assert found.assignment["select"] == "measured" and found.argmax["select"] == "argmax"
@@ -201,10 +202,10 @@ def test_unknown_strategy_names_the_registry():
 
 
 # -- the README's example, run as written ------------------------------------------------------------
-def readme_example() -> str:
+def readme_example(mark: str = "api-example") -> str:
     text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- api-example -->\s*```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its API example (marked <!-- api-example -->)"
+    m = re.search(rf"<!-- {mark} -->\s*```python\n(.*?)```", text, re.S)
+    assert m, f"README.md lost its example marked <!-- {mark} -->"
     return m.group(1)
 
 
@@ -214,16 +215,23 @@ def test_readme_example_is_short():
 
 
 @pytest.mark.slow
-def test_readme_example_runs(capsys):
-    exec(compile(readme_example(), "README.md", "exec"), {})
+def test_readme_examples_run(capsys, tmp_path, monkeypatch):
+    """The API example, then the deployment example in its namespace (as the README chains them)."""
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), scope)
     out = capsys.readouterr().out
     assert "layers quantized" in out and re.search(r"W8A8 top-1 \d", out) and re.search(r"DQSS W4A4 top-1 \d", out)
+    exec(compile(readme_example("deploy-example"), "README.md", "exec"), scope)
+    agreement, kernels = capsys.readouterr().out.strip().split(" ", 1)
+    assert float(agreement) >= 99.0 and "QLinearConv" in kernels
+    assert (tmp_path / "resnet18_w8a8.onnx").is_file()
 
 
 def test_the_suite_jobs_call_the_api():
     """The tracks' PTQ jobs build their models through dqss.api (so the documented flow cannot rot)."""
     src = (ROOT / "dqss" / "track.py").read_text()
-    for fn in ("api.calibrate(", "api.from_stats(", "api.quantize(", "api.search("):
+    for fn in ("api.calibrate(", "api.from_stats(", "api.quantize(", "api.search_assignment("):
         assert fn in src, fn
     for private in ("collect_act_stats(", "quantize_uniform(", "search_and_select("):
         assert private not in src, private

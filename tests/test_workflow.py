@@ -189,9 +189,9 @@ def test_local_weight_files_are_inputs(tmp_path):
         elif line.strip().startswith("input:") and rule:
             users.setdefault(rule, set()).update(p.strip() for p in line.split(":", 1)[1].split(","))
     assert {r for r, ins in users.items() if str(cls_w) in ins} == {"cls_evaluate_fp", "cls_calibrate", "cls_uniform",
-                                                                   "cls_dqss"}
+                                                                   "cls_dqss", "deploy_check"}
     assert {r for r, ins in users.items() if str(sr_w) in ins} == {"sr_evaluate_fp", "sr_calibrate", "sr_uniform",
-                                                                  "sr_dqss"}
+                                                                  "sr_dqss", "deploy_check"}
     assert "cls_train" not in job_counts(res) and "sr_train" not in job_counts(res)
 
 
