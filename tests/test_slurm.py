@@ -126,7 +126,7 @@ def test_slurm_run_matches_the_local_run(slurm_ready, slurm_run, tiny_run, capsy
     record_property("slurm_jobs", len(jobs))
 
     assert re.search(r"^Using profiles? profiles/slurm\b", log, flags=re.M), log[:500]
-    assert local == {"all", "aggregate", "report"}
+    assert local == {"all", "aggregate", "report", "deploy_summary"}
     # every compute job went through SLURM, once, and finished there
     assert len(jobs) == submitted.sum() >= 15, jobs
     assert (jobs.state == "COMPLETED").all(), jobs
