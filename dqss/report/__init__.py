@@ -64,10 +64,18 @@ def _deploy_section(deploy_path, tdir: Path, written: list) -> list[str]:
              "ONNX Runtime's CPU execution provider on the test set, against the fake-quantized PyTorch model. "
              "*Integer kernels*: QLinearConv/QLinearMatMul/... nodes in ONNX Runtime's optimised graph, out of the "
              "quantized layers (a layer whose output feeds a float operation, e.g. a residual Add, keeps its "
-             "dequantized inputs and a float kernel). W4A4 runs as 4-bit codes in the int8 container: the same "
-             "values, with int8 kernels, not int4 ones. Latency: median of the runs, int8 and FP interleaved, one "
+             "dequantized inputs and a float kernel). W4A4 runs as 4-bit codes on the int8 grid (a float Clip to the "
+             "4-bit range before each QuantizeLinear): it checks the 4-bit values, and since the Clip keeps ONNX "
+             "Runtime from fusing integer kernels, not 4-bit speed. Latency: median of the runs, int8 and FP interleaved, one "
              "thread. Source: `results/deploy/deploy.csv`.", ""]
-    for stem, (md, tex) in deploy_tables(df).items():
+    return lines + _table_lines(deploy_tables(df), tdir, written)
+
+
+def _table_lines(tables: dict[str, tuple[str, str]], tdir: Path, written: list) -> list[str]:
+    """Write each ``{stem: (markdown, latex)}`` table under ``tdir`` (appended to ``written``); the report's
+    lines showing them."""
+    lines = []
+    for stem, (md, tex) in tables.items():
         for suffix, text in ((".md", md), (".tex", tex)):
             p = tdir / f"{stem}{suffix}"
             write_text(p, text)
@@ -115,13 +123,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
         lines += [f"## {task}", ""]
         if not tables:
             lines += ["_No quantized results for this task._", ""]
-        for stem, (md, tex) in tables.items():
-            for suffix, text in ((".md", md), (".tex", tex)):
-                p = tdir / f"{stem}{suffix}"
-                write_text(p, text)
-                written.append(p)
-            lines += [f"### {stem}", "", md.rstrip("\n"), "",
-                      f"Files: [tables/{stem}.md](tables/{stem}.md), [tables/{stem}.tex](tables/{stem}.tex)", ""]
+        lines += _table_lines(tables, tdir, written)
         if _is_sr(task):
             crops = read_crops(crop_paths or [])
             for backbone in sorted({k[1] for k in crops if k[0] == task}):
