@@ -269,6 +269,23 @@ def prepare_model(model: nn.Module, example: torch.Tensor, device="cpu",
     return folded.to(device)
 
 
+def _setup(model: nn.Module, example: torch.Tensor, policy, device, strict: bool, folded: bool = False):
+    """What calibrate and from_stats share: the BN-folded copy (``folded``: ``model`` is one already), the
+    plans at W8A8, the layer survey, and the Calibration of ``stats`` on them (its stats filled in by the caller)."""
+    pairs: list = []
+    base = model if folded else prepare_model(model, example, device, pairs)
+    ex = example.to(device)
+    try:
+        plans = policy.layer_plans(base, 8, 8, ex)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: the model has no nn.Conv2d/nn.Linear layer that the policy "
+                         f"(layer_types={policy.layer_types}, keep_fp={policy.keep_fp}) quantizes; quantize a model "
+                         "built from such layer modules, or widen the policy") from None
+    rows = survey_layers(base, policy, ex, plans, strict)
+    calib = Calibration({}, policy, example, rows, pairs, lambda w, a: policy.layer_plans(base, w, a, ex))
+    return base, plans, calib
+
+
 def calibrate(model: nn.Module, batches, policy: QuantPolicy | None = None, *, bins: int = 2048,
               samples: int = 16, device="cpu", strict: bool = True) -> Calibration:
     """Fold BN, plan the quantized layers under ``policy`` (default: every Conv2d and Linear, first and last
@@ -276,35 +293,20 @@ def calibrate(model: nn.Module, batches, policy: QuantPolicy | None = None, *, b
     passes over ``batches`` (tensors, or (inputs, labels) pairs; re-iterable)."""
     policy = policy or QuantPolicy()
     inputs = _Inputs(batches)
-    example = _first(inputs)[:1].detach().cpu()
-    pairs: list = []
-    folded = prepare_model(model, example, device, pairs)
-    ex = example.to(device)
-    try:
-        plans = policy.layer_plans(folded, 8, 8, ex)
-    except ValueError as exc:
-        raise ValueError(f"{exc}: the model has no nn.Conv2d/nn.Linear layer that the policy "
-                         f"(layer_types={policy.layer_types}, keep_fp={policy.keep_fp}) quantizes; quantize a model "
-                         "built from such layer modules, or widen the policy") from None
-    rows = survey_layers(folded, policy, ex, plans, strict)
+    folded, plans, calib = _setup(model, _first(inputs)[:1].detach().cpu(), policy, device, strict)
     layers = {n: folded.get_submodule(n) for n in plans}
-    stats = collect_act_stats(folded, layers, inputs, bins=bins, n_samples=samples, device=device,
-                              desc="calibrate")
-    return Calibration(stats, policy, example, rows, pairs, lambda w, a: policy.layer_plans(folded, w, a, ex))
+    calib.stats = collect_act_stats(folded, layers, inputs, bins=bins, n_samples=samples, device=device,
+                                    desc="calibrate")
+    return calib
 
 
 def from_stats(model: nn.Module, stats, policy: QuantPolicy, example: torch.Tensor, *, device="cpu",
-               strict: bool = True) -> Calibration:
-    """A :class:`Calibration` of statistics computed before (a dict, or the path of a ``stats.pt``)."""
-    if isinstance(stats, (str, Path)):
-        stats = load_stats(stats)
-    example = example[:1].detach().cpu()
-    pairs: list = []
-    folded = prepare_model(model, example, device, pairs)
-    ex = example.to(device)
-    plans = policy.layer_plans(folded, 8, 8, ex)
-    rows = survey_layers(folded, policy, ex, plans, strict)
-    return Calibration(stats, policy, example, rows, pairs, lambda w, a: policy.layer_plans(folded, w, a, ex))
+               strict: bool = True, folded: bool = False) -> Calibration:
+    """A :class:`Calibration` of statistics computed before (a dict, or the path of a ``stats.pt``).
+    ``folded``: ``model`` is already a BN-folded copy on ``device`` (the suite's jobs)."""
+    _, _, calib = _setup(model, example[:1].detach().cpu(), policy, device, strict, folded)
+    calib.stats = load_stats(stats) if isinstance(stats, (str, Path)) else stats
+    return calib
 
 
 def _strategy(strategy, options: dict | None):

@@ -46,7 +46,7 @@ def calibrate(cfg, folded, example, inputs: torch.Tensor, ids: list[str], *, sta
 
 def load_calibration(cfg, folded, example, stats, device) -> api.Calibration:
     """The calibration a PTQ job reads (its statistics file) as the API's :class:`~dqss.api.Calibration`."""
-    return api.from_stats(folded, stats, cfg.quant, example, device=device)
+    return api.from_stats(folded, stats, cfg.quant, example, device=device, folded=True)
 
 
 def uniform_grid(cfg, folded, example, stats, outputs: dict, finish: Callable) -> None:
