@@ -50,7 +50,7 @@ which the int32 biases make most (unoptimised ORT: 0.81, agreement 100 %).
 :func:`compare` checks ORT's output against the fake-quantized PyTorch model on the same
 inputs (top-1 agreement, largest logit difference), :func:`latency` times a session
 (median of ``runs``), :func:`compare_latency` times several sessions interleaved;
-:func:`deploy_report` does all of it for a quantized model and its float model in one call.
+:mod:`dqss.deploy_check` (the workflow's ``deploy_check`` job) does all of it for a track's models.
 """
 from __future__ import annotations
 
@@ -576,11 +576,12 @@ def integer_kernels(path, threads: int = 1) -> dict:
 
 
 # -- comparison ---------------------------------------------------------------------------------
-@torch.no_grad()
 def torch_outputs(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model = model.eval()
+    """The PyTorch model's outputs on ``inputs`` (on the model's device), ``batch_size`` at a time, on the CPU."""
+    from .api import outputs
+
     device = next(iter(model.state_dict().values()), torch.empty(0)).device
-    return torch.cat([model(b.to(device)).float().cpu() for b in torch.split(inputs, batch_size)])
+    return outputs(model, torch.split(inputs, batch_size), device)
 
 
 def compare(qmodel: nn.Module, session, inputs: torch.Tensor, batch_size: int = 64) -> dict:
@@ -668,26 +669,3 @@ def onnx_act_codes(path, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     wanted = list(names)
     outs = session.run(wanted, {session.get_inputs()[0].name: inputs.detach().float().contiguous().numpy()})
     return {names[k]: torch.from_numpy(v.astype("float32")) for k, v in zip(wanted, outs)}
-
-
-def deploy_report(qmodel: nn.Module, fp_model: nn.Module, example: torch.Tensor, inputs: torch.Tensor, out_dir, *,
-                  batch_sizes=(1, 64), runs: int = 20, warmup: int = 3, threads: int = 1) -> dict:
-    """Everything of the deployment check in one call: export ``qmodel`` and the float ``fp_model`` to
-    ``out_dir``/{int8,fp}.onnx, compare ORT's outputs with PyTorch's on ``inputs``, time both sessions
-    (interleaved, median of ``runs``) at each of ``batch_sizes`` (the first images of ``inputs``), and
-    count ORT's integer and float kernels.  A flat dict of numbers (seconds, bytes)."""
-    out_dir = Path(out_dir)
-    q = export_onnx(qmodel, example, out_dir / "int8.onnx")
-    f = export_onnx(fp_model, example, out_dir / "fp.onnx")
-    sq, sf = ort_session(q.path, threads), ort_session(f.path, threads)
-    cq, cf = compare(qmodel, sq, inputs), compare(fp_model, sf, inputs)
-    k = integer_kernels(q.path, threads)
-    row = {"export_s_int8": q.seconds, "export_s_fp": f.seconds, "bytes_int8": q.bytes, "bytes_fp": f.bytes,
-           "emulated_layers": len(q.emulated), "quantized_layers": len(q.layers),
-           "integer_kernels": sum(k["integer"].values()), "float_kernels": sum(k["float"].values()),
-           "top1_agreement": cq["top1_agreement"], "max_abs_diff": cq["max_abs_diff"],
-           "fp_max_abs_diff": cf["max_abs_diff"], "threads": threads, "runs": runs}
-    for bs in batch_sizes:
-        t = compare_latency({"int8": sq, "fp": sf}, inputs[:bs], runs, warmup)
-        row[f"latency_s_int8_b{bs}"], row[f"latency_s_fp_b{bs}"] = t["int8"], t["fp"]
-    return row

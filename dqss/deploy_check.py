@@ -181,9 +181,12 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
     """The SR PTQ track's deployment check of one backbone: PSNR (Y, border cropped, as the tables) of the
     fake-quantized model and of ONNX Runtime on every test set, and the largest output difference.  The
     basicsr network is exported; SRNet's padding to a size multiple stays in PyTorch around it."""
+    from tqdm.auto import tqdm
+
     from .sr_data import load_sr_data
+    from .sr_metrics import mean_metrics, sr_metrics
     from .sr_models import SRNet
-    from .sr_ptq import _folded, evaluate_sets
+    from .sr_ptq import _folded, super_resolve
     from .track import load_calibration
 
     cpu = torch.device("cpu")
@@ -192,29 +195,37 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
 
     def compare(qmodel, session, float_bias):
-        ort = SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)
-        fake_sets, _ = evaluate_sets(qmodel, data, cpu, "fake")
-        ort_sets, _ = evaluate_sets(ort, data, cpu, "ONNX Runtime")
-        fb_sets, _ = evaluate_sets(SRNet(OrtModule(float_bias, 1), qmodel.scale, qmodel.pad_multiple), data, cpu,
-                                   "ONNX Runtime, float bias")
+        """One pass over each test set: PSNR of the three models, and the largest raw output difference."""
+        models = {"fake": _Last(qmodel), "ort": _Last(SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)),
+                  "float_bias": SRNet(OrtModule(float_bias, 1), qmodel.scale, qmodel.pad_multiple)}
         rows = []
-        for f, o, fb in zip(fake_sets, ort_sets, fb_sets):
-            name = f["dataset"]
+        for name, pairs in data.test_sets.items():
+            per_image, diff = {k: [] for k in models}, 0.0
             with torch.no_grad():
-                diff = max(float((qmodel(_lr(p)) - ort(_lr(p))).abs().max()) for p in data.test_sets[name])
-            rows.append({"dataset": name, "metric": "psnr", "fake": round(f["metrics"]["psnr"], 4),
-                         "ort": round(o["metrics"]["psnr"], 4),
-                         "diff": round(o["metrics"]["psnr"] - f["metrics"]["psnr"], 4), "n_items": f["n_images"],
-                         "max_abs_diff": round(diff, 6), "ort_float_bias": round(fb["metrics"]["psnr"], 4)})
+                for p in tqdm(pairs, desc=f"deploy {name}", leave=False):
+                    for k, m in models.items():
+                        per_image[k].append(sr_metrics(super_resolve(m, p.lr, cpu), p.hr, data.scale))
+                    diff = max(diff, float((models["fake"].last - models["ort"].last).abs().max()))
+            psnr = {k: mean_metrics(v)["psnr"] for k, v in per_image.items()}
+            rows.append({"dataset": name, "metric": "psnr", "fake": round(psnr["fake"], 4),
+                         "ort": round(psnr["ort"], 4), "diff": round(psnr["ort"] - psnr["fake"], 4),
+                         "n_items": len(pairs), "max_abs_diff": round(diff, 6),
+                         "ort_float_bias": round(psnr["float_bias"], 4)})
         return rows
 
     _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m.net, compare)
 
 
-def _lr(pair) -> torch.Tensor:
-    from .sr_data import to_tensor
+class _Last(torch.nn.Module):
+    """A model that keeps its last output (the raw network output, beside the 8-bit image made of it)."""
 
-    return to_tensor(pair.lr)[None]
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model, self.last = model, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = self.model(x)
+        return self.last
 
 
 # -- the tables --------------------------------------------------------------------------------------
@@ -233,6 +244,8 @@ def summarize_tables(paths: list, out) -> None:
 
 def deploy_tables(df) -> dict[str, tuple[str, str]]:
     """``{stem: (markdown, latex)}``: one table per task of the deployment check."""
+    from .report.paper import tex_text as _tex
+
     out = {}
     for task, g in df.groupby("task", sort=True):
         lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
@@ -263,10 +276,6 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
                + "\\bottomrule\n\\end{tabular}\n")
         out[f"deploy_{task}"] = (md, tex)
     return out
-
-
-def _tex(s) -> str:
-    return str(s).replace("_", r"\_").replace("%", r"\%").replace("Δ", r"$\Delta$")
 
 
 def run_deploy(cfg, *, track: str, **kwargs) -> None:

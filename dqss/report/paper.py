@@ -42,7 +42,7 @@ SR_DECIMALS = {"psnr": SR_PSNR_DECIMALS, "ssim": SR_SSIM_DECIMALS}
 TRAINING = {"cls_ptq": "post-training quantization", "cls_qat": "quantization-aware training",
             "sr_ptq": "post-training quantization"}
 # what LaTeX (pdflatex, no extra package) cannot take as text, after latex_escape
-_TEX_UNICODE = {"×": r"$\times$", "±": r"$\pm$", "–": "--", "—": "---", "·": r"$\cdot$"}
+_TEX_UNICODE = {"×": r"$\times$", "±": r"$\pm$", "–": "--", "—": "---", "·": r"$\cdot$", "Δ": r"$\Delta$"}
 
 
 # -- the layout (config) --------------------------------------------------------------------
