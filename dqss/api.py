@@ -94,7 +94,6 @@ class Calibration:
                      f"{len(self.folded_bn)} batch norms folded into their convs")
         return "\n".join(lines)
 
-
     def save(self, path) -> None:
         """The statistics alone (the suite's ``stats.pt`` format); :meth:`from_stats` rebuilds the rest."""
         save_stats(self.stats, path)
