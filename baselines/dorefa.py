@@ -57,6 +57,19 @@ class DoReFaWeightQuantizer(LearnedQuantizer):
         dims = [d for d in range(t.dim()) if d != self.spec.channel_axis]
         return t.amax(dim=dims, keepdim=True)
 
+    def step_size(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The odd codes ``-n..n`` (``n = 2^b - 1``) on the step ``m / n``, ``m = max|w|`` (per channel) with
+        ``rescale``, else 1: the grid depends on the weight."""
+        if weight is None:
+            raise ValueError("the DoReFa weight grid depends on the weight: call step_size(weight)")
+        n = 2 ** self.spec.bits - 1
+        if self.rescale:
+            m = self._max(weight.detach().abs())
+            m = m.reshape(-1) if self.spec.per_channel else m.reshape(())
+        else:
+            m = weight.new_ones(weight.shape[self.spec.channel_axis] if self.spec.per_channel else ())
+        return m.float() / n
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         n = 2 ** self.spec.bits - 1
         t = torch.tanh(w)
@@ -82,6 +95,9 @@ class DoReFaActQuantizer(LearnedQuantizer):
     def __init__(self, spec, clip: float = 1.0, strategy: str = "dorefa"):
         super().__init__(spec, strategy)
         self.clip = float(clip)
+
+    def step_size(self, weight=None):
+        return torch.tensor(self.clip / self.spec.qmax)
 
     def quantize(self, x):
         return clip_quantize(x, x.new_tensor(self.clip), self.spec.signed, self.spec.qmax)[0]

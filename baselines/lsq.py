@@ -38,6 +38,9 @@ class LSQQuantizer(LearnedQuantizer):
         self.role = role
         self.step = nn.Parameter(torch.as_tensor(step, dtype=torch.float32).clamp_min(EPS).clone())
 
+    def step_size(self, weight=None):
+        return self.step.detach().clamp_min(EPS)
+
     def quantize(self, x, s):
         s = self.channel_view(s.clamp_min(EPS), x)
         return torch.round(torch.clamp(x / s, self.spec.qmin, self.spec.qmax)) * s

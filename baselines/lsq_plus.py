@@ -43,6 +43,9 @@ class LSQPlusActQuantizer(LearnedQuantizer):
         self.step = nn.Parameter(torch.tensor(max(float(step), EPS)))
         self.offset = nn.Parameter(torch.tensor(float(offset)))
 
+    def step_size(self, weight=None):
+        return self.step.detach().clamp_min(EPS)
+
     def quantize(self, x, s, beta):
         s, beta = self.channel_view(s.clamp_min(EPS), x), self.channel_view(beta, x)
         return torch.round(torch.clamp((x - beta) / s, self.spec.qmin, self.spec.qmax)) * s + beta

@@ -41,6 +41,10 @@ class PACTQuantizer(LearnedQuantizer):
         super().__init__(spec, strategy)
         self.alpha = nn.Parameter(torch.tensor(max(float(alpha), EPS)))
 
+    def step_size(self, weight=None):
+        """PACT's levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``alpha / Q_P``."""
+        return self.alpha.detach().clamp_min(EPS) / self.spec.qmax
+
     def quantize(self, x, alpha):
         return clip_quantize(x, alpha.clamp_min(EPS).to(x.dtype), self.spec.signed, self.spec.qmax)[0]
 

@@ -69,8 +69,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import QuantLayer
+from .quant import bias_codes, bias_step
 
 DEFAULT_OPSET = 17
+# How the codes are stored: (activation container, weight container).  None keeps a grid's own container
+# (uint8 for an unsigned grid, int8 for a signed one).  ONNX Runtime's x86 integer kernels compute
+# u8 x u8 exactly on every CPU; u8 x s8 (and s8 x s8, which they run as u8 x s8) through VPMADDUBSW, whose
+# int16 pair sums saturate, on CPUs without VNNI (:func:`int8_kernels` says which this CPU uses).
+LAYOUTS = {"u8u8": ("uint8", "uint8"), "u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8"), "grid": (None, None)}
+DEFAULT_LAYOUT = "u8u8"
 MIN_OPSET = 13  # per-channel DequantizeLinear
 CONTAINERS = {"int8": (-128, 127, torch.int8), "uint8": (0, 255, torch.uint8)}
 
@@ -105,6 +112,19 @@ class Grid:
     def per_channel(self) -> bool:
         return self.scale.dim() > 0 and self.scale.numel() > 1
 
+    def stored_as(self, container: str) -> Grid:
+        """The same grid with its codes shifted into ``container`` (``int8`` <-> ``uint8``: codes and zero point
+        move by 128, the values ``(q - z) s`` do not)."""
+        if container not in CONTAINERS:
+            raise ValueError(f"container must be one of {sorted(CONTAINERS)}, got {container!r}")
+        shift = CONTAINERS[container][0] - CONTAINERS[self.container][0]
+        if shift == 0:
+            return self
+        lo, hi, _ = CONTAINERS[container]
+        if self.qmin + shift < lo or self.qmax + shift > hi:
+            raise ValueError(f"the grid [{self.qmin}, {self.qmax}] cannot be stored as {container}")
+        return Grid(self.scale, self.zero_point + shift, self.qmin + shift, self.qmax + shift, self.axis)
+
     def check(self, what: str) -> None:
         lo, hi, _ = CONTAINERS[self.container]
         if not (lo <= self.qmin <= self.qmax <= hi):
@@ -125,6 +145,13 @@ class Grid:
         """``clamp(round(x / s) + z, qmin, qmax)`` (what QuantizeLinear computes, on this grid)."""
         s, z = _view(self.scale, x, self.axis), _view(self.zero_point.float(), x, self.axis)
         return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax)
+
+
+def _layout(layout: str) -> tuple[str | None, str | None]:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown ONNX layout {layout!r}; choose one of {sorted(LAYOUTS)} (u8u8: exact on every "
+                         "x86 CPU, the default)")
+    return LAYOUTS[layout]
 
 
 def _view(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -149,25 +176,23 @@ def _grid(scale, zero, qmin, qmax, axis=0) -> Grid:
 
 def _buffer_grid(q, weight=None) -> Grid:
     """FakeQuantizer, AdaRoundQuantizer, FrozenWeightQuantizer: ``scale``/``zero_point`` buffers on ``spec``."""
-    return _grid(q.scale, q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+    return _grid(q.step_size(weight), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
 
 
 def _step_grid(q, weight=None) -> Grid:
     if not q.enabled or q.drop_prob > 0:
         raise ValueError(f"StepQuantizer with enabled={q.enabled}, drop_prob={q.drop_prob} is a training state; "
                          "export needs enabled=True and drop_prob=0 (what evaluation uses)")
-    return _grid(q.scale.clamp_min(1e-8), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+    return _grid(q.step_size(), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
 
 
 def _lsq_grid(q, weight=None) -> Grid:
-    from baselines._qat_common import EPS
-    s = q.step.detach().clamp_min(EPS)
+    s = q.step_size()
     return _grid(s, torch.zeros(s.shape), q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
 
 
 def _lsq_plus_grid(q, weight=None) -> Grid:
-    from baselines._qat_common import EPS
-    s = q.step.detach().clamp_min(EPS)
+    s = q.step_size()
     z = -q.offset.detach() / s
     zr = torch.round(z)
     if (z - zr).abs() > 1e-4:
@@ -177,20 +202,10 @@ def _lsq_plus_grid(q, weight=None) -> Grid:
     return _grid(s, zr, q.spec.qmin, q.spec.qmax, 0)
 
 
-def _clip_grid(q, alpha: torch.Tensor) -> Grid:
-    """PACT / DoReFa activations: step ``alpha / Q_P``, levels ``0..Q_P`` (signed: ``-Q_P..Q_P``)."""
+def _clip_grid(q, weight=None) -> Grid:
+    """PACT / DoReFa activations: levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``alpha / Q_P``."""
     qmax = q.spec.qmax
-    s = alpha / qmax
-    return _grid(s, torch.zeros(()), -qmax if q.spec.signed else 0, qmax, 0)
-
-
-def _pact_grid(q, weight=None) -> Grid:
-    from baselines._qat_common import EPS
-    return _clip_grid(q, q.alpha.detach().clamp_min(EPS))
-
-
-def _dorefa_act_grid(q, weight=None) -> Grid:
-    return _clip_grid(q, torch.tensor(q.clip, dtype=torch.float32))
+    return _grid(q.step_size(), torch.zeros(()), -qmax if q.spec.signed else 0, qmax, 0)
 
 
 def _dorefa_weight_grid(q, weight: torch.Tensor | None) -> Grid:
@@ -202,12 +217,8 @@ def _dorefa_weight_grid(q, weight: torch.Tensor | None) -> Grid:
                          "DoReFa weights export at 7 bits or fewer")
     if weight is None:
         raise ValueError("the DoReFa weight grid depends on the weight: call tensor_grid(quantizer, weight)")
-    if q.rescale:
-        m = q._max(weight.detach().abs())
-        m = m.reshape(-1) if q.spec.per_channel else m.reshape(())
-    else:
-        m = torch.ones(weight.shape[q.spec.channel_axis]) if q.spec.per_channel else torch.ones(())
-    return _grid(m / n, torch.zeros(m.shape), -n, n, q.spec.channel_axis)
+    s = q.step_size(weight)
+    return _grid(s, torch.zeros(s.shape), -n, n, q.spec.channel_axis)
 
 
 def _grid_makers() -> list[tuple[type, object]]:
@@ -219,7 +230,7 @@ def _grid_makers() -> list[tuple[type, object]]:
     from .recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
     return [(FakeQuantizer, _buffer_grid), (AdaRoundQuantizer, _buffer_grid), (FrozenWeightQuantizer, _buffer_grid),
             (StepQuantizer, _step_grid), (LSQQuantizer, _lsq_grid), (LSQPlusActQuantizer, _lsq_plus_grid),
-            (PACTQuantizer, _pact_grid), (DoReFaActQuantizer, _dorefa_act_grid),
+            (PACTQuantizer, _clip_grid), (DoReFaActQuantizer, _clip_grid),
             (DoReFaWeightQuantizer, _dorefa_weight_grid)]
 
 
@@ -314,14 +325,17 @@ class _WeightDQ(torch.autograd.Function):
 
 
 class QDQLayer(nn.Module):
-    """What a QuantLayer becomes for export: integer weight codes and the activation's QDQ pair."""
+    """What a QuantLayer becomes for export: integer weight codes, the activation's QDQ pair and, where the layer
+    rounds its bias to int32 (:meth:`~dqss.layers.QuantLayer.deployed_bias`), the int32 bias codes, each stored in
+    the containers of ``layout`` (:data:`LAYOUTS`)."""
 
-    def __init__(self, name: str, qlayer: QuantLayer):
+    def __init__(self, name: str, qlayer: QuantLayer, layout: str = DEFAULT_LAYOUT):
         super().__init__()
         m = qlayer.layer
         if type(m) not in (nn.Conv2d, nn.Linear):
             raise TypeError(f"layer '{name}' is a {type(m).__name__}; dqss.deploy exports quantized Conv2d and "
                             "Linear layers only")
+        act_type, weight_type = _layout(layout)
         self.layer = copy.deepcopy(m)
         weight = m.weight.detach().float()
         self.layer.weight = None  # replaced by the dequantized codes
@@ -333,12 +347,14 @@ class QDQLayer(nn.Module):
             if g.per_channel and g.axis != 0:
                 raise ValueError(f"layer '{name}': per-channel weight grid along axis {g.axis}; export expects axis 0")
             codes = weight_codes(qlayer.weight_quant, weight, g)
-            dtype = CONTAINERS[g.container][2]
+            stored = g.stored_as(weight_type or g.container)
+            codes = codes + (stored.qmin - g.qmin)
+            dtype = CONTAINERS[stored.container][2]
             self.register_buffer("w_codes", codes.to(dtype))
             self.register_buffer("w_scale", g.scale.clone())
-            self.register_buffer("w_zero", g.zero_point.to(dtype))
+            self.register_buffer("w_zero", stored.zero_point.to(dtype))
             self.w_axis = g.axis
-            self.weight = g
+            self.weight = stored
         else:
             self.register_buffer("w_float", weight)
         if not isinstance(qlayer.act_quant, nn.Identity):
@@ -346,13 +362,21 @@ class QDQLayer(nn.Module):
             g.check(f"input activation of layer '{name}'")
             if g.per_channel:
                 raise ValueError(f"layer '{name}': per-channel activation grids are not exported (per tensor only)")
-            dtype = CONTAINERS[g.container][2]
+            stored = g.stored_as(act_type or g.container)
+            dtype = CONTAINERS[stored.container][2]
             self.register_buffer("a_scale", g.scale.reshape(()).clone())
-            self.register_buffer("a_zero", g.zero_point.reshape(()).to(dtype))
-            z = g.zero_point.reshape(()).float()
-            self.register_buffer("a_lo", (g.qmin - z) * self.a_scale)
-            self.register_buffer("a_hi", (g.qmax - z) * self.a_scale)
-            self.act = g
+            self.register_buffer("a_zero", stored.zero_point.reshape(()).to(dtype))
+            z = stored.zero_point.reshape(()).float()
+            self.register_buffer("a_lo", (stored.qmin - z) * self.a_scale)
+            self.register_buffer("a_hi", (stored.qmax - z) * self.a_scale)
+            self.act = stored
+        self.int32_bias = qlayer.rounds_bias()
+        if self.int32_bias:  # the int32 codes and their step s_x * s_w[c], as the simulation rounds them
+            step = bias_step(self.a_scale, self.w_scale)
+            self.register_buffer("b_codes", bias_codes(m.bias, step).to(torch.int32))
+            self.register_buffer("b_scale", step)
+            self.register_buffer("b_zero", torch.zeros(step.shape, dtype=torch.int32))
+            self.layer.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
@@ -362,10 +386,11 @@ class QDQLayer(nn.Module):
                 x = _ActQDQ.apply(x, self.a_scale, self.a_zero)
         w = (_WeightDQ.apply(self.w_codes, self.w_scale, self.w_zero, self.w_axis) if self.weight is not None
              else self.w_float)
+        b = _WeightDQ.apply(self.b_codes, self.b_scale, self.b_zero, 0) if self.int32_bias else self.layer.bias
         m = self.layer
         if isinstance(m, nn.Conv2d):
-            return m._conv_forward(x, w, m.bias)
-        return F.linear(x, w, m.bias)
+            return m._conv_forward(x, w, b)
+        return F.linear(x, w, b)
 
 
 def quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
@@ -389,7 +414,7 @@ class ExportInfo:
     seconds: float
     bytes: int
     layers: list[LayerExport] = field(default_factory=list)
-    container: str = "int8/uint8"
+    layout: str = DEFAULT_LAYOUT  # the containers of the codes (LAYOUTS)
 
     @property
     def emulated(self) -> list[str]:
@@ -401,12 +426,13 @@ class ExportInfo:
         return bool(self.emulated)
 
 
-def export_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
+def export_model(qmodel: nn.Module, layout: str = DEFAULT_LAYOUT) -> tuple[nn.Module, list[LayerExport]]:
     """A copy of ``qmodel`` with every QuantLayer replaced by a :class:`QDQLayer` (the module exported)."""
+    _layout(layout)
     model = copy.deepcopy(qmodel).cpu().eval().float()
     layers = []
     for name, ql in quant_layers(model).items():
-        new = QDQLayer(name, ql)
+        new = QDQLayer(name, ql, layout)
         model.set_submodule(name, new)
         w, a = new.weight, new.act
         layers.append(LayerExport(name, w.container if w else "float", a.container if a else "float",
@@ -416,19 +442,21 @@ def export_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
 
 
 def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = DEFAULT_OPSET,
-                dynamic_hw: bool = False) -> ExportInfo:
+                dynamic_hw: bool = False, layout: str = DEFAULT_LAYOUT) -> ExportInfo:
     """Write ``qmodel`` (fake-quantized, or a float model) as an ONNX QDQ model to ``path`` (atomically).
 
     Input ``input``, output ``output``, both with a dynamic batch dimension; ``example`` fixes the other
     dimensions, unless ``dynamic_hw`` (image-to-image models, SR) makes height and width dynamic too.
-    Returns where it went, how long it took, its size and how each quantized layer was stored.
+    ``layout`` picks the 8-bit containers of the activation and weight codes (:data:`LAYOUTS`; the default
+    ``u8u8`` runs exactly on every x86 CPU).  Returns where it went, how long it took, its size and how each
+    quantized layer was stored.
     """
     import onnx
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} lacks per-channel DequantizeLinear; use opset >= {MIN_OPSET}")
     path = Path(path)
     start = time.perf_counter()
-    model, layers = export_model(qmodel)
+    model, layers = export_model(qmodel, layout)
     example = example.detach().cpu().float()
     with torch.no_grad():
         out = model(example)
@@ -457,7 +485,7 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return ExportInfo(path, opset, time.perf_counter() - start, path.stat().st_size, layers)
+    return ExportInfo(path, opset, time.perf_counter() - start, path.stat().st_size, layers, layout)
 
 
 def _dynamic_axes(example: torch.Tensor, hw: bool) -> dict:
@@ -512,21 +540,85 @@ def _session_options(threads: int, level=None):
     return so
 
 
-def ort_session(path, threads: int = 1, float_bias: bool = False):
-    """An ONNX Runtime CPU session (``ORT_ENABLE_ALL``, ``threads`` intra-op threads) for the file ``path``.
-
-    ``float_bias``: without ORT's ``WeightBiasQuantization`` pass, so each bias stays float as in the
-    fake-quantized model (a diagnostic: the convolutions are then not fused into integer kernels)."""
+def ort_session(path, threads: int = 1, optimize: bool = True):
+    """An ONNX Runtime CPU session (``threads`` intra-op threads) for the file ``path``: optimised
+    (``ORT_ENABLE_ALL``: QDQ groups fused into integer kernels), or with ``optimize=False`` the graph as written
+    (``ORT_DISABLE_ALL``: every QuantizeLinear/DequantizeLinear and float op on its own, no integer kernel), which
+    tells the file's own numerics apart from the integer kernels'."""
     import onnxruntime as ort
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no ONNX model at {path}; export it with dqss.deploy.export_onnx")
+    level = None if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(path), _session_options(threads), providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=["WeightBiasQuantization"] if float_bias else None)
+        return ort.InferenceSession(str(path), _session_options(threads, level), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise RuntimeError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {str(e).strip()[:300]}); the file "
                            "is corrupt or truncated: delete it and re-export it with dqss.deploy.export_onnx") from e
+
+
+# -- which integer kernels this CPU runs -----------------------------------------------------------
+def cpu_flags() -> set[str]:
+    """The CPU's instruction-set flags as Linux names them (``/proc/cpuinfo``); empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@dataclass(frozen=True)
+class Int8Kernel:
+    """The instruction ONNX Runtime's MLAS multiplies 8-bit codes with, for one layout, on this CPU."""
+
+    layout: str
+    isa: str          # the instruction set MLAS dispatches to
+    instruction: str  # the multiply-accumulate instruction
+    saturates: bool   # int16 pair sums that saturate (u8 x s8 VPMADDUBSW): results depend on the CPU
+
+    def __str__(self) -> str:
+        return f"{self.layout}: {self.isa} {self.instruction}" + (" (int16 saturation)" if self.saturates else "")
+
+
+def int8_kernel(layout: str = DEFAULT_LAYOUT, flags: set[str] | None = None) -> Int8Kernel:
+    """Which GEMM kernel ONNX Runtime 1.32's MLAS runs ``layout``'s fused convolutions and GEMMs with on a CPU
+    with ``flags`` (default: this one), following its dispatch (``mlas/lib/platform.cpp``, later checks win).
+
+    u8 x s8 (and s8 x s8, which MLAS runs as u8 x s8 after adding 128 to the activations) goes through
+    VPMADDUBSW on AVX2 and on AVX-512 without VNNI: it adds two u8*s8 products into a *saturating* int16, and
+    255*127*2 > 32767, so large codes give a different sum than the simulation.  VNNI's VPDPBUSD and AMX
+    accumulate in int32 (exact).  u8 x u8 widens both to int16 and multiplies with VPMADDWD into int32 (exact)
+    on every x86 CPU.  aarch64 kernels (UDOT/SDOT/UMMLA, or widening NEON) accumulate in int32 (exact).
+    Depthwise convolutions use their own int32 kernels (exact) in every layout.
+    """
+    act, weight = _layout(layout)
+    flags = cpu_flags() if flags is None else flags
+    if "asimd" in flags or "asimddp" in flags:
+        return Int8Kernel(layout, "aarch64", "UDOT/SDOT" if "asimddp" in flags else "NEON widening", False)
+    signed_weights = weight in (None, "int8")
+    core = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
+    if "avx2" not in flags or "fma" not in flags:
+        return Int8Kernel(layout, "SSE", "PMADDWD", False)
+    if signed_weights:  # u8 x s8
+        kernel = Int8Kernel(layout, "AVX2", "VPMADDUBSW", True)
+        if "avx_vnni" in flags:
+            kernel = Int8Kernel(layout, "AVX-VNNI", "VPDPBUSD", False)
+        if core:
+            kernel = Int8Kernel(layout, "AVX-512BW", "VPMADDUBSW", True)
+            if "avx512_vnni" in flags:
+                kernel = Int8Kernel(layout, "AVX-512 VNNI", "VPDPBUSD", False)
+        if {"amx_tile", "amx_int8"} <= flags:
+            kernel = Int8Kernel(layout, "AMX", "TDPBUSD", False)
+        return kernel
+    kernel = Int8Kernel(layout, "AVX2", "VPMADDWD", False)  # u8 x u8
+    if core:
+        kernel = Int8Kernel(layout, "AVX-512BW", "VPMADDWD", False)
+    if "avx_vnni_int8" in flags:
+        kernel = Int8Kernel(layout, "AVX-VNNI-INT8", "VPDPBUUD", False)
+    return kernel
 
 
 def run_onnx(session, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -633,14 +725,16 @@ def file_sizes(int8_path, fp_path) -> dict:
 
 # -- per-layer codes (debugging a mismatch) ----------------------------------------------------------
 @torch.no_grad()
-def torch_act_codes(qmodel: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+def torch_act_codes(qmodel: nn.Module, inputs: torch.Tensor, layout: str = DEFAULT_LAYOUT) -> dict[str, torch.Tensor]:
     """The activation codes ``clamp(round(x / s) + z, qmin, qmax)`` each quantized layer's input gets in
-    the fake-quantized model (layers with a float input are left out)."""
+    the fake-quantized model, stored as ``layout`` stores them (layers with a float input are left out)."""
+    act_type = _layout(layout)[0]
     codes, handles = {}, []
     for name, m in quant_layers(qmodel).items():
         if isinstance(m.act_quant, nn.Identity):
             continue
         g = tensor_grid(m.act_quant)
+        g = g.stored_as(act_type or g.container)
         handles.append(m.register_forward_pre_hook(
             lambda _m, args, name=name, g=g: codes.__setitem__(name, g.codes(args[0].float()))))
     try:

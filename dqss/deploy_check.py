@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import torch
@@ -21,10 +22,11 @@ from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "metric", "fake", "ort",
-           "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_float_bias", "agreement_float_bias",
-           "container", "emulated_layers",
+COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "layout", "metric", "fake",
+           "ort", "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_unoptimized",
+           "agreement_unoptimized", "int8_kernel", "int16_saturation", "emulated_layers",
            "quantized_layers", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes", "size_ratio"]
+AGREEMENT_TARGET = 99.5  # % top-1 agreement below which the report marks a row
 
 
 @dataclass
@@ -38,6 +40,8 @@ class DeploySection:
     threads: int = option(1, ge=1)  # ONNX Runtime intra-op threads (the job's one core)
     test_items: int | None = option(None, ge=1)  # test items compared (evenly spaced); null = the whole test set
     opset: int = option(17, ge=13, le=21)  # ONNX opset of the export
+    # containers of the activation and weight codes (dqss.deploy.LAYOUTS); u8u8 runs exactly on every x86 CPU
+    layouts: list[str] = option(factory=lambda: ["u8u8"], choices=["u8u8", "u8s8", "s8s8", "grid"], min_items=1)
 
     def __post_init__(self):
         check_options(self)
@@ -58,11 +62,14 @@ def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> di
 
 
 def _kernels(path, info, threads: int) -> dict:
-    from .deploy import integer_kernels
+    from .deploy import int8_kernel, integer_kernels
 
     k = integer_kernels(path, threads)
-    return {"container": info.container, "emulated_layers": len(info.emulated), "quantized_layers": len(info.layers),
-            "integer_kernels": sum(k["integer"].values()), "float_kernels": sum(k["float"].values())}
+    kernel = int8_kernel(info.layout)
+    return {"layout": info.layout, "int8_kernel": f"{kernel.isa} {kernel.instruction}",
+            "int16_saturation": kernel.saturates, "emulated_layers": len(info.emulated),
+            "quantized_layers": len(info.layers), "integer_kernels": sum(k["integer"].values()),
+            "float_kernels": sum(k["float"].values())}
 
 
 def test_subset(n: int, items: int | None) -> list[int]:
@@ -118,20 +125,21 @@ def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, assignments, ta
         fp_path = Path(tmp) / "fp.onnx"
         export_onnx(export_target(folded), ex, fp_path, opset=sec.opset, **_dynamic(cfg))
         fp_session = ort_session(fp_path, sec.threads)
-        for method, strategy, w, a, qmodel in models_to_check(cfg, folded, calib, assignments):
-            q_path = Path(tmp) / f"{method}_w{w}a{a}.onnx"
-            info = export_onnx(export_target(qmodel), ex, q_path, opset=sec.opset, **_dynamic(cfg))
+        for (method, strategy, w, a, qmodel), layout in product(models_to_check(cfg, folded, calib, assignments),
+                                                                 sec.layouts):
+            q_path = Path(tmp) / f"{method}_w{w}a{a}_{layout}.onnx"
+            info = export_onnx(export_target(qmodel), ex, q_path, opset=sec.opset, layout=layout, **_dynamic(cfg))
             session = ort_session(q_path, sec.threads)
-            float_bias = ort_session(q_path, sec.threads, float_bias=True)
+            unoptimized = ort_session(q_path, sec.threads, optimize=False)
             shared = {"task": cfg.task, "backbone": backbone, "method": method, "strategy": strategy, "w_bits": w,
                       "a_bits": a, "seed": seed, **_kernels(q_path, info, sec.threads),
                       "fp_bytes": fp_path.stat().st_size, "int8_bytes": q_path.stat().st_size,
                       "size_ratio": round(q_path.stat().st_size / fp_path.stat().st_size, 4),
                       **_latency_columns({"int8": session, "fp": fp_session}, ex, sec)}
-            for r in compare(qmodel, session, float_bias):
+            for r in compare(qmodel, session, unoptimized):
                 rows.append({**shared, **r})
-                log.info("%s %s W%dA%d %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, r["dataset"],
-                         r["fake"], r["ort"])
+                log.info("%s %s W%dA%d %s %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, layout,
+                         r["dataset"], r["fake"], r["ort"])
     prov = provenance(torch.device("cpu"), cfg.raw)
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
@@ -162,17 +170,17 @@ def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignmen
     labels = torch.as_tensor([int(t[1]) for t in items])
     bs = cfg.eval_batch_size
 
-    def compare(qmodel, session, float_bias):
+    def compare(qmodel, session, unoptimized):
         fake, ort = api.outputs(qmodel, torch.split(x, bs)), run_onnx(session, x, bs)
-        ort_fb = run_onnx(float_bias, x, bs)
+        ort_un = run_onnx(unoptimized, x, bs)
         right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
         return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
                  "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
                  "diff_items": right_ort - right_fake, "n_items": len(x),
                  "agreement": round(api.agreement(fake, ort), 4),
                  "max_abs_diff": round(float((fake - ort).abs().max()), 6),
-                 "ort_float_bias": round(100 * int((ort_fb.argmax(1) == labels).sum()) / len(x), 4),
-                 "agreement_float_bias": round(api.agreement(fake, ort_fb), 4)}]
+                 "ort_unoptimized": round(100 * int((ort_un.argmax(1) == labels).sum()) / len(x), 4),
+                 "agreement_unoptimized": round(api.agreement(fake, ort_un), 4)}]
 
     _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m, compare)
 
@@ -194,10 +202,10 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
     calib = load_calibration(cfg, folded, ex, stats, cpu)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
 
-    def compare(qmodel, session, float_bias):
+    def compare(qmodel, session, unoptimized):
         """One pass over each test set: PSNR of the three models, and the largest raw output difference."""
         models = {"fake": _Last(qmodel), "ort": _Last(SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)),
-                  "float_bias": SRNet(OrtModule(float_bias, 1), qmodel.scale, qmodel.pad_multiple)}
+                  "unoptimized": SRNet(OrtModule(unoptimized, 1), qmodel.scale, qmodel.pad_multiple)}
         rows = []
         for name, pairs in data.test_sets.items():
             per_image, diff = {k: [] for k in models}, 0.0
@@ -210,7 +218,7 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
             rows.append({"dataset": name, "metric": "psnr", "fake": round(psnr["fake"], 4),
                          "ort": round(psnr["ort"], 4), "diff": round(psnr["ort"] - psnr["fake"], 4),
                          "n_items": len(pairs), "max_abs_diff": round(diff, 6),
-                         "ort_float_bias": round(psnr["float_bias"], 4)})
+                         "ort_unoptimized": round(psnr["unoptimized"], 4)})
         return rows
 
     _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m.net, compare)
@@ -243,37 +251,46 @@ def summarize_tables(paths: list, out) -> None:
 
 
 def deploy_tables(df) -> dict[str, tuple[str, str]]:
-    """``{stem: (markdown, latex)}``: one table per task of the deployment check."""
+    """``{stem: (markdown, latex)}``: one table per task of the deployment check.  A classification row whose
+    top-1 agreement is below :data:`AGREEMENT_TARGET` is marked ``(!)`` and named in a note under the table."""
     from .report.paper import tex_text as _tex
 
     out = {}
     for task, g in df.groupby("task", sort=True):
         lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
         cls = (g["metric"] == "top1").all()
-        head = (["backbone", "method", "bits"] + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %",
-                                                    "max abs Δ logit", "top-1 ORT float bias"] if cls else
-                                                   ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max abs Δ pixel",
-                                                    "PSNR ORT float bias"])
-                + ["integer kernels", "size int8/FP"] + [f"latency int8/FP b{b}" for b in lat])
-        rows = []
+        head = (["backbone", "method", "bits", "layout"]
+                + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %", "max abs Δ logit", "top-1 ORT unoptimised"]
+                   if cls else ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max abs Δ pixel",
+                                "PSNR ORT unoptimised"])
+                + ["int8 kernel", "integer kernels", "size int8/FP"] + [f"latency int8/FP b{b}" for b in lat])
+        rows, low = [], []
         for _, r in g.iterrows():
             method = r["method"] if r["method"] == DQSS_METHOD else f"{r['strategy']} (best uniform)"
             bits = f"W{r['w_bits']}A{r['a_bits']}" + (" (int8 grid)" if r["emulated_layers"] else "")
             if cls:
-                cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}", f"{r['agreement']:.2f}",
-                         f"{r['max_abs_diff']:.4f}", f"{r['ort_float_bias']:.2f}"]
+                mark = r["agreement"] < AGREEMENT_TARGET
+                if mark:
+                    low.append(f"{r['backbone']} {method} {bits} {r['layout']}")
+                cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}",
+                         f"{r['agreement']:.2f}" + (" (!)" if mark else ""),
+                         f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.2f}"]
             else:
                 cells = [r["dataset"], f"{r['fake']:.3f}", f"{r['ort']:.3f}", f"{r['diff']:+.3f}",
-                         f"{r['max_abs_diff']:.4f}", f"{r['ort_float_bias']:.3f}"]
-            rows.append([r["backbone"], method, bits, *cells,
+                         f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.3f}"]
+            kernel = str(r["int8_kernel"]) + (" (int16 saturation)" if bool(r["int16_saturation"]) else "")
+            rows.append([r["backbone"], method, bits, r["layout"], *cells, kernel,
                          f"{int(r['integer_kernels'])}/{int(r['quantized_layers'])}", f"{r['size_ratio']:.3f}"]
                         + [f"{r[f'latency_ratio_b{b}']:.2f}" for b in lat])
+        note = (f"(!) top-1 agreement below {AGREEMENT_TARGET:g} %: " + "; ".join(low) + ".") if low else ""
         md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
         md += "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
-        tex = ("\\begin{tabular}{" + "l" * (3 + (not cls)) + "r" * (len(head) - 3 - (not cls)) + "}\n\\toprule\n"
+        md += f"\n{note}\n" if note else ""
+        n_left = 4 + (not cls)
+        tex = ("\\begin{tabular}{" + "l" * n_left + "r" * (len(head) - n_left) + "}\n\\toprule\n"
                + " & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n"
                + "".join(" & ".join(_tex(c) for c in row) + " \\\\\n" for row in rows)
-               + "\\bottomrule\n\\end{tabular}\n")
+               + "\\bottomrule\n\\end{tabular}\n" + (f"\n{_tex(note)}\n" if note else ""))
         out[f"deploy_{task}"] = (md, tex)
     return out
 

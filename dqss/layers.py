@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import BIT_MIN, BIT_MAX, check_options, option
-from .quant import QuantSpec
+from .quant import QuantSpec, int32_bias
 
 log = logging.getLogger(__name__)
 
@@ -24,23 +24,63 @@ LAYER_TYPES = {"conv2d": nn.Conv2d, "linear": nn.Linear}
 
 
 class QuantLayer(nn.Module):
-    """A Conv2d or Linear whose input and weight pass through quantizers."""
+    """A Conv2d or Linear whose input and weight pass through quantizers.
+
+    With ``int32_bias`` (the default; ``quant.int32_bias``) and both inputs quantized, the bias is rounded to
+    int32 codes on the step ``s_x * s_w[c]``, as an integer runtime adds it (:func:`~dqss.quant.int32_bias`):
+    the simulated layer is the deployed one.  Every quantizer then needs a ``step_size(weight=None)`` method.
+    """
 
     def __init__(self, layer: nn.Module, weight_quant: nn.Module | None = None,
-                 act_quant: nn.Module | None = None):
+                 act_quant: nn.Module | None = None, int32_bias: bool = True):
         super().__init__()
         self.layer = layer
         self.weight_quant = weight_quant if weight_quant is not None else nn.Identity()
         self.act_quant = act_quant if act_quant is not None else nn.Identity()
+        self.int32_bias = int32_bias
 
-    def compute(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def compute(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on ``x`` with ``weight`` and ``bias`` (None: the layer's own float bias)."""
         m = self.layer
+        b = m.bias if bias is None else bias
         if isinstance(m, nn.Conv2d):
-            return m._conv_forward(x, weight, m.bias)
-        return F.linear(x, weight, m.bias)
+            return m._conv_forward(x, weight, b)
+        return F.linear(x, weight, b)
+
+    def rounds_bias(self) -> bool:
+        """Whether the bias is on the int32 grid: ``int32_bias``, a bias, and both inputs quantized (with a float
+        input or weight the runtime adds a float bias)."""
+        return (self.int32_bias and self.layer.bias is not None and not isinstance(self.act_quant, nn.Identity)
+                and not isinstance(self.weight_quant, nn.Identity) and getattr(self.act_quant, "enabled", True))
+
+    def deployed_bias(self) -> torch.Tensor | None:
+        """The bias the forward adds: on the int32 grid where :meth:`rounds_bias`, else the float one."""
+        b = self.layer.bias
+        if not self.rounds_bias():
+            return b
+        pa, sa = step_sizes(self.act_quant)
+        pw, sw = step_sizes(self.weight_quant, self.layer.weight)
+        return int32_bias(b, sa, sw, pa, pw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.compute(self.act_quant(x), self.weight_quant(self.layer.weight))
+        return self.compute(self.act_quant(x), self.weight_quant(self.layer.weight), self.deployed_bias())
+
+
+def step_sizes(quantizer: nn.Module, weight: torch.Tensor | None = None):
+    """``(probabilities or None, steps)`` of what ``quantizer`` applies: ``steps`` ``[N]`` for an activation,
+    ``[N, C]`` or ``[N, 1]`` for a weight; ``N = 1`` with no probabilities for one grid, a DQSS mixture's
+    candidates with their mixture weights otherwise (its ``mixture_steps``)."""
+    if hasattr(quantizer, "mixture_steps"):
+        return quantizer.mixture_steps(weight)
+    if hasattr(quantizer, "step_size"):
+        s = quantizer.step_size(weight)
+    elif hasattr(quantizer, "export_grid"):  # a user's quantizer, exportable (dqss.deploy.tensor_grid)
+        s = quantizer.export_grid(weight).scale
+    else:
+        raise TypeError(f"{type(quantizer).__module__}.{type(quantizer).__qualname__} has no step_size(weight=None) "
+                        "method, which the int32 bias of its layer needs: add one returning its grid's step (a scalar, "
+                        "or one per channel), or set quant.int32_bias: false to keep float biases")
+    return None, s.reshape(1, -1) if weight is not None else s.reshape(1)
 
 
 @dataclass
@@ -55,6 +95,8 @@ class QuantPolicy:
     weight_per_channel: bool = True  # one weight scale per output channel (false: one per tensor)
     weight_symmetric: bool = True  # weight grid symmetric around 0 (false: with a zero point)
     act_symmetric: bool = True  # activation grid symmetric around 0 (false: with a zero point)
+    # each bias rounded to int32 on the step s_act * s_weight[c], as int8 runtimes add it (false: float biases)
+    int32_bias: bool = True
 
     def __post_init__(self):
         check_options(self)
@@ -83,6 +125,7 @@ class LayerPlan:
     name: str
     w_spec: QuantSpec
     a_spec: QuantSpec
+    int32_bias: bool = True  # the layer's bias on the int32 grid (QuantPolicy.int32_bias)
 
 
 def execution_order(model: nn.Module, example: torch.Tensor, types=(nn.Conv2d, nn.Linear)) -> list[str]:
@@ -112,7 +155,7 @@ def plan_layers(model: nn.Module, policy: QuantPolicy, w_bits: int, a_bits: int,
     for i, n in enumerate(names):
         edge = i in (0, len(names) - 1) and policy.first_last_bits is not None
         wb, ab = (policy.first_last_bits, policy.first_last_bits) if edge else (w_bits, a_bits)
-        plans[n] = LayerPlan(n, policy.weight_spec(wb), policy.act_spec(ab))
+        plans[n] = LayerPlan(n, policy.weight_spec(wb), policy.act_spec(ab), policy.int32_bias)
     return plans
 
 
@@ -143,6 +186,9 @@ def swap_layers(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
 
 
 # -- batch-norm folding -----------------------------------------------------------------
+# a BN channel whose running variance is at most this fraction of its eps is constant (see fold_batchnorm)
+CONSTANT_CHANNEL_VAR = 1e-6
+
 class _ActAfterBN(nn.Sequential):
     """What remains of timm's BatchNormAct2d once its BN is folded: drop and activation."""
 
@@ -178,7 +224,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, pairs: list | None =
         for h in handles:
             h.remove()
         outputs.clear()
-    folded = []
+    folded, n_constant = [], 0
     for conv_name, bn_name in dict.fromkeys(found):
         if consumers[conv_name] != 1:
             continue  # a conv feeding several BNs cannot be folded
@@ -187,6 +233,13 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, pairs: list | None =
         gamma = bn.weight if bn.affine else torch.ones_like(std)
         beta = bn.bias if bn.affine else torch.zeros_like(std)
         factor = gamma / std
+        # A channel whose conv output never varied (variance ~0, e.g. after a dead input channel) outputs the
+        # constant beta; its factor gamma / sqrt(eps) (~300 gamma) only inflates its weights, whose scale then
+        # rounds the int32 bias by whole units.  Folded with factor 1 it outputs beta + (y - mean) = beta all the
+        # same, on ordinary weights.
+        constant = bn.running_var <= CONSTANT_CHANNEL_VAR * bn.eps
+        factor = torch.where(constant, torch.ones_like(factor), factor)
+        n_constant += int(constant.sum())
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         conv.weight.copy_(conv.weight * factor.reshape(-1, 1, 1, 1))
         conv.bias = nn.Parameter(beta + (bias - bn.running_mean) * factor)
@@ -195,5 +248,5 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, pairs: list | None =
         folded.append((conv_name, bn_name))
     if pairs is not None:
         pairs.extend(folded)
-    log.info("folded %d batch-norm layers", len(folded))
+    log.info("folded %d batch-norm layers (%d constant channels with factor 1)", len(folded), n_constant)
     return model

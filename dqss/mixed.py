@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .layers import QuantLayer, swap_layers
+from .layers import QuantLayer, step_sizes, swap_layers
 from .qat import LearnedQuantizer
-from .quant import FakeQuantizer
+from .quant import FakeQuantizer, int32_bias_pairs, with_bias_gradient
 
 MODES = ("efficient", "naive")
 
@@ -115,6 +115,8 @@ class MixedQuantizer(nn.Module):
         self.hard = False
         self.pinned: int | None = None
         self.sampled: int | None = None  # single-path search: this step's candidate (see sample_paths)
+        self._fixed_steps = all(isinstance(q, FakeQuantizer) for q in self.candidates)
+        self._steps: torch.Tensor | None = None  # the fixed candidates' stacked steps (mixture_steps)
 
     def pin(self, name: str | None) -> None:
         """Forward only candidate ``name`` (None: the mixture again)."""
@@ -136,6 +138,22 @@ class MixedQuantizer(nn.Module):
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [q(x) for q in self.candidates]
+
+    def mixture_steps(self, weight: torch.Tensor | None = None):
+        """``(probabilities or None, steps)`` of what the forward applies (for the layer's int32 bias): the
+        pinned or sampled candidate's step alone, or every candidate's with the mixture weights.  Fixed-range
+        candidates' steps are stacked once (they do not change), learned ones' at every call."""
+        one = self.pinned if self.pinned is not None else self.sampled
+        if one is not None:
+            s = self.candidates[one].step_size(weight)
+            return None, s.reshape(1, -1) if weight is not None else s.reshape(1)
+        steps = self._steps
+        if steps is None or not self._fixed_steps or steps.device != self.logits.device:
+            steps = torch.stack([q.step_size(weight).reshape(-1) for q in self.candidates])
+            steps = steps if weight is not None else steps.reshape(-1)
+            if self._fixed_steps:
+                self._steps = steps
+        return self.probs(), steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pinned is not None:
@@ -171,8 +189,8 @@ class MixedQuantLayer(QuantLayer):
     """A layer whose weight and activation quantizers are mixtures, in either mode."""
 
     def __init__(self, layer: nn.Module, weight_quant: MixedQuantizer, act_quant: MixedQuantizer,
-                 mode: str = "efficient"):
-        super().__init__(layer, weight_quant, act_quant)
+                 mode: str = "efficient", int32_bias: bool = True):
+        super().__init__(layer, weight_quant, act_quant, int32_bias)
         self.mode = mode
         self._weight_cache: torch.Tensor | None = None
 
@@ -202,22 +220,36 @@ class MixedQuantLayer(QuantLayer):
         if wq.pinned is not None and aq.pinned is not None:
             w = self.layer.weight
             weight = wq.candidates[wq.pinned](w) if w.requires_grad else self.weight_candidates()[wq.pinned]
-            return self.compute(aq.candidates[aq.pinned](x), weight)
+            return self.compute(aq.candidates[aq.pinned](x), weight, self.deployed_bias())
         if wq.sampled is not None or aq.sampled is not None:
-            return self.compute(aq(x), wq(self.layer.weight))
+            return self.compute(aq(x), wq(self.layer.weight), self.deployed_bias())
         weights = self.weight_candidates()
         beta = self.weight_quant.probs()
+        bias = self.deployed_bias()  # sum_ij alpha_i beta_j b_ij: the same term in both modes
         if self.mode == "efficient":
             w_mix = torch.tensordot(beta, weights, dims=1)
-            return self.compute(self.act_quant(x), w_mix)
+            return self.compute(self.act_quant(x), w_mix, bias)
         alpha = self.act_quant.probs()
         acts = self.act_quant.outputs(x)
+        pairs = self._bias_pairs(bias)
         out = None
         for i, a in enumerate(acts):
             for j, w in enumerate(weights):
-                term = (alpha[i] * beta[j]) * self.compute(a, w)
+                term = (alpha[i] * beta[j]) * self.compute(a, w, None if pairs is None else pairs[i][j])
                 out = term if out is None else out + term
         return out
+
+    def _bias_pairs(self, bias: torch.Tensor | None):
+        """The naive relaxation's bias of every (activation, weight) pair: ``b_ij`` on pair ``(i, j)``'s int32
+        grid (with the bias's gradient), or None for float biases."""
+        b = self.layer.bias
+        if not self.rounds_bias():
+            return None
+        _, sa = step_sizes(self.act_quant)
+        _, sw = step_sizes(self.weight_quant, self.layer.weight)
+        grid = int32_bias_pairs(b, sa, sw)
+        return [[with_bias_gradient(grid[i, j].expand(b.shape).to(b.dtype), b) for j in range(grid.shape[1])]
+                for i in range(grid.shape[0])]
 
 
 def mixed_layers(model: nn.Module) -> dict[str, MixedQuantLayer]:
@@ -300,6 +332,7 @@ def discretize(model: nn.Module, choice: dict[str, tuple[str, str]] | None = Non
         chosen[name] = (w, a)
         for q in (wq, aq):
             q.pinned = q.sampled = None
-        new[name] = QuantLayer(m.layer, wq.candidates[wq.names.index(w)], aq.candidates[aq.names.index(a)])
+        new[name] = QuantLayer(m.layer, wq.candidates[wq.names.index(w)], aq.candidates[aq.names.index(a)],
+                               m.int32_bias)
     swap_layers(model, new)
     return chosen

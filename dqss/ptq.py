@@ -48,7 +48,7 @@ def quantize_per_layer(model: nn.Module, plans: dict[str, LayerPlan], stats: dic
         w_strat, a_strat = choice[name]
         wq = w_strat.build_weight_quantizer(plan.w_spec, ctx)
         aq = a_strat.build_act_quantizer(plan.a_spec, stats[name], ctx)
-        new[name] = QuantLayer(ctx.module, wq, aq)
+        new[name] = QuantLayer(ctx.module, wq, aq, plan.int32_bias)
     return swap_layers(qmodel, new).requires_grad_(False)
 
 
@@ -62,7 +62,7 @@ def quantize_mixed(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[st
         pairs = {s: _quantizers(strat, plan, stats[name], ctx) for s, strat in strategies.items()}
         wq = MixedQuantizer({s: p[0] for s, p in pairs.items()})
         aq = MixedQuantizer({s: p[1] for s, p in pairs.items()})
-        new[name] = MixedQuantLayer(ctx.module, wq, aq, mode)
+        new[name] = MixedQuantLayer(ctx.module, wq, aq, mode, plan.int32_bias)
     return swap_layers(qmodel, new)
 
 

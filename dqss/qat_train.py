@@ -255,14 +255,15 @@ def quantize_qat(model: nn.Module, plans, stats, choice: dict[str, dict[str, obj
         if isinstance(choice[name], tuple):
             w_strat, a_strat = choice[name]
             new[name] = QuantLayer(ctx.module, w_strat.build_weight_quantizer(plan.w_spec, ctx),
-                                   a_strat.build_act_quantizer(plan.a_spec, st, ctx))
+                                   a_strat.build_act_quantizer(plan.a_spec, st, ctx), plan.int32_bias)
             continue
         wq = {s: strat.build_weight_quantizer(plan.w_spec, ctx) for s, strat in choice[name].items()}
         aq = {s: strat.build_act_quantizer(plan.a_spec, st, ctx) for s, strat in choice[name].items()}
         if len(choice[name]) == 1:
-            new[name] = QuantLayer(ctx.module, *wq.values(), *aq.values())
+            new[name] = QuantLayer(ctx.module, *wq.values(), *aq.values(), plan.int32_bias)
         else:
-            new[name] = MixedQuantLayer(ctx.module, MixedQuantizer(wq), MixedQuantizer(aq), mode or "efficient")
+            new[name] = MixedQuantLayer(ctx.module, MixedQuantizer(wq), MixedQuantizer(aq), mode or "efficient",
+                                        plan.int32_bias)
     return swap_layers(qmodel, new).requires_grad_(True)
 
 

@@ -97,6 +97,56 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
     return xq.detach() + (x - x.detach()) * inside
 
 
+# -- biases: what an int8 runtime adds -------------------------------------------------------
+# An integer convolution accumulates (x_q - z_x) * w_q in int32 and adds its bias in the same units: the bias
+# is stored as int32 codes on the step s_x * s_w[c] (ONNX QDQ's bias, ONNX Runtime's WeightBiasQuantization,
+# TFLite, TensorRT).  The largest code kept is a float32-exact bound just below 2^31.
+INT32_BIAS_LIMIT = 2 ** 31 - 128
+
+
+def bias_step(act_step: torch.Tensor, weight_step: torch.Tensor) -> torch.Tensor:
+    """The int32 bias's step ``s_x * s_w[c]``, in float32 as the runtime computes it (``[C]``, or a scalar for
+    a per-tensor weight)."""
+    return act_step.detach().float() * weight_step.detach().float()
+
+
+def bias_codes(bias: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """``clamp(round(b / step))``: the bias's int32 codes (float values) on ``step``."""
+    return torch.clamp(torch.round(bias.detach().float() / step), -INT32_BIAS_LIMIT, INT32_BIAS_LIMIT)
+
+
+def int32_bias_pairs(bias: torch.Tensor, act_steps: torch.Tensor, weight_steps: torch.Tensor) -> torch.Tensor:
+    """``b_ij``: the bias rounded to int32 codes on the step ``s_x,i * s_w,j[c]`` of every pair of grids,
+    ``[N_A, N_W, C or 1]`` (no gradient); ``act_steps`` is ``[N_A]``, ``weight_steps`` ``[N_W, C]`` or
+    ``[N_W, 1]`` (per tensor)."""
+    step = bias_step(act_steps[:, None, None], weight_steps[None])
+    return bias_codes(bias, step) * step
+
+
+def int32_bias(bias: torch.Tensor, act_steps: torch.Tensor, weight_steps: torch.Tensor,
+               act_probs: torch.Tensor | None = None, weight_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """The bias rounded to int32 codes on the step ``s_x * s_w[c]``, with a straight-through gradient to ``bias``.
+
+    One grid each (``N = 1``, no probabilities), or the candidates of a DQSS mixture with their mixture weights
+    (shapes as :func:`int32_bias_pairs`).  A mixture's bias is ``sum_ij alpha_i beta_j b_ij``: exactly the bias
+    term of the naive relaxation ``sum_ij alpha_i beta_j (A_i * W_j + b_ij)``, since the pairs' weights sum to
+    one, so the efficient convolution stays equal to it; the probabilities get their gradient through it.
+    """
+    rounded = int32_bias_pairs(bias, act_steps, weight_steps).to(bias.dtype)
+    if act_probs is None and weight_probs is None:
+        value = rounded[0, 0]
+    else:
+        pa = act_probs if act_probs is not None else rounded.new_ones(rounded.shape[0])
+        pw = weight_probs if weight_probs is not None else rounded.new_ones(rounded.shape[1])
+        value = torch.einsum("i,j,ijc->c", pa.to(rounded.dtype), pw.to(rounded.dtype), rounded)
+    return with_bias_gradient(value.expand(bias.shape).to(bias.dtype), bias)
+
+
+def with_bias_gradient(value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``value`` with the straight-through gradient of ``bias`` (rounding passes it unchanged)."""
+    return value + (bias - bias.detach())
+
+
 class FakeQuantizer(nn.Module):
     """A fixed-range quantizer: what a PTQ range strategy builds for one tensor."""
 
@@ -114,6 +164,11 @@ class FakeQuantizer(nn.Module):
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         return ((self.spec.qmin - self.zero_point) * self.scale,
                 (self.spec.qmax - self.zero_point) * self.scale)
+
+    def step_size(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The grid's step, a scalar or one per channel.  Every quantizer class has this method: a layer
+        rounds its bias to int32 on the product of its input's and its weight's steps (:func:`int32_bias`)."""
+        return self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quantize(x, self.scale, self.zero_point, self.spec.qmin, self.spec.qmax,

@@ -96,6 +96,9 @@ class AdaRoundQuantizer(nn.Module):
     def h(self) -> torch.Tensor:
         return rectified_sigmoid(self.v)
 
+    def step_size(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale
+
     def integers(self) -> torch.Tensor:
         """The grid codes of the hard rounding (up where ``V >= 0``)."""
         z = _broadcast(self.zero_point, self.w_floor, self.spec.channel_axis)
@@ -127,6 +130,9 @@ class FrozenWeightQuantizer(nn.Module):
         self.register_buffer("zero_point", zero.detach().float().clone())
         self.register_buffer("codes", codes.detach().to(torch.int16).clone())
 
+    def step_size(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale
+
     def forward(self, w: torch.Tensor | None = None) -> torch.Tensor:
         ax = self.spec.channel_axis
         q = self.codes.float()
@@ -152,6 +158,9 @@ class StepQuantizer(nn.Module):
         self.register_buffer("zero_point", base.zero_point.clone())
         self.enabled = True
         self.drop_prob = 0.0
+
+    def step_size(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scale.detach().clamp_min(1e-8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -388,7 +397,7 @@ def build(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActSta
         ctx = _context(qmodel, plan, stats)
         wq = AdaRoundQuantizer(w_strat.build_weight_quantizer(plan.w_spec, ctx), ctx.module.weight)
         aq = StepQuantizer(a_strat.build_act_quantizer(plan.a_spec, stats[name], ctx), learn_acts)
-        new[name] = QuantLayer(ctx.module, wq, aq)
+        new[name] = QuantLayer(ctx.module, wq, aq, plan.int32_bias)
     return swap_layers(qmodel, new).requires_grad_(False)
 
 

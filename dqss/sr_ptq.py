@@ -92,7 +92,8 @@ class SRQuantPolicy(QuantPolicy):
         pats = self.patterns()
         if self.high_precision_bits is None:
             policy = QuantPolicy(self.layer_types, self.first_last_bits, [*self.keep_fp, *pats],
-                                 self.weight_per_channel, self.weight_symmetric, self.act_symmetric)
+                                 self.weight_per_channel, self.weight_symmetric, self.act_symmetric,
+                                 self.int32_bias)
             return plan_layers(model, policy, w_bits, a_bits, example)
         plans = plan_layers(model, self, w_bits, a_bits, example)
         hb = self.high_precision_bits

@@ -10,9 +10,21 @@ checked in two steps:
 * the output of the optimised session (integer kernels) differs from the fake-quantized output by
   at most what one code of difference in every input of the last layer can make,
   ``s_in * max_c sum|W_q[c]|`` (+ float rounding): that bound fails for a wrong scale, zero point,
-  a grid narrower than its container without its clip, or two codes of difference.
+  a bias off its int32 grid, a grid narrower than its container without its clip, or two codes of
+  difference.
+
+The default layout (u8 activations, u8 weights) is exact on every x86 CPU, so these tests hold on any
+CPU kind.  The u8 x s8 layouts are exact only where the CPU has VNNI: without it ONNX Runtime multiplies
+through VPMADDUBSW, whose int16 pair sums saturate.  That path is checked on its arithmetic here (a numpy
+model of it reproduces ONNX Runtime's output where this CPU takes it), and run for real under an AVX2-only
+CPU model (Haswell, ``qemu-x86_64``) by ``test_avx2_kernel_path_under_qemu``.
 """
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -96,8 +108,8 @@ def last_layer_bound(qmodel) -> float:
     return float(g.scale) * float(wq.abs().flatten(1).sum(1).max())
 
 
-def check_codes(qmodel, path, x, max_fraction=1e-3):
-    ours, theirs = deploy.torch_act_codes(qmodel, x), deploy.onnx_act_codes(path, x)
+def check_codes(qmodel, path, x, max_fraction=1e-3, layout=deploy.DEFAULT_LAYOUT):
+    ours, theirs = deploy.torch_act_codes(qmodel, x, layout), deploy.onnx_act_codes(path, x)
     assert set(ours) == set(theirs) and ours
     for name in ours:
         d = (ours[name] - theirs[name]).abs()
@@ -128,8 +140,10 @@ def test_onnx_runtime_matches_fake_quant(tmp_path, kind, bits):
     # twice the calibration's spread: the inputs exceed the calibrated ranges, so the grids' clipping
     # (the Clip of a grid narrower than its container) is exercised
     x = 2 * images(20, 4 if kind == "linear" else 8, seed=3)
-    first = deploy.torch_act_codes(qmodel, x)[next(iter(deploy.quant_layers(qmodel)))]
+    first = deploy.torch_act_codes(qmodel, x, "grid")[next(iter(deploy.quant_layers(qmodel)))]
     assert (first == first.max()).sum() > 10 and first.max() == 2 ** (bits[1] - 1) - 1
+    stored = deploy.torch_act_codes(qmodel, x)[next(iter(deploy.quant_layers(qmodel)))]
+    assert torch.equal(stored, first + 128)  # u8u8: the signed input grid's codes moved into uint8
     # the export module computes exactly what the suite computes
     exported, _ = deploy.export_model(qmodel)
     with torch.no_grad():
@@ -159,11 +173,133 @@ def test_asymmetric_activation_grid_uses_its_zero_point(tmp_path):
     check_outputs(qmodel, info.path, images(20, 4, seed=3))
 
 
+# -- the integer kernels' arithmetic on CPUs with and without VNNI -----------------------------------
+HASWELL = {"fma", "avx", "avx2", "sse4_1", "sse4_2", "ssse3"}  # an AVX2 CPU without AVX-512 or VNNI
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def test_kernel_dispatch_by_cpu_flags():
+    """Which MLAS kernel each layout runs on, by CPU kind (ONNX Runtime's platform.cpp)."""
+    vnni = HASWELL | {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}
+    for flags, u8s8 in [(HASWELL, True), (HASWELL | {"avx_vnni"}, False), (vnni, False),
+                        (vnni - {"avx512_vnni"}, True), (vnni | {"amx_tile", "amx_int8"}, False)]:
+        assert deploy.int8_kernel("u8s8", flags).saturates is u8s8
+        assert deploy.int8_kernel("s8s8", flags).saturates is u8s8  # run as u8 x s8
+        assert not deploy.int8_kernel("u8u8", flags).saturates  # VPMADDWD / VPDPBUUD: int32 sums
+    assert deploy.int8_kernel("u8s8", HASWELL).instruction == "VPMADDUBSW"
+    assert deploy.int8_kernel("u8u8", HASWELL | {"avx_vnni_int8"}).instruction == "VPDPBUUD"
+    assert not deploy.int8_kernel("u8s8", {"asimd", "asimddp"}).saturates
+
+
+def vpmaddubsw_gemm(a_u8: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a @ w.T`` as MLAS's AVX2 u8 x s8 kernel adds it: each pair of neighbouring products along K summed
+    into an int16 that saturates (VPMADDUBSW), the pairs then added in int32."""
+    prod = a_u8.astype(np.int64)[:, None, :] * w.astype(np.int64)[None, :, :]
+    if prod.shape[-1] % 2:
+        prod = np.concatenate([prod, np.zeros_like(prod[..., :1])], -1)
+    return np.clip(prod[..., 0::2] + prod[..., 1::2], -32768, 32767).sum(-1)
+
+
+def one_gemm_graph(w_codes, w_scale, w_zero, a_scale, a_zero, out_scale):
+    """input -> Q -> DQ, DQ(weight) -> Gemm -> Q: one fused QGemm (the output its uint8 codes, zero point 128)."""
+    from onnx import TensorProto, helper, numpy_helper
+    init = [numpy_helper.from_array(v, k) for k, v in dict(w=w_codes, sw=w_scale, zw=w_zero, sa=a_scale, za=a_zero,
+                                                            so=out_scale, zo=np.array(128, np.uint8)).items()]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sa", "za"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sa", "za"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd"], ["y"], transB=1),
+             helper.make_node("QuantizeLinear", ["y", "so", "zo"], ["out"])]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info("out", TensorProto.UINT8, None)], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("layout", ["u8s8", "u8u8"])
+def test_saturating_arithmetic_model_reproduces_onnx_runtime(tmp_path, layout):
+    """On any CPU: where this CPU's u8 x s8 kernel saturates (AVX2, AVX-512 without VNNI), ONNX Runtime's fused
+    GEMM equals the numpy model of VPMADDUBSW and not the exact sum; where it does not (VNNI, AMX), the exact
+    sum.  u8 x u8 is the exact sum on every CPU."""
+    g = np.random.default_rng(0)
+    w = np.where(g.random((16, 64)) < 0.5, 127, -127) * (g.random((16, 64)) < 0.9)  # many extreme weights
+    a = g.integers(0, 256, (32, 64))  # activation codes (zero point 0) spanning uint8
+    scale_w, scale_a = g.uniform(0.005, 0.02, 16).astype(np.float32), np.array(0.05, np.float32)
+    exact = a @ w.T
+    saturated = vpmaddubsw_gemm(a, w)
+    assert (saturated != exact).mean() > 0.1  # large codes do saturate on that arithmetic
+    out_scale = np.array(np.abs(exact * scale_w * scale_a).max() / 120, np.float32)
+    if layout == "u8s8":
+        wc, wz = w.astype(np.int8), np.zeros(16, np.int8)
+    else:
+        wc, wz = (w + 128).astype(np.uint8), np.full(16, 128, np.uint8)
+    path = tmp_path / "gemm.onnx"
+    path.write_bytes(one_gemm_graph(wc, scale_w, wz, scale_a, np.array(0, np.uint8), out_scale).SerializeToString())
+    assert deploy.integer_kernels(path)["integer"] == {"QGemm": 1}
+    out = deploy.ort_session(path).run(None, {"x": (a * scale_a).astype(np.float32)})[0]
+
+    def codes(acc):
+        return np.clip(np.round(acc * (scale_a * scale_w) / out_scale) + 128, 0, 255)
+
+    expected = saturated if deploy.int8_kernel(layout).saturates else exact
+    assert np.abs(out.astype(np.int64) - codes(expected)).max() <= 1  # float requantisation ties
+    assert np.abs(codes(saturated) - codes(exact)).max() > 5
+
+
+QEMU_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.log_severity_level = 3
+x = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    np.save(path + ".out.npy", s.run(None, {s.get_inputs()[0].name: x})[0])
+"""
+
+
+def test_avx2_kernel_path_under_qemu(tmp_path):
+    """ONNX Runtime run for real on an AVX2-only CPU (qemu-x86_64's Haswell model, whatever CPU runs the test):
+    the default u8u8 export agrees with the fake-quantized model there, and the u8s8 export of the same model
+    does not (its int16 saturation shows), so this test would catch a layout that breaks on such CPUs."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        msg = "qemu-x86_64 is not installed (Debian: apt install qemu-user); it runs ONNX Runtime on an AVX2-only CPU"
+        if IN_CI:
+            pytest.fail("CI runs the AVX2 kernel test, but " + msg)
+        pytest.skip(msg)
+    _, qmodel, example = build("conv", 8, 8, policy=QuantPolicy(first_last_bits=None))
+    x = 2 * images(20, seed=3)
+    np.save(tmp_path / "x.npy", x.numpy())
+    paths = {layout: deploy.export_onnx(qmodel, example, tmp_path / f"{layout}.onnx", layout=layout).path
+             for layout in ("u8u8", "u8s8")}
+    (tmp_path / "run.py").write_text(QEMU_SCRIPT)
+    res = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(tmp_path / "run.py"), str(tmp_path / "x.npy"),
+                          *map(str, paths.values())], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ref = deploy.torch_outputs(qmodel, x, 20)
+    diff = {k: float((torch.from_numpy(np.load(f"{p}.out.npy")) - ref).abs().max()) for k, p in paths.items()}
+    bound = last_layer_bound(qmodel) + 1e-4 * float(ref.abs().max())
+    assert diff["u8u8"] <= bound, diff
+    assert diff["u8s8"] > 2 * bound, diff  # VPMADDUBSW's saturation: ONNX Runtime's AVX2 path really ran
+
+
+def test_u8s8_agrees_only_where_the_kernel_is_exact(tmp_path):
+    """The u8s8 export natively: within one step of the fake-quantized model where this CPU multiplies it
+    exactly (VNNI, AMX), off by more where it saturates; either way the test passes, and says which ran."""
+    _, qmodel, example = build("conv", 8, 8, policy=QuantPolicy(first_last_bits=None))
+    x = 2 * images(20, seed=3)
+    info = deploy.export_onnx(qmodel, example, tmp_path / "q.onnx", layout="u8s8")
+    ref = deploy.torch_outputs(qmodel, x, 20)
+    out = deploy.run_onnx(deploy.ort_session(info.path), x, 20)
+    bound = last_layer_bound(qmodel) + 1e-4 * float(ref.abs().max())
+    within = float((out - ref).abs().max()) <= bound
+    assert within is not deploy.int8_kernel("u8s8").saturates, str(deploy.int8_kernel("u8s8"))
+
+
 # -- (e): the graph holds the suite's grids --------------------------------------------------------
 @pytest.mark.parametrize("bits", [(8, 8), (4, 4)])
 def test_graph_holds_the_suites_scales_and_int8_codes(tmp_path, bits):
     _, qmodel, example = build("residual", *bits)
     info = deploy.export_onnx(qmodel, example, tmp_path / "q.onnx")
+    assert info.layout == "u8u8"
     proto = onnx.load(info.path)
     consts = deploy.onnx_constants(proto)
     dq_inputs = [n.input for n in proto.graph.node if n.op_type == "DequantizeLinear"]
@@ -171,25 +307,57 @@ def test_graph_holds_the_suites_scales_and_int8_codes(tmp_path, bits):
         wq, aq = m.weight_quant, m.act_quant
         assert np.array_equal(consts[f"{name}.a_scale"], aq.scale.numpy())  # float32-equal
         assert consts[f"{name}.a_scale"].dtype == np.float32
-        assert int(consts[f"{name}.a_zero"]) == int(aq.zero_point)
-        assert consts[f"{name}.a_zero"].dtype == (np.uint8 if aq.spec.qmin >= 0 else np.int8)
+        shift = 128 if aq.spec.qmin < 0 else 0  # a signed grid's codes move into uint8
+        assert int(consts[f"{name}.a_zero"]) == int(aq.zero_point) + shift
+        assert consts[f"{name}.a_zero"].dtype == np.uint8
         assert np.array_equal(consts[f"{name}.w_scale"], wq.scale.numpy())
         codes = consts[f"{name}.w_codes"]
-        assert codes.dtype == np.int8 and codes.shape == tuple(m.layer.weight.shape)
+        assert codes.dtype == np.uint8 and codes.shape == tuple(m.layer.weight.shape)
+        assert (consts[f"{name}.w_zero"] == 128).all()
+        codes = codes.astype(np.int64) - 128
         assert wq.spec.qmin <= codes.min() and codes.max() <= wq.spec.qmax
         assert (codes.min(), codes.max()) != (0, 0)
         # the codes times the scales are the suite's quantized weight, bit for bit
-        values = torch.from_numpy(codes.copy()).float() * wq.scale.reshape(-1, 1, 1, 1)
+        values = torch.from_numpy(codes).float() * wq.scale.reshape(-1, 1, 1, 1)
         assert torch.equal(values, wq(m.layer.weight))
         assert [f"{name}.w_codes", f"{name}.w_scale", f"{name}.w_zero"] in [list(i) for i in dq_inputs]
-    # one byte a weight: the weights are the 8-bit initializers; float ones are only biases and scales
+        # the bias: int32 codes on s_act * s_w[c], exactly the bias the fake-quantized layer adds
+        bias = consts[f"{name}.b_codes"]
+        assert bias.dtype == np.int32 and [f"{name}.b_codes", f"{name}.b_scale", f"{name}.b_zero"] in \
+            [list(i) for i in dq_inputs]
+        assert np.array_equal(consts[f"{name}.b_scale"], (aq.scale * wq.scale).numpy())
+        assert torch.equal(torch.from_numpy(bias.copy()).float() * (aq.scale * wq.scale), m.deployed_bias())
+        assert not torch.equal(m.deployed_bias(), m.layer.bias)  # the rounding is real
+    # one byte a weight: the weights are the 8-bit initializers; float ones are only scales
     layers = deploy.quant_layers(qmodel).values()
-    sizes = {np.dtype(np.int8): 0, np.dtype(np.float32): 0}
+    sizes = {np.dtype(np.uint8): 0, np.dtype(np.float32): 0}
     for init in proto.graph.initializer:
         a = onnx.numpy_helper.to_array(init)
         sizes[a.dtype] = sizes.get(a.dtype, 0) + a.size
-    assert sizes[np.dtype(np.int8)] >= sum(m.layer.weight.numel() for m in layers)
-    assert sizes[np.dtype(np.float32)] <= sum(m.layer.bias.numel() + m.layer.weight.shape[0] + 3 for m in layers)
+    assert sizes[np.dtype(np.uint8)] >= sum(m.layer.weight.numel() for m in layers)
+    assert sizes[np.dtype(np.float32)] <= sum(2 * m.layer.weight.shape[0] + 3 for m in layers)
+    assert sizes[np.dtype(np.int32)] >= sum(m.layer.bias.numel() for m in layers)
+
+
+@pytest.mark.parametrize("layout", sorted(deploy.LAYOUTS))
+def test_every_layout_stores_the_same_values(tmp_path, layout):
+    """A layout changes how codes are stored, never the values: the export module equals the suite's
+    model bit for bit, and the graph run as written (no integer kernel) gives the same codes."""
+    _, qmodel, example = build("residual", 8, 8)
+    x = images(20, seed=3)
+    exported, layers = deploy.export_model(qmodel, layout)
+    with torch.no_grad():
+        assert torch.equal(exported(x), qmodel(x))
+    act, weight = deploy.LAYOUTS[layout]
+    assert all(e.act == (act or ("uint8" if e.act_grid[0] >= 0 else "int8")) for e in layers)
+    assert all(e.weight == (weight or "int8") for e in layers)
+    info = deploy.export_onnx(qmodel, example, tmp_path / "q.onnx", layout=layout)
+    assert info.layout == layout
+    check_codes(qmodel, info.path, x, layout=layout)
+    unoptimized = deploy.run_onnx(deploy.ort_session(info.path, optimize=False), x, 20)
+    assert float((unoptimized - deploy.torch_outputs(qmodel, x, 20)).abs().max()) <= last_layer_bound(qmodel)
+    with pytest.raises(ValueError, match="u8u8"):
+        deploy.export_onnx(qmodel, example, tmp_path / "bad.onnx", layout="u4u4")
 
 
 def test_export_is_deterministic_and_batch_is_dynamic(tmp_path):
@@ -296,7 +464,7 @@ def test_frozen_reconstructed_weights_export_their_codes(tmp_path):
     info = deploy.export_onnx(qmodel, example, tmp_path / "q.onnx")
     consts = deploy.onnx_constants(onnx.load(info.path))
     for name, m in deploy.quant_layers(qmodel).items():
-        assert np.array_equal(consts[f"{name}.w_codes"], m.weight_quant.codes.numpy().astype(np.int8))
+        assert np.array_equal(consts[f"{name}.w_codes"].astype(np.int16) - 128, m.weight_quant.codes.numpy())
     x = images(20, seed=3)
     check_codes(qmodel, info.path, x)
     check_outputs(qmodel, info.path, x)
@@ -403,9 +571,10 @@ def test_other_weight_grids(tmp_path, policy):
     for name, m in deploy.quant_layers(qmodel).items():
         wq = m.weight_quant
         codes = consts[f"{name}.w_codes"]
-        assert codes.dtype == (np.uint8 if wq.spec.qmin >= 0 else np.int8)
+        assert codes.dtype == np.uint8  # u8u8: a signed grid's codes and zero point move by 128
+        shift = 128 if wq.spec.qmin < 0 else 0
         assert np.array_equal(consts[f"{name}.w_scale"], wq.scale.numpy())
-        assert np.array_equal(consts[f"{name}.w_zero"].astype(np.float32), wq.zero_point.numpy())
+        assert np.array_equal(consts[f"{name}.w_zero"].astype(np.float32), wq.zero_point.numpy() + shift)
     x = images(20, seed=3)
     check_codes(qmodel, info.path, x)
     check_outputs(qmodel, info.path, x)
