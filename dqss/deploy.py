@@ -4,12 +4,24 @@ What the exported graph contains (:func:`export_onnx`, TorchScript exporter, ops
 dimension dynamic).  Every :class:`~dqss.layers.QuantLayer` becomes
 
 * its input activation: ``QuantizeLinear -> DequantizeLinear`` per tensor, with the suite's scale
-  and zero point; ``uint8`` when the grid is unsigned (``qmin >= 0``: after a ReLU, or an
-  asymmetric grid with its zero point), ``int8`` when signed;
-* its weight: an ``int8`` (``uint8`` for an asymmetric weight grid) initializer holding the grid
-  codes, then ``DequantizeLinear`` per output channel (axis 0) with the suite's scales, so the
-  file stores one byte per weight; the bias stays a float initializer;
+  and zero point;
+* its weight: an 8-bit initializer holding the grid codes, then ``DequantizeLinear`` per output
+  channel (axis 0) with the suite's scales, so the file stores one byte per weight;
+* its bias, where the layer rounds it to int32 (:meth:`~dqss.layers.QuantLayer.rounds_bias`, the
+  default ``quant.int32_bias``): an ``int32`` initializer of the codes ``round(b / (s_x s_w[c]))``
+  and its ``DequantizeLinear``, the bias the simulation adds, bit for bit; else a float initializer;
 * then the float ``Conv`` / ``Gemm`` (``MatMul``) of the original layer.
+
+The *layout* (:data:`LAYOUTS`) says which 8-bit containers hold the codes; a signed grid moves into
+``uint8`` (or an unsigned one into ``int8``) by shifting its codes and zero point by 128, which leaves
+every value ``(q - z) s`` unchanged.  The default ``u8u8`` stores activations and weights as ``uint8``
+(symmetric weights with zero point 128) because that is the one ONNX Runtime multiplies exactly on
+every x86 CPU (:func:`int8_kernel`): its u8 x s8 kernel on CPUs without VNNI (AVX2, AVX-512 without
+VNNI) is VPMADDUBSW, which adds two u8*s8 products into a saturating int16, and 255 * 127 * 2 >
+32767; s8 activations fare worse, since MLAS adds 128 to them to run u8 x s8, so every code near zero
+becomes a large one.  Measured on an AVX2-only CPU, the test's conv net at W8A8 was 0.14 off in u8s8
+(the bound of one step: 0.02), exact in u8u8; 7-bit weights (ONNX Runtime's ``reduce_range``) are
+exact too but change the model.
 
 Nothing else is quantized: adds, pools, activations and the layers the policy keeps in full
 precision stay float, as in the fake-quantized model.  Grids narrower than their 8-bit
@@ -20,32 +32,24 @@ listed in :attr:`ExportInfo.emulated`, never silently.
 
 What ONNX Runtime 1.32 runs (:func:`integer_kernels` counts the op types of the graph ORT optimises at
 ``ORT_ENABLE_ALL``, the level :func:`ort_session` uses).  ORT fuses ``DequantizeLinear(act),
-DequantizeLinear(weight) -> Conv -> [Relu] -> QuantizeLinear`` into one ``QLinearConv`` (u8 x s8,
-int32 accumulation, NHWC with ``Transpose`` around it; the ReLU is absorbed by the ``uint8`` output
-grid) only when the conv's output (after its ReLU) goes to QuantizeLinear nodes and nowhere else.
-To do so ORT first quantizes each float bias to int32 on the scale ``s_act * s_weight[c]`` (its
-``WeightBiasQuantization`` pass, from ``ORT_ENABLE_BASIC`` on; without it there is no QLinearConv),
-a rounding the fake-quantized model does not make.  Every other quantized layer runs as a float
-convolution (``Conv``/``FusedConv``/``NchwcConv``, ``Gemm``) on dequantized inputs, and its weight is
-dequantized at every run (ORT keeps the weight's ``DequantizeLinear``).  Measured on timm ``resnet18``
-(10 classes, input 32x32, BN folded, W8A8 minmax, first/last layer 8 bit; 21 quantized layers):
-8 ``QLinearConv`` (the ``conv1`` of each of the 8 basic blocks: conv -> BN -> ReLU -> ``conv2``'s
-QDQ) and 13 float kernels: each block's ``conv2`` and the 3 ``downsample`` convs (their outputs go to
-the float residual ``Add``), the stem conv (its output goes to the max-pool; the QDQ sits after the
-pool, at ``layer1.0.conv1``'s input) and the classifier ``Gemm`` (its output is the logits).  So the
-int8 file is 4x smaller but, single-threaded, *slower* than the float one (1.5x at batch 1, 2x at
-batch 64 on this CPU): 13 of 21 layers dequantize weights and run in float, plus 16 layout
-transposes.  At W4A4 no conv is fused (the emulating ``Clip`` separates every conv from the next
-``QuantizeLinear``): the graph checks the 4-bit model's numerics, not 4-bit speed.
+DequantizeLinear(weight), DequantizeLinear(bias) -> Conv -> [Relu] -> QuantizeLinear`` into one
+``QLinearConv`` (int32 accumulation, NHWC with ``Transpose`` around it; the ReLU is absorbed by the
+``uint8`` output grid) only when the conv's output (after its ReLU) goes to QuantizeLinear nodes and
+nowhere else; a linear layer likewise becomes a ``QGemm``.  Every other quantized layer runs as a
+float convolution (``Conv``/``FusedConv``/``NchwcConv``, ``Gemm``) on dequantized inputs, and its
+weight is dequantized at every run.  Measured on timm ``resnet18`` (10 classes, input 32x32, BN
+folded, W8A8, first/last layer 8 bit; 21 quantized layers): 8 ``QLinearConv`` (the ``conv1`` of each
+basic block: conv -> BN -> ReLU -> ``conv2``'s QDQ) and 13 float kernels: each block's ``conv2`` and
+the 3 ``downsample`` convs (their outputs go to the float residual ``Add``), the stem conv (its output
+goes to the max-pool) and the classifier ``Gemm`` (its output is the logits).  At W4A4 no conv is
+fused (the emulating ``Clip`` separates every conv from the next ``QuantizeLinear``): the graph
+checks the 4-bit model's numerics, not 4-bit speed.
 
-Agreement.  Run unoptimised (``ORT_DISABLE_ALL``), the QDQ graph reproduces the suite's activation
-codes except where a value lies on a rounding tie up to float error (the float convolutions sum in
-another order): there a code differs by one, and a deep network propagates it (:func:`onnx_act_codes`
-and :func:`torch_act_codes` compare them layer by layer).  Optimised, the int32 bias adds its own
-rounding.  Measured on the embedded default's trained ``resnet18`` (digits, 593 test images, logits'
-std 5.5): W8A8 top-1 agreement 100 % (accuracy 99.16 % in both), largest logit difference 0.12;
-W4A4 agreement 99.5 % (accuracy 98.82 % fake-quantized, 98.48 % in ORT), largest difference 3.0, of
-which the int32 biases make most (unoptimised ORT: 0.81, agreement 100 %).
+Agreement.  Run unoptimised (``ORT_DISABLE_ALL``, :func:`ort_session` with ``optimize=False``), the
+QDQ graph reproduces the suite's activation codes except where a value lies on a rounding tie up to
+float error (the float convolutions sum in another order): there a code differs by one, and a deep
+network propagates it (:func:`onnx_act_codes` and :func:`torch_act_codes` compare them layer by
+layer).  Optimised, the integer kernels compute the same int32 sums (in ``u8u8``, on every CPU).
 
 :func:`compare` checks ORT's output against the fake-quantized PyTorch model on the same
 inputs (top-1 agreement, largest logit difference), :func:`latency` times a session

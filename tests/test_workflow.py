@@ -391,6 +391,8 @@ def test_end_to_end(tiny_run):
     assert (dep.w_bits == 4).all() and (dep.emulated_layers > 0).all()  # W4A4 on the int8 grid, said so
     assert (dep.emulated_layers <= dep.quantized_layers).all() and (dep.size_ratio < 1).all()
     assert ((dep.fp_ms_b1 > 0) & (dep.int8_ms_b1 > 0)).all()
+    # the default layout, exact on every x86 CPU, and the kernel this CPU ran it with
+    assert (dep.layout == "u8u8").all() and not dep.int16_saturation.any() and dep.int8_kernel.str.len().gt(0).all()
     full = pd.read_csv(work / "results/metrics.csv")
     for r in dep.itertuples():
         method = "dqss" if r.method == "dqss" else r.strategy
