@@ -189,6 +189,7 @@ def swap_layers(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:
 # a BN channel whose running variance is at most this fraction of its eps is constant (see fold_batchnorm)
 CONSTANT_CHANNEL_VAR = 1e-6
 
+
 class _ActAfterBN(nn.Sequential):
     """What remains of timm's BatchNormAct2d once its BN is folded: drop and activation."""
 
@@ -200,7 +201,9 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, pairs: list | None =
 
     Pairs are found by running ``example`` and matching each BN's input tensor with a
     conv's output tensor, so any module structure works (timm's ``BatchNormAct2d``
-    keeps its activation).
+    keeps its activation).  A channel whose running variance is ~0 (at most
+    ``CONSTANT_CHANNEL_VAR * eps``) outputs a constant; it is folded with factor 1 instead of
+    ``gamma / sqrt(var + eps)``, which gives the same output without inflating its weights.
     """
     model = copy.deepcopy(model).eval()
     outputs: dict[int, tuple[str, torch.Tensor]] = {}

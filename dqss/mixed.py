@@ -225,13 +225,12 @@ class MixedQuantLayer(QuantLayer):
             return self.compute(aq(x), wq(self.layer.weight), self.deployed_bias())
         weights = self.weight_candidates()
         beta = self.weight_quant.probs()
-        bias = self.deployed_bias()  # sum_ij alpha_i beta_j b_ij: the same term in both modes
-        if self.mode == "efficient":
+        if self.mode == "efficient":  # with the bias sum_ij alpha_i beta_j b_ij (dqss.quant.int32_bias)
             w_mix = torch.tensordot(beta, weights, dims=1)
-            return self.compute(self.act_quant(x), w_mix, bias)
+            return self.compute(self.act_quant(x), w_mix, self.deployed_bias())
         alpha = self.act_quant.probs()
         acts = self.act_quant.outputs(x)
-        pairs = self._bias_pairs(bias)
+        pairs = self._bias_pairs()
         out = None
         for i, a in enumerate(acts):
             for j, w in enumerate(weights):
@@ -239,7 +238,7 @@ class MixedQuantLayer(QuantLayer):
                 out = term if out is None else out + term
         return out
 
-    def _bias_pairs(self, bias: torch.Tensor | None):
+    def _bias_pairs(self):
         """The naive relaxation's bias of every (activation, weight) pair: ``b_ij`` on pair ``(i, j)``'s int32
         grid (with the bias's gradient), or None for float biases."""
         b = self.layer.bias
