@@ -58,29 +58,23 @@ class QuantLayer(nn.Module):
         b = self.layer.bias
         if not self.rounds_bias():
             return b
-        pa, sa = step_sizes(self.act_quant)
-        pw, sw = step_sizes(self.weight_quant, self.layer.weight)
-        return int32_bias(b, sa, sw, pa, pw)
+        return int32_bias(b, step_size(self.act_quant).reshape(1), step_size(self.weight_quant, self.layer.weight)
+                          .reshape(1, -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.compute(self.act_quant(x), self.weight_quant(self.layer.weight), self.deployed_bias())
 
 
-def step_sizes(quantizer: nn.Module, weight: torch.Tensor | None = None):
-    """``(probabilities or None, steps)`` of what ``quantizer`` applies: ``steps`` ``[N]`` for an activation,
-    ``[N, C]`` or ``[N, 1]`` for a weight; ``N = 1`` with no probabilities for one grid, a DQSS mixture's
-    candidates with their mixture weights otherwise (its ``mixture_steps``)."""
-    if hasattr(quantizer, "mixture_steps"):
-        return quantizer.mixture_steps(weight)
+def step_size(quantizer: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The step of ``quantizer``'s grid (a scalar, or one per channel): its ``step_size(weight)``, or the scale
+    of a user quantizer's ``export_grid`` (:func:`dqss.deploy.tensor_grid`)."""
     if hasattr(quantizer, "step_size"):
-        s = quantizer.step_size(weight)
-    elif hasattr(quantizer, "export_grid"):  # a user's quantizer, exportable (dqss.deploy.tensor_grid)
-        s = quantizer.export_grid(weight).scale
-    else:
-        raise TypeError(f"{type(quantizer).__module__}.{type(quantizer).__qualname__} has no step_size(weight=None) "
-                        "method, which the int32 bias of its layer needs: add one returning its grid's step (a scalar, "
-                        "or one per channel), or set quant.int32_bias: false to keep float biases")
-    return None, s.reshape(1, -1) if weight is not None else s.reshape(1)
+        return quantizer.step_size(weight)
+    if hasattr(quantizer, "export_grid"):
+        return quantizer.export_grid(weight).scale
+    raise TypeError(f"{type(quantizer).__module__}.{type(quantizer).__qualname__} has no step_size(weight=None) "
+                    "method, which the int32 bias of its layer needs: add one returning its grid's step (a scalar, "
+                    "or one per channel), or set quant.int32_bias: false to keep float biases")
 
 
 @dataclass

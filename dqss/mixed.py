@@ -16,9 +16,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .layers import QuantLayer, step_sizes, swap_layers
+from .layers import QuantLayer, swap_layers
 from .qat import LearnedQuantizer
-from .quant import FakeQuantizer, int32_bias_pairs, with_bias_gradient
+from .quant import FakeQuantizer, int32_bias_pairs, mix_bias, with_bias_gradient
 
 MODES = ("efficient", "naive")
 
@@ -115,8 +115,7 @@ class MixedQuantizer(nn.Module):
         self.hard = False
         self.pinned: int | None = None
         self.sampled: int | None = None  # single-path search: this step's candidate (see sample_paths)
-        self._fixed_steps = all(isinstance(q, FakeQuantizer) for q in self.candidates)
-        self._steps: torch.Tensor | None = None  # the fixed candidates' stacked steps (mixture_steps)
+        self._fixed_steps = all(isinstance(q, FakeQuantizer) for q in self.candidates)  # steps never change
 
     def pin(self, name: str | None) -> None:
         """Forward only candidate ``name`` (None: the mixture again)."""
@@ -138,22 +137,6 @@ class MixedQuantizer(nn.Module):
 
     def outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [q(x) for q in self.candidates]
-
-    def mixture_steps(self, weight: torch.Tensor | None = None):
-        """``(probabilities or None, steps)`` of what the forward applies (for the layer's int32 bias): the
-        pinned or sampled candidate's step alone, or every candidate's with the mixture weights.  Fixed-range
-        candidates' steps are stacked once (they do not change), learned ones' at every call."""
-        one = self.pinned if self.pinned is not None else self.sampled
-        if one is not None:
-            s = self.candidates[one].step_size(weight)
-            return None, s.reshape(1, -1) if weight is not None else s.reshape(1)
-        steps = self._steps
-        if steps is None or not self._fixed_steps or steps.device != self.logits.device:
-            steps = torch.stack([q.step_size(weight).reshape(-1) for q in self.candidates])
-            steps = steps if weight is not None else steps.reshape(-1)
-            if self._fixed_steps:
-                self._steps = steps
-        return self.probs(), steps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pinned is not None:
@@ -193,6 +176,7 @@ class MixedQuantLayer(QuantLayer):
         super().__init__(layer, weight_quant, act_quant, int32_bias)
         self.mode = mode
         self._weight_cache: torch.Tensor | None = None
+        self._bias_cache: torch.Tensor | None = None
 
     def weight_candidates(self) -> torch.Tensor:
         """Stacked ``W_j``; cached while the weight is frozen (PTQ), recomputed in QAT."""
@@ -238,15 +222,41 @@ class MixedQuantLayer(QuantLayer):
                 out = term if out is None else out + term
         return out
 
+    def bias_pairs(self) -> torch.Tensor:
+        """``b_ij``: the bias rounded on every (activation, weight) candidate pair's int32 grid, ``[N_A, N_W, C]``;
+        cached while the bias and the candidates' steps are fixed (PTQ), recomputed otherwise (QAT)."""
+        c = self._bias_cache
+        b = self.layer.bias
+        fixed = not b.requires_grad and self.weight_quant._fixed_steps and self.act_quant._fixed_steps
+        if c is None or not fixed or c.device != b.device:
+            aq, wq = self.act_quant, self.weight_quant
+            sa = torch.stack([q.step_size().reshape(()) for q in aq.candidates])
+            sw = torch.stack([q.step_size(self.layer.weight).reshape(-1) for q in wq.candidates])
+            c = int32_bias_pairs(b, sa, sw)
+            self._bias_cache = c if fixed else None
+        return c
+
+    def deployed_bias(self) -> torch.Tensor | None:
+        """As :meth:`QuantLayer.deployed_bias`, from :meth:`bias_pairs`: the pinned or sampled pair's bias, or the
+        mixture's ``sum_ij alpha_i beta_j b_ij``."""
+        b = self.layer.bias
+        if not self.rounds_bias():
+            return b
+        pairs = self.bias_pairs()
+        wq, aq = self.weight_quant, self.act_quant
+        i = aq.pinned if aq.pinned is not None else aq.sampled
+        j = wq.pinned if wq.pinned is not None else wq.sampled
+        pa = None if i is not None else aq.probs()
+        pw = None if j is not None else wq.probs()
+        pairs = pairs[slice(None) if i is None else slice(i, i + 1), slice(None) if j is None else slice(j, j + 1)]
+        return mix_bias(pairs, b, pa, pw)
+
     def _bias_pairs(self):
         """The naive relaxation's bias of every (activation, weight) pair: ``b_ij`` on pair ``(i, j)``'s int32
         grid (with the bias's gradient), or None for float biases."""
-        b = self.layer.bias
         if not self.rounds_bias():
             return None
-        _, sa = step_sizes(self.act_quant)
-        _, sw = step_sizes(self.weight_quant, self.layer.weight)
-        grid = int32_bias_pairs(b, sa, sw)
+        b, grid = self.layer.bias, self.bias_pairs()
         return [[with_bias_gradient(grid[i, j].expand(b.shape).to(b.dtype), b) for j in range(grid.shape[1])]
                 for i in range(grid.shape[0])]
 

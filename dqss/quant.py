@@ -128,18 +128,27 @@ def int32_bias(bias: torch.Tensor, act_steps: torch.Tensor, weight_steps: torch.
     """The bias rounded to int32 codes on the step ``s_x * s_w[c]``, with a straight-through gradient to ``bias``.
 
     One grid each (``N = 1``, no probabilities), or the candidates of a DQSS mixture with their mixture weights
-    (shapes as :func:`int32_bias_pairs`).  A mixture's bias is ``sum_ij alpha_i beta_j b_ij``: exactly the bias
-    term of the naive relaxation ``sum_ij alpha_i beta_j (A_i * W_j + b_ij)``, since the pairs' weights sum to
-    one, so the efficient convolution stays equal to it; the probabilities get their gradient through it.
+    (shapes as :func:`int32_bias_pairs`; :func:`mix_bias` combines them).
     """
-    rounded = int32_bias_pairs(bias, act_steps, weight_steps).to(bias.dtype)
+    return mix_bias(int32_bias_pairs(bias, act_steps, weight_steps), bias, act_probs, weight_probs)
+
+
+def mix_bias(pairs: torch.Tensor, bias: torch.Tensor, act_probs: torch.Tensor | None = None,
+             weight_probs: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_ij alpha_i beta_j b_ij`` of the rounded biases ``pairs`` (:func:`int32_bias_pairs`), with the
+    straight-through gradient of ``bias``; without probabilities, the one pair ``b_00``.
+
+    This is exactly the bias term of the naive relaxation ``sum_ij alpha_i beta_j (A_i * W_j + b_ij)``, since the
+    pairs' weights sum to one, so the efficient convolution stays equal to it; the probabilities get their
+    gradient through it."""
+    pairs = pairs.to(bias.dtype)
     if act_probs is None and weight_probs is None:
-        value = rounded[0, 0]
+        value = pairs[0, 0]
     else:
-        pa = act_probs if act_probs is not None else rounded.new_ones(rounded.shape[0])
-        pw = weight_probs if weight_probs is not None else rounded.new_ones(rounded.shape[1])
-        value = torch.einsum("i,j,ijc->c", pa.to(rounded.dtype), pw.to(rounded.dtype), rounded)
-    return with_bias_gradient(value.expand(bias.shape).to(bias.dtype), bias)
+        pa = act_probs if act_probs is not None else pairs.new_ones(pairs.shape[0])
+        pw = weight_probs if weight_probs is not None else pairs.new_ones(pairs.shape[1])
+        value = torch.einsum("i,j,ijc->c", pa.to(pairs.dtype), pw.to(pairs.dtype), pairs)
+    return with_bias_gradient(value.expand(bias.shape), bias)
 
 
 def with_bias_gradient(value: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

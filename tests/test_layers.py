@@ -187,13 +187,16 @@ def test_int32_bias_gradient_and_mixture_pinned(small, images):
     assert torch.equal(m.deployed_bias(), u.deployed_bias())
     m.weight_quant.pin(None)
     m.act_quant.pin(None)
+    pairs = m.bias_pairs()
+    assert pairs.shape == (2, 2, m.layer.weight.shape[0]) and m.bias_pairs() is pairs  # cached: PTQ steps are fixed
+    assert torch.equal(pairs[1, 1], u.deployed_bias())  # (act mse, weight mse)
+    from dqss.quant import mix_bias
     b = m.layer.bias.detach().clone().requires_grad_(True)
-    from dqss.quant import int32_bias
-    pa, sa = m.act_quant.mixture_steps()
-    pw, sw = m.weight_quant.mixture_steps(m.layer.weight)
-    assert sa.shape == (2,) and sw.shape == (2, m.layer.weight.shape[0])
-    int32_bias(b, sa, sw, pa, pw).sum().backward()
-    assert torch.equal(b.grad, torch.ones_like(b))
+    pa, pw = m.act_quant.probs().detach().requires_grad_(True), m.weight_quant.probs().detach().requires_grad_(True)
+    mixed_bias = mix_bias(pairs, b, pa, pw)
+    assert torch.allclose(mixed_bias, torch.einsum("i,j,ijc->c", pa, pw, pairs))
+    mixed_bias.sum().backward()
+    assert torch.equal(b.grad, torch.ones_like(b)) and pa.grad.abs().sum() > 0
 
 
 # -- the layer plan ---------------------------------------------------------------------------
