@@ -11,8 +11,8 @@ names, columns, the ``results/`` layout), ``track`` and ``classification`` (what
 __version__ = "0.1.0"
 
 # the public flow (dqss.api), imported on first use
-_API = ("calibrate", "quantize", "search_assignment", "from_assignment", "from_stats", "top1", "outputs", "agreement",
-        "Calibration", "SearchResult")
+_API = ("calibrate", "quantize", "search_assignment", "from_assignment", "from_stats", "integer_graph", "top1",
+        "outputs", "agreement", "Calibration", "SearchResult")
 
 
 def __getattr__(name):

@@ -2,11 +2,12 @@
 
 On a finished run of the embedded default (or any config's results), for every classification PTQ backbone,
 the DQSS assignment and the held-best uniform strategy of the first seed at each bit width are exported in
-every layout of :data:`dqss.deploy.LAYOUTS` and run by ONNX Runtime on the test set:
+every layout of :data:`dqss.deploy.LAYOUTS`, in each placement (:mod:`dqss.placement`: the papers' ``layers``
+and the ``integer`` graph), and run by ONNX Runtime on the test set:
 
     python -m dqss.bench_deploy config/config.yaml --runs 20     # after snakemake --cores all
 
-One row per (backbone, method, bits, layout): top-1 of the fake-quantized model and of ONNX Runtime, the
+One row per (backbone, method, bits, placement, layout): top-1 of the fake-quantized model and of ONNX Runtime, the
 images apart, the top-1 agreement, the kernel this CPU multiplies with (and whether its int16 sums saturate),
 and the int8/FP latency medians at batch 1 and 64 (``--runs`` interleaved runs, one thread), measured side by
 side in one process.  ``reduced_range`` rows are ONNX Runtime's other advice for CPUs without VNNI: the
@@ -41,11 +42,11 @@ def _cpu_model() -> str:
 
 
 def bench_backbone(cfg, backbone: str, layouts: list[str], runs: int, batches: list[int], seed: int = 0,
-                   reduced_range: bool = True) -> list[dict]:
+                   reduced_range: bool = True, placements: tuple[str, ...] = ("layers", "integer")) -> list[dict]:
     from . import api
-    from .classification import example_input, prepare
+    from .classification import calibration_tensors, example_input, prepare
     from .deploy import compare_latency, export_onnx, int8_kernel, integer_kernels, ort_session, run_onnx
-    from .deploy_check import models_to_check
+    from .deploy_check import models_to_check, placed
     from .layers import fold_batchnorm
     from .results import DQSS_METHOD, Layout
     from .track import load_calibration
@@ -60,28 +61,31 @@ def bench_backbone(cfg, backbone: str, layouts: list[str], runs: int, batches: l
     labels = torch.as_tensor([int(t[1]) for t in prep.data.test])
     bs = cfg.eval_batch_size
     assignments = [layout.job("assignment.yaml", DQSS_METHOD, w, a, seed, backbone) for w, a in cfg.bits]
-    models = [(m, s, w, a, q, layouts) for m, s, w, a, q in models_to_check(cfg, folded, calib, assignments)]
+    calib_x = torch.split(calibration_tensors(prep, cfg, seed)[0], cfg.calibration.batch_size)
+    models = [(m, s, w, a, *placed(cfg, folded, calib, calib_x, where, q, a), layouts)
+              for m, s, w, a, q in models_to_check(cfg, folded, calib, assignments) for where in placements]
     if reduced_range:
         ref = next(s for m, s, *_ in models if m == "best_uniform")
         policy = dataclasses.replace(cfg.quant, first_last_bits=None)
         calib7 = api.from_stats(folded, stats, policy, ex, folded=True)
-        models.append(("reduced_range", ref, 7, 8, api.quantize(folded, calib7, cfg.strategy(ref), w_bits=7, a_bits=8,
-                                                                 folded=True), ["u8s8"]))
+        q7 = api.quantize(folded, calib7, cfg.strategy(ref), w_bits=7, a_bits=8, folded=True)
+        models.append(("reduced_range", ref, 7, 8, q7, {"placement": "layers"}, ["u8s8"]))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fp_path = export_onnx(folded, ex, Path(tmp) / "fp.onnx").path
         fp = ort_session(fp_path)
-        for method, strategy, w, a, qmodel, lays in models:
+        for method, strategy, w, a, qmodel, where, lays in models:
             fake = api.outputs(qmodel, torch.split(x, bs))
             right_fake = int((fake.argmax(1) == labels).sum())
             for lay in lays:
-                info = export_onnx(qmodel, ex, Path(tmp) / f"{method}_w{w}a{a}_{lay}.onnx", layout=lay)
+                info = export_onnx(qmodel, ex, Path(tmp) / f"{method}_w{w}a{a}_{where['placement']}_{lay}.onnx",
+                                   layout=lay)
                 session = ort_session(info.path)
                 ort = run_onnx(session, x, bs)
                 right = int((ort.argmax(1) == labels).sum())
                 kernel = int8_kernel(lay)
                 row = {"backbone": backbone, "method": method, "strategy": strategy, "w_bits": w, "a_bits": a,
-                       "layout": lay, "fake": round(100 * right_fake / len(x), 2), "ort": round(100 * right / len(x), 2),
+                       "placement": where["placement"], "layout": lay, "fake": round(100 * right_fake / len(x), 2), "ort": round(100 * right / len(x), 2),
                        "images_apart": right - right_fake, "agreement": round(api.agreement(fake, ort), 2),
                        "max_abs_diff": round(float((fake - ort).abs().max()), 4),
                        "int8_kernel": f"{kernel.isa} {kernel.instruction}", "int16_saturation": kernel.saturates,
@@ -112,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=20, help="timed runs per latency median (int8 and FP interleaved)")
     p.add_argument("--batches", type=int, nargs="*", default=[1, 64])
     p.add_argument("--no-reduced-range", action="store_true", help="skip the 7-bit-weight u8s8 rows")
+    p.add_argument("--placements", nargs="*", default=["layers", "integer"], choices=["layers", "integer"])
     p.add_argument("--out", default="results/bench_deploy.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -122,12 +127,13 @@ def main(argv=None) -> int:
     print(f"CPU: {_cpu_model()}; flags: {sorted(flags & {'avx2', 'avx512bw', 'avx512_vnni', 'avx_vnni', 'amx_int8'})}")
     rows = []
     for bb in args.backbones or list(cfg.backbones):
-        rows += bench_backbone(cfg, bb, args.layouts, args.runs, args.batches, reduced_range=not args.no_reduced_range)
+        rows += bench_backbone(cfg, bb, args.layouts, args.runs, args.batches, reduced_range=not args.no_reduced_range,
+                               placements=tuple(args.placements))
     df = pd.DataFrame(rows)
     df["cpu"] = _cpu_model()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
-    cols = ["backbone", "method", "strategy", "w_bits", "a_bits", "layout", "fake", "ort", "images_apart", "agreement",
+    cols = ["backbone", "method", "strategy", "w_bits", "a_bits", "placement", "layout", "fake", "ort", "images_apart", "agreement",
             "int16_saturation"] + [c for c in df.columns if c.startswith("ratio_b")]
     print(df[cols].to_string(index=False))
     print(f"wrote {args.out}")

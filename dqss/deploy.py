@@ -23,8 +23,10 @@ becomes a large one.  Measured on an AVX2-only CPU, the test's conv net at W8A8 
 (the bound of one step: 0.02), exact in u8u8; 7-bit weights (ONNX Runtime's ``reduce_range``) are
 exact too but change the model.
 
-Nothing else is quantized: adds, pools, activations and the layers the policy keeps in full
-precision stay float, as in the fake-quantized model.  Grids narrower than their 8-bit
+In the papers' placement nothing else is quantized: adds, pools, activations and the layers the policy
+keeps in full precision stay float, as in the fake-quantized model.  In the integer-graph placement
+(:mod:`dqss.placement`) each module whose output is quantized (its ``dqss_point``) gets a
+``QuantizeLinear -> DequantizeLinear`` pair after it too (:class:`QDQ`).  Grids narrower than their 8-bit
 container (bit widths < 8, PACT's or DoReFa's symmetric ``-Q_P..Q_P``) are *emulated*: the
 weight codes already lie on the narrow grid; an activation gets a float ``Clip`` to the
 grid's range ``[(qmin - z) s, (qmax - z) s]`` before its ``QuantizeLinear``.  Such layers are
@@ -73,6 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import QuantLayer
+from .placement import POINT, attach, points_of
 from .quant import bias_codes, bias_step
 
 DEFAULT_OPSET = 17
@@ -328,6 +331,42 @@ class _WeightDQ(torch.autograd.Function):
         return g.op("DequantizeLinear", codes, scale, zero, axis_i=axis)
 
 
+def _act_buffers(module: nn.Module, quantizer: nn.Module, act_type: str | None, what: str) -> Grid:
+    """Register ``module``'s ``a_scale``/``a_zero`` (and the emulating clip's ``a_lo``/``a_hi``) for an activation
+    quantized by ``quantizer``, stored in the container ``act_type`` (None: the grid's own); returns that grid."""
+    g = tensor_grid(quantizer)
+    g.check(what)
+    if g.per_channel:
+        raise ValueError(f"{what}: per-channel activation grids are not exported (per tensor only)")
+    stored = g.stored_as(act_type or g.container)
+    dtype = CONTAINERS[stored.container][2]
+    module.register_buffer("a_scale", g.scale.reshape(()).clone())
+    module.register_buffer("a_zero", stored.zero_point.reshape(()).to(dtype))
+    z = stored.zero_point.reshape(()).float()
+    module.register_buffer("a_lo", (stored.qmin - z) * module.a_scale)
+    module.register_buffer("a_hi", (stored.qmax - z) * module.a_scale)
+    return stored
+
+
+def _act_qdq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The QDQ pair of the buffers :func:`_act_buffers` registered (a clip first on an emulated grid)."""
+    if module.act.emulated:
+        return _ActClipQDQ.apply(x, module.a_scale, module.a_zero, module.a_lo, module.a_hi)
+    return _ActQDQ.apply(x, module.a_scale, module.a_zero)
+
+
+class QDQ(nn.Module):
+    """What an integer-graph point's quantizer (:mod:`dqss.placement`) becomes for export: the QDQ pair of its
+    grid, in the activation container of ``layout``."""
+
+    def __init__(self, name: str, quantizer: nn.Module, layout: str = DEFAULT_LAYOUT):
+        super().__init__()
+        self.act = _act_buffers(self, quantizer, _layout(layout)[0], f"output of '{name}'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _act_qdq(self, x)
+
+
 class QDQLayer(nn.Module):
     """What a QuantLayer becomes for export: integer weight codes, the activation's QDQ pair and, where the layer
     rounds its bias to int32 (:meth:`~dqss.layers.QuantLayer.deployed_bias`), the int32 bias codes, each stored in
@@ -362,18 +401,7 @@ class QDQLayer(nn.Module):
         else:
             self.register_buffer("w_float", weight)
         if not isinstance(qlayer.act_quant, nn.Identity):
-            g = tensor_grid(qlayer.act_quant)
-            g.check(f"input activation of layer '{name}'")
-            if g.per_channel:
-                raise ValueError(f"layer '{name}': per-channel activation grids are not exported (per tensor only)")
-            stored = g.stored_as(act_type or g.container)
-            dtype = CONTAINERS[stored.container][2]
-            self.register_buffer("a_scale", g.scale.reshape(()).clone())
-            self.register_buffer("a_zero", stored.zero_point.reshape(()).to(dtype))
-            z = stored.zero_point.reshape(()).float()
-            self.register_buffer("a_lo", (stored.qmin - z) * self.a_scale)
-            self.register_buffer("a_hi", (stored.qmax - z) * self.a_scale)
-            self.act = stored
+            self.act = _act_buffers(self, qlayer.act_quant, act_type, f"input activation of layer '{name}'")
         self.int32_bias = qlayer.rounds_bias()
         if self.int32_bias:  # the int32 codes and their step s_x * s_w[c], as the simulation rounds them
             step = bias_step(self.a_scale, self.w_scale)
@@ -384,10 +412,7 @@ class QDQLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.act is not None:
-            if self.act.emulated:
-                x = _ActClipQDQ.apply(x, self.a_scale, self.a_zero, self.a_lo, self.a_hi)
-            else:
-                x = _ActQDQ.apply(x, self.a_scale, self.a_zero)
+            x = _act_qdq(self, x)
         w = (_WeightDQ.apply(self.w_codes, self.w_scale, self.w_zero, self.w_axis) if self.weight is not None
              else self.w_float)
         b = _WeightDQ.apply(self.b_codes, self.b_scale, self.b_zero, 0) if self.int32_bias else self.layer.bias
@@ -438,10 +463,14 @@ def export_model(qmodel: nn.Module, layout: str = DEFAULT_LAYOUT) -> tuple[nn.Mo
     for name, ql in quant_layers(model).items():
         new = QDQLayer(name, ql, layout)
         model.set_submodule(name, new)
+        if hasattr(ql, POINT):  # an integer-graph point at the layer's output
+            attach(new, getattr(ql, POINT))
         w, a = new.weight, new.act
         layers.append(LayerExport(name, w.container if w else "float", a.container if a else "float",
                                   (w.qmin, w.qmax) if w else None, (a.qmin, a.qmax) if a else None,
                                   bool((w and w.emulated) or (a and a.emulated))))
+    for name, m in points_of(model).items():
+        setattr(m, POINT, QDQ(name, getattr(m, POINT), layout))
     return model, layers
 
 

@@ -22,10 +22,12 @@ from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "layout", "metric", "fake",
+COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "placement", "layout",
+           "metric", "fake",
            "ort", "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_unoptimized",
            "agreement_unoptimized", "int8_kernel", "int16_saturation", "emulated_layers",
-           "quantized_layers", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes", "size_ratio"]
+           "quantized_layers", "integer_points", "unplaced_points", "integer_kernels", "float_kernels", "fp_bytes",
+           "int8_bytes", "size_ratio"]
 AGREEMENT_TARGET = 99.5  # % top-1 agreement below which the report marks a row
 
 
@@ -42,9 +44,19 @@ class DeploySection:
     opset: int = option(17, ge=13, le=21)  # ONNX opset of the export
     # containers of the activation and weight codes (dqss.deploy.LAYOUTS); u8u8 runs exactly on every x86 CPU
     layouts: list[str] = option(factory=lambda: ["u8u8"], choices=["u8u8", "u8s8", "s8s8", "grid"], min_items=1)
+    # where the activation quantizers sit (dqss.placement): the papers' "layers" (the tables' models) and
+    # "integer" (also the inputs and outputs of residual adds and concatenations and the inputs of pooling)
+    placements: list[str] = option(factory=lambda: ["layers", "integer"], choices=["layers", "integer"], min_items=1)
+    # the range strategy of an integer-graph tensor that no quantized layer reads (one a layer reads takes its quantizer)
+    integer_strategy: str = "mse"
 
     def __post_init__(self):
         check_options(self)
+        from .strategy import strategy_names
+
+        if self.integer_strategy not in strategy_names("ptq"):
+            raise ValueError(f"deploy.integer_strategy: unknown range strategy '{self.integer_strategy}'; "
+                             f"choose one of {strategy_names('ptq')}")
 
 
 def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> dict:
@@ -81,7 +93,8 @@ def test_subset(n: int, items: int | None) -> list[int]:
 
 
 def models_to_check(cfg, folded, calib, assignments: list[str]) -> list[tuple[str, str, int, int, torch.nn.Module]]:
-    """(method, strategy, w, a, quantized model) for DQSS and the held-best uniform strategy at each bit width."""
+    """(method, strategy, w, a, quantized model) for DQSS and the held-best uniform strategy at each bit width,
+    in the papers' placement."""
     out = []
     for path in assignments:
         a = load_assignment(path)
@@ -109,9 +122,23 @@ class OrtModule(torch.nn.Module):
         return run_onnx(self.session, x.cpu(), self.batch_size)
 
 
-def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, assignments, table, export_target, compare) -> None:
-    """Export FP and each model to check, compare each in ONNX Runtime (``compare(qmodel, session)`` -> the rows
-    of its metric, without the shared columns), time both, write ``table``."""
+def placed(cfg, folded, calib, batches, placement: str, qmodel, a_bits: int) -> tuple[torch.nn.Module, dict]:
+    """``qmodel`` in ``placement`` (for ``integer``, a copy by :func:`dqss.api.integer_graph` on the calibration
+    ``batches``) and the placement's columns."""
+    if placement == "layers":
+        return qmodel, {"placement": placement, "integer_points": 0, "unplaced_points": 0}
+    qmodel = api.integer_graph(folded, qmodel, calib, batches, a_bits=a_bits,
+                               strategy=cfg.strategy(cfg.deploy.integer_strategy), folded=True)
+    report = qmodel.integer_placement
+    return qmodel, {"placement": placement, "integer_points": len(report.points),
+                    "unplaced_points": len(report.unplaced)}
+
+
+def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, batches, assignments, table, export_target,
+               compare) -> None:
+    """Export FP and each model to check in each placement (integer-graph ones calibrated on ``batches``), compare
+    each in ONNX Runtime (``compare(qmodel, session)`` -> the rows of its metric, without the shared columns), time
+    both, write ``table``."""
     from importlib.metadata import version
 
     import pandas as pd
@@ -125,21 +152,22 @@ def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, assignments, ta
         fp_path = Path(tmp) / "fp.onnx"
         export_onnx(export_target(folded), ex, fp_path, opset=sec.opset, **_dynamic(cfg))
         fp_session = ort_session(fp_path, sec.threads)
-        for (method, strategy, w, a, qmodel), layout in product(models_to_check(cfg, folded, calib, assignments),
-                                                                 sec.layouts):
-            q_path = Path(tmp) / f"{method}_w{w}a{a}_{layout}.onnx"
+        for (method, strategy, w, a, model), where, layout in product(
+                models_to_check(cfg, folded, calib, assignments), sec.placements, sec.layouts):
+            qmodel, where_cols = placed(cfg, folded, calib, batches, where, model, a)
+            q_path = Path(tmp) / f"{method}_w{w}a{a}_{where}_{layout}.onnx"
             info = export_onnx(export_target(qmodel), ex, q_path, opset=sec.opset, layout=layout, **_dynamic(cfg))
             session = ort_session(q_path, sec.threads)
             unoptimized = ort_session(q_path, sec.threads, optimize=False)
             shared = {"task": cfg.task, "backbone": backbone, "method": method, "strategy": strategy, "w_bits": w,
-                      "a_bits": a, "seed": seed, **_kernels(q_path, info, sec.threads),
+                      "a_bits": a, "seed": seed, **where_cols, **_kernels(q_path, info, sec.threads),
                       "fp_bytes": fp_path.stat().st_size, "int8_bytes": q_path.stat().st_size,
                       "size_ratio": round(q_path.stat().st_size / fp_path.stat().st_size, 4),
                       **_latency_columns({"int8": session, "fp": fp_session}, ex, sec)}
             for r in compare(qmodel, session, unoptimized):
                 rows.append({**shared, **r})
-                log.info("%s %s W%dA%d %s %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, layout,
-                         r["dataset"], r["fake"], r["ort"])
+                log.info("%s %s W%dA%d %s %s %s: fake %.4f, ONNX Runtime %.4f", backbone, method, w, a, where,
+                         layout, r["dataset"], r["fake"], r["ort"])
     prov = provenance(torch.device("cpu"), cfg.raw)
     df = pd.DataFrame(rows)
     df = df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]]
@@ -155,7 +183,7 @@ def _dynamic(cfg) -> dict:
 def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
     """The classification PTQ track's deployment check of one backbone (``table``: its CSV): top-1 of the
     fake-quantized model and of ONNX Runtime on the test set, their agreement and largest logit difference."""
-    from .classification import example_input, prepare
+    from .classification import calibration_tensors, example_input, prepare
     from .deploy import run_onnx
     from .layers import fold_batchnorm
     from .track import load_calibration
@@ -165,6 +193,7 @@ def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignmen
     ex = example_input(prep)
     folded = fold_batchnorm(prep.model, ex).to(cpu)
     calib = load_calibration(cfg, folded, ex, stats, cpu)
+    batches = torch.split(calibration_tensors(prep, cfg, seed)[0], cfg.calibration.batch_size)
     items = [prep.data.test[i] for i in test_subset(len(prep.data.test), cfg.deploy.test_items)]
     x = torch.stack([torch.as_tensor(t[0]) for t in items])
     labels = torch.as_tensor([int(t[1]) for t in items])
@@ -182,7 +211,7 @@ def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignmen
                  "ort_unoptimized": round(100 * int((ort_un.argmax(1) == labels).sum()) / len(x), 4),
                  "agreement_unoptimized": round(api.agreement(fake, ort_un), 4)}]
 
-    _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m, compare)
+    _check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m, compare)
 
 
 def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
@@ -194,12 +223,13 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
     from .sr_data import load_sr_data
     from .sr_metrics import mean_metrics, sr_metrics
     from .sr_models import SRNet
-    from .sr_ptq import _folded, super_resolve
+    from .sr_ptq import _folded, calibration_crops, super_resolve
     from .track import load_calibration
 
     cpu = torch.device("cpu")
     folded, ex = _folded(cfg, backbone, ckpt, cpu)
     calib = load_calibration(cfg, folded, ex, stats, cpu)
+    batches = torch.split(calibration_crops(cfg, backbone, seed)[0], cfg.calibration.batch_size)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
 
     def compare(qmodel, session, unoptimized):
@@ -221,7 +251,7 @@ def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignment
                          "ort_unoptimized": round(psnr["unoptimized"], 4)})
         return rows
 
-    _check_job(cfg, backbone, seed, folded, ex, calib, assignments, table, lambda m: m.net, compare)
+    _check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m.net, compare)
 
 
 class _Last(torch.nn.Module):
@@ -244,8 +274,9 @@ def summarize_tables(paths: list, out) -> None:
     frames = [pd.read_csv(p) for p in paths]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
     if len(df):
-        df = df.sort_values(["task", "backbone", "w_bits", "a_bits", "method"], ascending=[True, True, False, False,
-                                                                                            True], kind="stable")
+        # the papers' placement ("layers") before the integer graph
+        df = df.sort_values(["task", "backbone", "w_bits", "a_bits", "method", "placement"],
+                            ascending=[True, True, False, False, True, False], kind="stable")
     write_frame(out, df)
     log.info("%d deployment rows from %d tables", len(df), len(paths))
 
@@ -259,7 +290,7 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
     for task, g in df.groupby("task", sort=True):
         lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
         cls = (g["metric"] == "top1").all()
-        head = (["backbone", "method", "bits", "layout"]
+        head = (["backbone", "method", "bits", "placement", "layout"]
                 + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %", "max abs Δ logit", "top-1 ORT unoptimised"]
                    if cls else ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max abs Δ pixel",
                                 "PSNR ORT unoptimised"])
@@ -271,7 +302,7 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
             if cls:
                 mark = r["agreement"] < AGREEMENT_TARGET
                 if mark:
-                    low.append(f"{r['backbone']} {method} {bits} {r['layout']}")
+                    low.append(f"{r['backbone']} {method} {bits} {r['placement']} {r['layout']}")
                 cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}",
                          f"{r['agreement']:.2f}" + (" (!)" if mark else ""),
                          f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.2f}"]
@@ -279,14 +310,14 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
                 cells = [r["dataset"], f"{r['fake']:.3f}", f"{r['ort']:.3f}", f"{r['diff']:+.3f}",
                          f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.3f}"]
             kernel = str(r["int8_kernel"]) + (" (int16 saturation)" if bool(r["int16_saturation"]) else "")
-            rows.append([r["backbone"], method, bits, r["layout"], *cells, kernel,
+            rows.append([r["backbone"], method, bits, r["placement"], r["layout"], *cells, kernel,
                          f"{int(r['integer_kernels'])}/{int(r['quantized_layers'])}", f"{r['size_ratio']:.3f}"]
                         + [f"{r[f'latency_ratio_b{b}']:.2f}" for b in lat])
         note = (f"(!) top-1 agreement below {AGREEMENT_TARGET:g} %: " + "; ".join(low) + ".") if low else ""
         md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
         md += "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
         md += f"\n{note}\n" if note else ""
-        n_left = 4 + (not cls)
+        n_left = 5 + (not cls)
         tex = ("\\begin{tabular}{" + "l" * n_left + "r" * (len(head) - n_left) + "}\n\\toprule\n"
                + " & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n"
                + "".join(" & ".join(_tex(c) for c in row) + " \\\\\n" for row in rows)

@@ -223,9 +223,12 @@ def test_readme_examples_run(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "layers quantized" in out and re.search(r"W8A8 top-1 \d", out) and re.search(r"DQSS W4A4 top-1 \d", out)
     exec(compile(readme_example("deploy-example"), "README.md", "exec"), scope)
-    agreement, kernels = capsys.readouterr().out.strip().split(" ", 1)
-    assert float(agreement) >= 99.0 and "QLinearConv" in kernels
-    assert (tmp_path / "resnet18_w8a8.onnx").is_file()
+    first, integer = capsys.readouterr().out.strip().splitlines()[-2:]
+    agreement, kernels = first.split(" ", 1)
+    assert float(agreement) >= 99.0 and "QLinearConv" in kernels and "QLinearAdd" not in kernels
+    # the integer graph: torchvision's residual adds (its block reuses one ReLU module) run as QLinearAdd
+    assert "'QLinearAdd': 8" in integer, integer
+    assert (tmp_path / "resnet18_w8a8.onnx").is_file() and (tmp_path / "resnet18_w8a8_integer.onnx").is_file()
 
 
 def test_the_suite_jobs_call_the_api():

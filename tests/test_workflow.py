@@ -393,8 +393,14 @@ def test_end_to_end(tiny_run):
     assert ((dep.fp_ms_b1 > 0) & (dep.int8_ms_b1 > 0)).all()
     # the default layout, exact on every x86 CPU, and the kernel this CPU ran it with
     assert (dep.layout == "u8u8").all() and not dep.int16_saturation.any() and dep.int8_kernel.str.len().gt(0).all()
+    # both placements of each model: the papers' (the tables' model) and the integer graph, whose extra tensors
+    # are quantized too (the test ResNet's residual adds)
+    assert dep.groupby(["task", "backbone", "method", "dataset"]).placement.apply(set).eq({"layers", "integer"}).all()
+    cls_int = dep[(dep.task == "cls_ptq") & (dep.placement == "integer")]
+    assert (cls_int.integer_points > 0).all() and (cls_int.unplaced_points == 0).all()
+    assert (dep[dep.placement == "layers"].integer_points == 0).all()
     full = pd.read_csv(work / "results/metrics.csv")
-    for r in dep.itertuples():
+    for r in dep[dep.placement == "layers"].itertuples():
         method = "dqss" if r.method == "dqss" else r.strategy
         if r.method == "best_uniform":
             sel = json.loads(next(work.glob(f"results/{r.task}/*/{r.backbone}/dqss/w4a4/seed0/selection.json")).read_text())
