@@ -414,21 +414,25 @@ def _assignment_bits(assignment: dict) -> tuple[int, int]:
     return min(bits)
 
 
-def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batches, *, a_bits: int = 8,
+def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batches, *, bits: int = 8,
                   strategy="mse", options: dict | None = None, device="cpu", folded: bool = False) -> nn.Module:
     """A copy of ``qmodel`` (from :func:`quantize` or :func:`from_assignment` of ``model``) in the integer-graph
     placement (:mod:`dqss.placement`): the inputs and outputs of residual adds and concatenations and the inputs
     of pooling quantized too, so an int8 runtime keeps the network in integers.  A tensor a quantized layer reads
-    takes that layer's input quantizer; the others get ``strategy``'s range on the ``a_bits`` activation grid from
+    takes that layer's input quantizer; the others get ``strategy``'s range on a ``bits`` activation grid from
     ``model``'s outputs on ``batches`` (calibration inputs).  ``folded``: ``model`` is already a BN-folded copy on
     ``device``.  What was placed is logged and kept in the copy's ``integer_placement`` attribute."""
     import copy
 
+    from .config import BIT_MIN
     from .placement import place_integer
 
+    if isinstance(bits, bool) or not isinstance(bits, int) or not BIT_MIN <= bits <= 8:
+        raise ValueError(f"bits={bits!r}: the integer graph's own tensors need an integer from {BIT_MIN} to 8 (they "
+                         "are stored in the int8 runtime's 8-bit container)")
     base = model if folded else prepare_model(model, calib.example, device)
     out = copy.deepcopy(qmodel)
-    report = place_integer(out, base, [x.to(device) for x in _Inputs(batches)], calib.policy.act_spec(a_bits),
+    report = place_integer(out, base, [x.to(device) for x in _Inputs(batches)], calib.policy.act_spec(bits),
                            strategy=_strategy(strategy, options), example=calib.example.to(device), device=device)
     out.integer_placement = report
     return out

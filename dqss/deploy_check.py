@@ -49,6 +49,8 @@ class DeploySection:
     placements: list[str] = option(factory=lambda: ["layers", "integer"], choices=["layers", "integer"], min_items=1)
     # the range strategy of an integer-graph tensor that no quantized layer reads (one a layer reads takes its quantizer)
     integer_strategy: str = "mse"
+    # their bits (the int8 runtime's container; null = the run's activation bits, e.g. 4-bit adds at W4A4)
+    integer_bits: int | None = option(8, ge=2, le=8)
 
     def __post_init__(self):
         check_options(self)
@@ -124,10 +126,10 @@ class OrtModule(torch.nn.Module):
 
 def placed(cfg, folded, calib, batches, placement: str, qmodel, a_bits: int) -> tuple[torch.nn.Module, dict]:
     """``qmodel`` in ``placement`` (for ``integer``, a copy by :func:`dqss.api.integer_graph` on the calibration
-    ``batches``) and the placement's columns."""
+    ``batches``, its own tensors on ``deploy.integer_bits``, else ``a_bits``) and the placement's columns."""
     if placement == "layers":
         return qmodel, {"placement": placement, "integer_points": 0, "unplaced_points": 0}
-    qmodel = api.integer_graph(folded, qmodel, calib, batches, a_bits=a_bits,
+    qmodel = api.integer_graph(folded, qmodel, calib, batches, bits=cfg.deploy.integer_bits or a_bits,
                                strategy=cfg.strategy(cfg.deploy.integer_strategy), folded=True)
     report = qmodel.integer_placement
     return qmodel, {"placement": placement, "integer_points": len(report.points),

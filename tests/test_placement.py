@@ -196,3 +196,20 @@ def test_deploy_table_shows_the_placement_and_marks_low_agreement():
     assert "placement" in head and "| layers |" in layers and "| integer |" in integer
     assert "(!)" in integer and "(!)" not in layers
     assert "resnet18 dqss W8A8 integer u8u8" in md and "integer" in tex
+
+
+def test_api_integer_graph_copies_and_checks_its_bits():
+    import dqss
+
+    torch.manual_seed(0)
+    model, calib_x = Net().eval(), images(32, 8, seed=2)
+    calib = dqss.calibrate(model, torch.split(calib_x, 16))
+    q = dqss.quantize(model, calib, "minmax", w_bits=8, a_bits=8)
+    keys = set(q.state_dict())
+    qi = dqss.integer_graph(model, q, calib, torch.split(calib_x, 16), bits=6)
+    assert set(q.state_dict()) == keys and not placement.points_of(q)  # the user's quantized model untouched
+    own = [getattr(m, placement.POINT) for m in placement.points_of(qi).values()]
+    assert {p.spec.bits for p in own if isinstance(p, FakeQuantizer) and p.spec.bits != 8} == {6}
+    assert len(qi.integer_placement.points) == 9
+    with pytest.raises(ValueError, match="from 2 to 8"):
+        dqss.integer_graph(model, q, calib, [calib_x], bits=16)
