@@ -62,7 +62,27 @@ def read(path):
     missing = [c for c in ROW_KEYS + ["value"] if c not in df.columns]
     if missing:
         raise SystemExit(f"{path} lacks the columns {missing}; is it results/metrics.csv (dqss.results.gather)?")
-    return df[ROW_KEYS + ["value"]]
+    df = df[ROW_KEYS + ["value"]].copy()
+    value = pd.to_numeric(df["value"], errors="coerce")
+    bad = df[value.isna() & df["value"].notna()]
+    if len(bad):
+        raise SystemExit(f"{path}: {len(bad)} values are not numbers, e.g. {_cells(bad.head(3))}; a metrics table "
+                         "holds numbers only: rebuild it from the jobs' files with `snakemake --cores all` (rule "
+                         "aggregate), or restore the reference from git")
+    df["value"] = value
+    dup = df[df.duplicated(ROW_KEYS, keep=False)]
+    if len(dup):
+        raise SystemExit(f"{path}: {len(dup)} rows share their cell ({', '.join(ROW_KEYS)}), e.g. "
+                         f"{_cells(dup.head(3))}; a metrics table has one row per cell, so the check cannot tell "
+                         "which to compare: rebuild it with `snakemake --cores all` (rule aggregate), or restore the "
+                         "reference from git")
+    return df
+
+
+def _cells(rows) -> str:
+    return "; ".join("/".join(str(r[k]) for k in ("task", "dataset", "backbone", "method"))
+                     + f" W{r['w_bits']}A{r['a_bits']} seed {r['seed']} {r['metric']} = {r['value']!r}"
+                     for r in rows.to_dict("records"))
 
 
 def compare(ref, got) -> list[dict]:

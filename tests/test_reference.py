@@ -80,3 +80,20 @@ def test_no_reference_names_the_command(tmp_path, capsys):
     _table(ROWS).to_csv(got, index=False)
     assert reference.main(["check", str(got), "--reference", str(tmp_path / "none.csv")]) == 2
     assert "python -m dqss.reference update" in capsys.readouterr().err
+
+
+def test_duplicated_row_is_refused_not_counted(files, capsys):
+    """A cell twice in the run (or the reference) is an error naming it, not "all 4 values equal"."""
+    with pytest.raises(SystemExit, match=r"2 rows share their cell .*dqss W4A4 seed 0 top1.*rule aggregate"):
+        _run(*files, [*ROWS, ROWS[0]], capsys)
+    tmp_path, ref = files
+    _table([*ROWS, ROWS[1]]).to_csv(ref, index=False)
+    with pytest.raises(SystemExit, match="ref.csv: 2 rows share their cell"):
+        _run(tmp_path, ref, ROWS, capsys)
+
+
+def test_non_numeric_value_is_a_clear_error(files, capsys):
+    with pytest.raises(SystemExit, match=r"1 values are not numbers, e\.g\. .*kl_fp = 'high'"):
+        _run(*files, [ROWS[0], dict(ROWS[1], value="high"), ROWS[2]], capsys)
+    rows = [ROWS[0], dict(ROWS[1], value=float("nan")), ROWS[2]]  # an empty cell is a NaN, not an error
+    assert _run(*files, rows, capsys)[0] == 1
