@@ -23,11 +23,10 @@ from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 log = logging.getLogger(__name__)
 
 COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bits", "seed", "placement", "layout",
-           "metric", "fake",
-           "ort", "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_unoptimized",
-           "agreement_unoptimized", "int8_kernel", "int16_saturation", "emulated_layers",
-           "quantized_layers", "integer_points", "unplaced_points", "integer_kernels", "float_kernels", "fp_bytes",
-           "int8_bytes", "size_ratio"]
+           "metric", "fake", "ort", "diff", "diff_items", "n_items", "agreement", "max_abs_diff", "ort_unoptimized",
+           "agreement_unoptimized", "int8_kernel", "int16_saturation", "emulated_layers", "quantized_layers",
+           "integer_points", "unplaced_points", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes",
+           "size_ratio"]
 AGREEMENT_TARGET = 99.5  # % top-1 agreement below which the report marks a row
 
 
