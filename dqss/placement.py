@@ -10,9 +10,10 @@ the output of each residual add and concatenation (the output after the activati
 int8 runtime fuses it), and the input of each pooling.  ONNX Runtime then runs the adds as ``QLinearAdd``, the
 convolutions feeding them as ``QLinearConv`` and the pooling on integer inputs.  Each such tensor has one
 quantizer, shared by all its consumers: where a quantized layer reads the tensor, its own input quantizer
-(the method's, unchanged) is applied at the tensor's producer; a tensor no layer reads is quantized on the range
-of ``strategy`` (``mse`` by default: the L2-optimal clipping of its calibration histogram) at the run's
-activation bits.  The quantizer is applied to the output of the innermost module that returns the tensor (a
+(the method's, unchanged) is applied at the tensor's producer and shared by the other readers; a tensor no layer
+reads is quantized on the range of ``strategy`` (``mse`` by default: the L2-optimal clipping of its calibration
+histogram) on the grid the caller gives (:func:`dqss.api.integer_graph`'s ``bits``; the deploy check's
+``deploy.integer_bits``, 8 by default).  The quantizer is applied to the output of the innermost module that returns the tensor (a
 forward hook), so no module is renamed and the model keeps its state-dict keys.
 
 The graph is found by running an example under a :class:`~torch.overrides.TorchFunctionMode` that records the
