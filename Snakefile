@@ -81,3 +81,11 @@ rule all:
         "results/metrics.csv",
         "results/report/report.md",
         DEPLOY_SUMMARY,
+        # every job's own results as targets too: Snakemake does not recompute a missing file whose consumers
+        # (the aggregate, the report) are up to date, so a deleted job directory would otherwise stay deleted
+        all_metric_files(),
+        all_assignments(),
+        all_selections(),
+        all_histories(),
+        all_crops(),
+        deploy_tables(),

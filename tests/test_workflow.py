@@ -506,6 +506,14 @@ def test_interrupted_or_deleted_job_is_recomputed(tiny_run):
     snakemake(*args)
     assert json.loads(victim.read_text())["metrics"] == before["metrics"]  # determinism
 
+    # a whole job directory deleted and nothing else touched: metrics.csv, the report and the deployment check
+    # are up to date, so Snakemake would not recompute the missing files without them being targets too
+    shutil.rmtree(work / "results/cls_ptq/digits/test_resnet/dqss/w4a4/seed0")
+    assert job_counts(snakemake(*args, "-n")) == {"cls_dqss": 1, **deploy_reruns({"cls_dqss": 1}),
+                                                  **{r: 1 for r in END}}
+    snakemake(*args)
+    assert json.loads(victim.read_text())["metrics"] == before["metrics"]
+
     # a whole job directory deleted; the numbers in metrics.csv are made stale on purpose, so that a
     # metrics.csv not rebuilt from the recomputed job would show
     job_dir = work / "results/sr_ptq/embedded/edsr_tiny_x2/dqss/w4a4/seed0"

@@ -114,3 +114,4 @@ rule reconstruction:
     input:
         "results/reconstruction/metrics.csv",
         "results/reconstruction/report/report.md",
+        recon_metric_files(),  # each job's result too, so that a deleted one is recomputed (see rule all)
