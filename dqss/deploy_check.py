@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import api
-from .config import check_options, option
+from .config import check_names, check_options, option
 from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,7 @@ class DeploySection:
 
     def __post_init__(self):
         check_options(self)
-        from .strategy import strategy_names
-
-        if self.integer_strategy not in strategy_names("ptq"):
-            raise ValueError(f"deploy.integer_strategy: unknown range strategy '{self.integer_strategy}'; "
-                             f"choose one of {strategy_names('ptq')}")
+        check_names([self.integer_strategy], "deploy.integer_strategy", "ptq")
 
 
 def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> dict:

@@ -58,8 +58,7 @@ class QuantLayer(nn.Module):
         b = self.layer.bias
         if not self.rounds_bias():
             return b
-        return int32_bias(b, step_size(self.act_quant).reshape(1), step_size(self.weight_quant, self.layer.weight)
-                          .reshape(1, -1))
+        return int32_bias(b, step_size(self.act_quant), step_size(self.weight_quant, self.layer.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.compute(self.act_quant(x), self.weight_quant(self.layer.weight), self.deployed_bias())

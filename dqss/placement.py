@@ -31,7 +31,7 @@ from torch.overrides import TorchFunctionMode
 
 from .layers import QuantLayer
 from .quant import QuantSpec
-from .stats import ActStats
+from .stats import collect_act_stats
 
 log = logging.getLogger(__name__)
 
@@ -253,31 +253,6 @@ def points_of(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(getattr(m, POINT, None), nn.Module)}
 
 
-@torch.no_grad()
-def point_stats(fp_model: nn.Module, names: list[str], batches, device="cpu", bins: int = 2048) -> dict[str, ActStats]:
-    """Calibration statistics of the outputs of ``fp_model``'s modules ``names`` (two passes over ``batches``)."""
-    stats = {n: ActStats(bins=bins) for n in names}
-    batches = [b.to(device) for b in batches]
-    for phase in ("range", "hist"):
-        def hook(name):
-            def fn(_m, _a, out):
-                (stats[name].update_range if phase == "range" else stats[name].update_hist)(out)
-            return fn
-
-        handles = [fp_model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-        try:
-            fp_model.eval()
-            for b in batches:
-                fp_model(b)
-        finally:
-            for h in handles:
-                h.remove()
-        if phase == "range":
-            for s in stats.values():
-                s.fix_range()
-    return stats
-
-
 def place_integer(qmodel: nn.Module, fp_model: nn.Module, batches, spec: QuantSpec, *, strategy="mse",
                   example: torch.Tensor | None = None, device="cpu") -> Placement:
     """Turn ``qmodel`` (fake-quantized in the papers' placement) into the integer-graph placement, in place.
@@ -303,7 +278,8 @@ def place_integer(qmodel: nn.Module, fp_model: nn.Module, batches, spec: QuantSp
                 if not isinstance(layer.act_quant, nn.Identity):
                     layer.act_quant = first
     own = [n for n, p in placement.points.items() if not _reader_quantizer(qmodel, p)]
-    stats = point_stats(fp_model, own, batches, device) if own else {}
+    stats = (collect_act_stats(fp_model, {n: fp_model.get_submodule(n) for n in own}, batches, device=device,
+                               desc="integer-graph calibration", outputs=True) if own else {})
     strat = strategy if isinstance(strategy, Strategy) else get_strategy(str(strategy))
     for name, p in placement.points.items():
         q = _reader_quantizer(qmodel, p)

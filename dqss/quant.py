@@ -123,14 +123,12 @@ def int32_bias_pairs(bias: torch.Tensor, act_steps: torch.Tensor, weight_steps: 
     return bias_codes(bias, step) * step
 
 
-def int32_bias(bias: torch.Tensor, act_steps: torch.Tensor, weight_steps: torch.Tensor,
-               act_probs: torch.Tensor | None = None, weight_probs: torch.Tensor | None = None) -> torch.Tensor:
-    """The bias rounded to int32 codes on the step ``s_x * s_w[c]``, with a straight-through gradient to ``bias``.
-
-    One grid each (``N = 1``, no probabilities), or the candidates of a DQSS mixture with their mixture weights
-    (shapes as :func:`int32_bias_pairs`; :func:`mix_bias` combines them).
+def int32_bias(bias: torch.Tensor, act_step: torch.Tensor, weight_step: torch.Tensor) -> torch.Tensor:
+    """The bias rounded to int32 codes on the step ``s_x * s_w[c]`` of one activation grid (a scalar step) and one
+    weight grid (``[C]``, or a scalar per tensor), with a straight-through gradient to ``bias``.  A DQSS mixture
+    rounds it on every pair of its candidates' grids (:func:`int32_bias_pairs`) and mixes them (:func:`mix_bias`).
     """
-    return mix_bias(int32_bias_pairs(bias, act_steps, weight_steps), bias, act_probs, weight_probs)
+    return mix_bias(int32_bias_pairs(bias, act_step.reshape(1), weight_step.reshape(1, -1)), bias)
 
 
 def mix_bias(pairs: torch.Tensor, bias: torch.Tensor, act_probs: torch.Tensor | None = None,

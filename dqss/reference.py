@@ -79,10 +79,14 @@ def read(path):
     return df
 
 
+def _cell(r: dict) -> str:
+    """One cell's name, e.g. ``cls_ptq/digits/resnet18/dqss W4A4 seed 0 top1``."""
+    return ("/".join(str(r[k]) for k in ("task", "dataset", "backbone", "method"))
+            + f" W{r['w_bits']}A{r['a_bits']} seed {r['seed']} {r['metric']}")
+
+
 def _cells(rows) -> str:
-    return "; ".join("/".join(str(r[k]) for k in ("task", "dataset", "backbone", "method"))
-                     + f" W{r['w_bits']}A{r['a_bits']} seed {r['seed']} {r['metric']} = {r['value']!r}"
-                     for r in rows.to_dict("records"))
+    return "; ".join(f"{_cell(r)} = {r['value']!r}" for r in rows.to_dict("records"))
 
 
 def compare(ref, got) -> list[dict]:
@@ -103,8 +107,7 @@ def describe(moved: list[dict]) -> str:
     """The moved cells as a fixed-width table (one line per cell)."""
     lines = []
     for m in moved:
-        cell = "/".join(str(m[k]) for k in ("task", "dataset", "backbone", "method")) + \
-            f" W{m['w_bits']}A{m['a_bits']} seed {m['seed']} {m['metric']}"
+        cell = _cell(m)
         if m["status"] == "moved":
             diff = float(m["got"]) - float(m["reference"])
             t = m["tolerance"]

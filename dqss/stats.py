@@ -198,8 +198,9 @@ class ActStats:
 @torch.no_grad()
 def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
                       bins: int = 2048, n_samples: int = 0, device: str | torch.device = "cpu",
-                      desc: str = "calibration") -> dict[str, ActStats]:
-    """Two passes over ``batches`` recording every listed layer's input statistics.
+                      desc: str = "calibration", outputs: bool = False) -> dict[str, ActStats]:
+    """Two passes over ``batches`` recording every listed layer's input statistics (``outputs``: its output's,
+    for the integer graph's tensors, :mod:`dqss.placement`).
 
     The first pass records the exact minimum, maximum, moments and zero count, the second
     the histograms over the range the first found, so ``batches`` must be re-iterable and
@@ -218,8 +219,7 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
     kept = {name: 0 for name in layers}
 
     def first(name):
-        def fn(_module, args):
-            x = args[0]
+        def fn(x):
             stats[name].update_range(x)
             if kept[name] < n_samples:
                 take = x[: n_samples - kept[name]].detach().cpu()
@@ -228,16 +228,14 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
         return fn
 
     def second(name):
-        def fn(_module, args):
-            stats[name].update_hist(args[0])
-        return fn
+        return stats[name].update_hist
 
     model.eval()
-    _pass(model, layers, first, batches, device, f"{desc} (range)")
+    _pass(model, layers, first, batches, device, f"{desc} (range)", outputs)
     for st in stats.values():
         if st.count:  # a layer the forward pass never reached keeps no histogram
             st.fix_range()
-    _pass(model, layers, second, batches, device, f"{desc} (histograms)")
+    _pass(model, layers, second, batches, device, f"{desc} (histograms)", outputs)
     for name, st in stats.items():
         try:
             st.check_complete()
@@ -247,10 +245,14 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
     return stats
 
 
-def _pass(model: nn.Module, layers: dict[str, nn.Module], hook, batches, device, desc: str) -> None:
-    """One forward pass over ``batches`` with ``hook(name)`` on every listed layer's input; a
-    non-finite activation is traced to the first module that outputs it."""
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+def _pass(model: nn.Module, layers: dict[str, nn.Module], hook, batches, device, desc: str,
+          outputs: bool = False) -> None:
+    """One forward pass over ``batches`` with ``hook(name)(tensor)`` on every listed layer's input (``outputs``:
+    its output); a non-finite activation is traced to the first module that outputs it."""
+    if outputs:
+        handles = [m.register_forward_hook(lambda _m, _a, out, f=hook(n): f(out)) for n, m in layers.items()]
+    else:
+        handles = [m.register_forward_pre_hook(lambda _m, args, f=hook(n): f(args[0])) for n, m in layers.items()]
     try:
         try:
             total = len(batches)
