@@ -92,6 +92,10 @@ def selection_summary(record: dict) -> dict:
     out = {f"selection_{k}": record[k] for k in keys if k in record}
     if "differ_from_held_best_uniform" in record:
         out["selection_layers_differ"] = record["differ_from_held_best_uniform"]["layers"]
+    guard = record.get("guard")
+    if guard:  # kept | overturned | too_small (a held stage was lower, not significantly: the search's result stays)
+        out["selection_guard"] = ("overturned" if guard["overturned"] else
+                                  "too_small" if guard["held_too_small"] else "kept")
     return out
 
 

@@ -11,8 +11,12 @@ the discrete objective, with the gradient search as one proposal:
 2. coordinate descent on S: one layer's weight or activation strategy changes at a time, and a
    move is accepted only when a paired per-item test says it lowers the objective by more than
    noise (mean decrease above ``accept_z`` standard errors);
-3. guard: the result is the lowest on the held part H among {every uniform strategy, the start,
-   the end of each sweep}, so on H it is never worse than the best uniform strategy.
+3. guard: the descent's result stays unless another of {every uniform strategy, the start, the end of
+   each earlier sweep} is lower on the held part H by more than noise (the same paired test at
+   ``accept_z``); then the lowest such one replaces it.  So on H the result is never *significantly*
+   worse than the best uniform strategy, and a held part too small to tell them apart (25 images of a
+   100-image calibration draw, say) leaves the search's result in place, with a warning and
+   ``held_too_small`` in the record, instead of overturning it on noise.
 
 One implementation serves both PTQ tracks; only the per-item objective differs (:func:`item_losses`).
 """
@@ -250,6 +254,42 @@ def significant_decrease(d: torch.Tensor, z: float) -> tuple[bool, float]:
     return mean < 0.0 and t < -z, t
 
 
+def held_guard(stages: dict[str, Assignment], objective: dict[str, dict], guarded: list[str], proposed: str,
+               held_losses: dict[tuple, torch.Tensor], z: float, n_held: int) -> dict:
+    """The guard: keep the descent's result ``proposed`` unless another guarded stage (a uniform strategy, the
+    start, an earlier sweep) is lower on the held part by more than noise, by the paired test the descent
+    uses (:func:`significant_decrease` at ``z``).  The overturning stage is the lowest such one on the held
+    part.  When a stage is lower on the held part but not significantly, the held part was too small to
+    decide between them and the proposal stays; the record says so (``held_too_small``).
+
+    The stage reported for the kept assignment is the first guarded stage with the same assignment (so a
+    descent that ended on a uniform strategy reports ``uniform <name>``)."""
+    key = lambda k: tuple(sorted(stages[k].items()))  # noqa: E731
+    base = held_losses[key(proposed)]
+    lower = sorted((k for k in guarded if objective[k]["held"] < objective[proposed]["held"]),
+                   key=lambda k: objective[k]["held"])
+    tests = {}
+    for k in lower:
+        ok, t = significant_decrease(held_losses[key(k)] - base, z)
+        tests[k] = {"t": t if math.isfinite(t) else -1e9, "significant": ok}
+    overturn = next((k for k in lower if tests[k]["significant"]), None)
+    kept = overturn or proposed
+    chosen = next(k for k in guarded if key(k) == key(kept))
+    too_small = overturn is None and bool(lower)
+    if too_small:
+        best = lower[0]
+        log.warning("selection guard: %s is lower than the search's result on the held part (%.6g < %.6g) but not "
+                    "significantly (t = %.2f > -%.2f on %d held items): the held part is too small to decide, so "
+                    "the search's result stays; more calibration images (calibration.size) make the guard "
+                    "decisive", best, objective[best]["held"], objective[proposed]["held"], tests[best]["t"], z,
+                    n_held)
+    elif overturn is not None:
+        log.info("selection guard: %s is significantly lower on the held part (t = %.2f): it replaces the "
+                 "search's result", overturn, tests[overturn]["t"])
+    return {"proposed": proposed, "chosen": chosen, "overturned": overturn is not None, "by": overturn,
+            "held_too_small": too_small, "accept_z": z, "held_items": n_held, "tests": tests}
+
+
 def measured_selection(qmodel: nn.Module, candidates: list[str], proposal: Assignment, search: Evaluator,
                        held: Evaluator, *, sweeps: int = 2, accept_z: float = 2.0, top_k: int | None = None,
                        samples: dict[str, torch.Tensor] | None = None, progress: str = "select") -> Selection:
@@ -311,21 +351,24 @@ def measured_selection(qmodel: nn.Module, candidates: list[str], proposal: Assig
             break
     stages["start"] = stages[start_from]
     objective["start"] = dict(objective[start_from])
-    held_of: dict[tuple, float] = {}  # an assignment reached by several stages is measured once
+    held_of: dict[tuple, torch.Tensor] = {}  # an assignment reached by several stages is measured once
     for k, a in stages.items():
         key = tuple(sorted(a.items()))
         if key not in held_of:
-            held_of[key] = float(held.losses(a).mean())
-        objective[k]["held"] = held_of[key]
+            held_of[key] = held.losses(a)
+        objective[k]["held"] = float(held_of[key].mean())
     guarded = [f"uniform {s}" for s in candidates] + ["start"] + [f"sweep {i}" for i in range(1, len(sweep_ends) + 1)]
-    chosen = min(guarded, key=lambda k: objective[k]["held"])  # first wins ties: a uniform when nothing is better
+    proposed = guarded[-1]  # the descent's result (the start when no sweep ran)
+    guard = held_guard(stages, objective, guarded, proposed, held_of, accept_z, held.n)
+    chosen = guard["chosen"]
     held_best = min(candidates, key=lambda s: objective[f"uniform {s}"]["held"])
     search_best = min(candidates, key=lambda s: objective[f"uniform {s}"]["search"])
     result = stages[chosen]
     record = {
         "rule": "measured", "objective": search.objective, "search_items": search.n, "held_items": held.n,
         "accept_z": accept_z, "top_k": top_k if screened else None, "block_cache": search.blocks is not None,
-        "sweeps_run": len(sweep_ends), "start": start_from, "chosen": chosen,
+        "sweeps_run": len(sweep_ends), "start": start_from, "chosen": chosen, "proposed": proposed,
+        "guard": guard,
         "held_best_uniform": held_best, "search_best_uniform": search_best,
         "differ_from_held_best_uniform": layers_differing(result, held_best),
         "stages": objective, "moves_tried": len(moves), "moves_accepted": sum(m["accepted"] for m in moves),

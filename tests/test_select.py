@@ -170,14 +170,49 @@ def test_guard_never_above_the_best_uniform_on_held(seed):
     names = ["minmax", "percentile", "mse", "aciq"]
     strategies = {s: get_strategy(s) for s in names}
     sel, mixed, plans, ev_h = _select(net, x, strategies, seed=seed, bits=3)
-    stages = sel.record["stages"]
+    stages, guard = sel.record["stages"], sel.record["guard"]
     best_uniform = min(stages[f"uniform {s}"]["held"] for s in names)
-    assert stages[sel.chosen]["held"] <= best_uniform
+    if stages[sel.chosen]["held"] > best_uniform:  # kept only because no lower stage was significantly lower
+        assert not guard["overturned"] and guard["held_too_small"] and sel.chosen == guard["chosen"]
+        assert not any(t["significant"] for t in guard["tests"].values())
+    else:
+        assert not guard["held_too_small"] or not guard["overturned"]
     assert float(ev_h.losses(sel.assignment).mean()) == pytest.approx(stages[sel.chosen]["held"], rel=1e-12)
     assert sel.record["held_best_uniform"] in names
     for m in sel.record["moves"]:
         assert m["accepted"] == (m["accepted"] and m["delta_search"] < 0)
     assert sel.record["evaluations"] >= len(sel.record["moves"]) + len(names)
+
+
+def _guard_case(n_held: int, held_gap: float, seed: int = 0):
+    """One layer, two strategies; the descent ended on the mix (a, b).  On the held part uniform a is lower than
+    the mix by ``held_gap`` on average, with per-item noise of sd 1e-2; the rest are far above."""
+    g = torch.Generator().manual_seed(seed)
+    stages = {"uniform a": {"l": ("a", "a")}, "uniform b": {"l": ("b", "b")}, "start": {"l": ("a", "a")},
+              "sweep 1": {"l": ("a", "b")}}
+    base = torch.ones(n_held, dtype=torch.float64)
+    noise = torch.randn(n_held, generator=g, dtype=torch.float64)
+    noise = (noise - noise.mean()) / noise.std() * 1e-2  # mean 0, sd 1e-2: t = -gap / (1e-2 / sqrt(n))
+    per_stage = {"uniform a": base - held_gap + noise,
+                 "uniform b": base + 1.0, "sweep 1": base}
+    held_losses = {tuple(sorted(stages[k].items())): v for k, v in per_stage.items()}
+    objective = {k: {"held": float(held_losses[tuple(sorted(a.items()))].mean())} for k, a in stages.items()}
+    return stages, objective, held_losses
+
+
+@pytest.mark.parametrize("n_held, gap, overturned", [(25, 2e-3, False), (25, 5e-2, True), (400, 2e-3, True)])
+def test_guard_overturns_the_search_only_on_a_significant_held_difference(n_held, gap, overturned):
+    """Item: the guard replaced the search's assignment by a uniform strategy on a 25-image held part whose
+    difference was noise.  Now a lower held stage replaces the descent's result only when the paired test
+    says so; a small gap on 25 items keeps the search's result and says the held part is too small."""
+    from dqss.select import held_guard
+
+    stages, objective, held_losses = _guard_case(n_held, gap)
+    guard = held_guard(stages, objective, list(stages), "sweep 1", held_losses, 2.0, n_held)
+    assert objective["uniform a"]["held"] < objective["sweep 1"]["held"]  # the old guard always took uniform a
+    assert guard["overturned"] is overturned
+    assert guard["chosen"] == ("uniform a" if overturned else "sweep 1")
+    assert guard["held_too_small"] is (not overturned)
 
 
 def test_identical_candidates_give_the_uniform_with_no_move():
@@ -375,3 +410,30 @@ def test_selection_is_the_same_with_and_without_the_cache():
         assert sel.record["top_k"] == 1 and sel.record["block_cache"] is cache
     assert results[0] == results[1]
     assert results[0][1] <= 2 * len(plans)  # top_k = 1: one trial per (layer, role) at most
+
+
+def test_compare_guard_marks_the_after_runs_dqss(tmp_path, capsys):
+    """The before/after table of the guard: McNemar marks from the per-image outcomes of both runs."""
+    import json as _json
+
+    from dqss.compare_guard import main
+
+    def job(run, method, correct, extra=None):
+        d = run / f"results/cls_ptq/digits/net/{method}/w4a4/seed0"
+        d.mkdir(parents=True)
+        top1 = 100.0 * sum(correct) / len(correct)
+        d.joinpath("metrics.json").write_text(_json.dumps({
+            "dataset": "digits", "backbone": "net", "seed": 0, "metrics": {"top1": top1},
+            "per_image": {"top1": correct}, "extra": extra or {}}))
+
+    n = 100
+    for run, dqss_right in (("before", 60), ("after", 90)):
+        job(tmp_path / run, "dqss", [1] * dqss_right + [0] * (n - dqss_right),
+            {"selection_chosen": "uniform mse" if run == "before" else "sweep 1", "selection_held_best_uniform": "mse",
+             "selection_guard": "too_small"})
+    job(tmp_path / "after", "dqss_argmax", [1] * 89 + [0] * 11)
+    job(tmp_path / "after", "mse", [1] * 60 + [0] * 40)
+    main([str(tmp_path / "before"), str(tmp_path / "after")])
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    assert row[2:5] == ["60.00", "uniform mse", "90.00"] and row[6] == "too_small"
+    assert row[9].startswith("+ ") and row[10].startswith("= ") and row[11].startswith("+ ")

@@ -368,7 +368,9 @@ def test_end_to_end(tiny_run):
     qsel = json.loads((qdir / "dqss/w4a4/seed0/selection.json").read_text())
     assert qsel["rule"] == "measured" and qsel["objective"] == "ce"
     held = qsel["stages"]
-    assert held[qsel["chosen"]]["held"] <= min(held[f"uniform {s}"]["held"] for s in ("lsq", "pact"))
+    best_held = min(held[f"uniform {s}"]["held"] for s in ("lsq", "pact"))
+    guard = qsel["guard"]  # above the best uniform on H only when that difference was not significant
+    assert held[qsel["chosen"]]["held"] <= best_held or (guard["held_too_small"] and not guard["overturned"])
     assert {e["name"]: (e["weight"], e["act"]) for e in qassign["layers"]} == \
         {k: tuple(v) for k, v in qsel_assignment(qsel, qassign).items()}
 
