@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     import yaml
 
     from .deploy import LAYOUTS, cpu_flags
+    from .results import write_frame
     from .workflow import track_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -131,8 +132,7 @@ def main(argv=None) -> int:
                                placements=tuple(args.placements))
     df = pd.DataFrame(rows)
     df["cpu"] = _cpu_model()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
+    write_frame(args.out, df)
     cols = ["backbone", "method", "strategy", "w_bits", "a_bits", "placement", "layout", "fake", "ort", "images_apart", "agreement",
             "int16_saturation"] + [c for c in df.columns if c.startswith("ratio_b")]
     print(df[cols].to_string(index=False))

@@ -15,7 +15,7 @@ from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, per_image, predict
 from .layers import QuantPolicy
 from .models import create_backbone, data_config, save_checkpoint
-from .results import FP_METHOD, provenance, write_csv, write_metrics
+from .results import FP_METHOD, atomic_write, provenance, write_csv, write_metrics
 from .train import TrainConfig, train_classifier
 
 TEN_CLASSES = ("digits", "cifar10")  # data whose number of classes the suite knows (num_classes not needed)
@@ -125,7 +125,7 @@ def run_evaluate_fp(cfg, *, backbone: str, seed: int, ckpt=None, metrics, logits
     if not torch.isfinite(out).all():
         raise FloatingPointError(f"the FP {backbone} gives non-finite logits on the test set; check its weights "
                                  "and the input normalisation")
-    torch.save({"logits": out, "labels": labels}, logits)
+    atomic_write(logits, lambda tmp: torch.save({"logits": out, "labels": labels}, tmp))
     write_metrics(metrics, task=cfg.task, dataset=cfg.dataset, backbone=backbone, method=FP_METHOD, w_bits=32,
                   a_bits=32, seed=seed, metrics=classification_metrics(out, labels, out),
                   prov=provenance(device, cfg.raw), settings=cfg.row_settings(backbone, FP_METHOD),

@@ -94,7 +94,11 @@ def check_finite(model: nn.Module, source: str) -> nn.Module:
 
 
 def save_checkpoint(model: nn.Module, name: str, path, **meta) -> None:
-    torch.save({"arch": name, "state_dict": model.state_dict(), **meta}, path)
+    """The model's weights with its architecture name, atomically (an interrupted save leaves no model.pt)."""
+    from .results import atomic_write
+
+    state = {"arch": name, "state_dict": model.state_dict(), **meta}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path, name: str) -> dict:

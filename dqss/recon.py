@@ -523,9 +523,9 @@ def reconstruction_state(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: d
 
 
 def save_reconstruction(state: dict, path) -> None:
-    from .results import _atomic
+    from .results import atomic_write
 
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_reconstruction(path) -> dict:

@@ -210,8 +210,9 @@ def provenance(device, section: dict) -> dict:
 
 
 # -- writers --------------------------------------------------------------------------------
-def _atomic(path, write) -> None:
-    """``write(tmp)`` then rename: a crash never leaves a truncated file that looks complete."""
+def atomic_write(path, write) -> None:
+    """``write(tmp)`` then rename: a crash never leaves a truncated file that looks complete, and a reader
+    never sees a half-written one (every file a later job or run trusts is written this way)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -220,7 +221,7 @@ def _atomic(path, write) -> None:
 
 
 def write_text(path, text: str) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path, payload: dict) -> None:
@@ -242,12 +243,12 @@ def write_csv(path, rows: list[dict], fields: list[str] | None = None) -> None:
             w.writeheader()
             w.writerows(rows)
 
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def write_frame(path, df) -> None:
     """A pandas frame as CSV, atomically."""
-    _atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, w_bits: int, a_bits: int,
@@ -280,17 +281,70 @@ def save_assignment(assignment: dict, path) -> None:
 
 
 def load_assignment(path) -> dict:
-    """An assignment file, checked to be one (its format tag and its layers)."""
+    """An assignment file, checked to be one (its format tag and its layers, field by field:
+    :func:`check_assignment`)."""
     import yaml
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file: an assignment.yaml is YAML text (as dqss.save_assignment and "
+                         "the DQSS jobs write it); give the path of one") from None
+    except (OSError, yaml.YAMLError, ValueError) as exc:
         raise ValueError(f"cannot read assignment file {path}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != ASSIGNMENT_FORMAT or not isinstance(data.get("layers"),
-                                                                                                list):
+    if not isinstance(data, dict) or data.get("format") != ASSIGNMENT_FORMAT:
         raise ValueError(f"{path} is not a DQSS assignment file (expected format: {ASSIGNMENT_FORMAT} with a "
                          "'layers' list); delete it and rerun its DQSS job")
+    return check_assignment(data, f"assignment file {path}")
+
+
+ASSIGNMENT_LAYER_KEYS = ("name", "w_bits", "a_bits", "weight", "act")
+
+
+def check_assignment(data, where: str = "the assignment") -> dict:
+    """``data`` if it is an assignment (a dict with a list of ``layers``, each with a name, integer bit widths
+    and the names of its weight and activation strategies, no layer twice), else a ValueError naming the
+    field (``where``: what the message calls it)."""
+    from .config import BIT_MAX, BIT_MIN
+
+    fix = ("; an assignment is what dqss.search_assignment returns and dqss.save_assignment writes "
+           f"({{format: {ASSIGNMENT_FORMAT}, w_bits, a_bits, layers: [{{{', '.join(ASSIGNMENT_LAYER_KEYS)}}}, ...]}})")
+
+    def bits_problem(v, key: str) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or not BIT_MIN <= v <= BIT_MAX:
+            return f"{key} must be an integer bit width in {BIT_MIN}..{BIT_MAX}, got {v!r}"
+        return None
+
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} is a {type(data).__name__}, not an assignment dict{fix}")
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        raise ValueError(f"{where}: 'layers' must be a list of per-layer entries, got {type(layers).__name__}{fix}")
+    for key in ("w_bits", "a_bits"):
+        problem = key in data and bits_problem(data[key], key)
+        if problem:
+            raise ValueError(f"{where}: {problem}{fix}")
+    seen = set()
+    for i, e in enumerate(layers):
+        if not isinstance(e, dict):
+            raise ValueError(f"{where}: layer {i} is a {type(e).__name__}, not a dict{fix}")
+        label = f"layer {i} ({e.get('name')!r})"
+        missing = [k for k in ASSIGNMENT_LAYER_KEYS if k not in e]
+        if missing:
+            raise ValueError(f"{where}: {label} has no {missing[0]!r}; each layer needs "
+                             f"{', '.join(ASSIGNMENT_LAYER_KEYS)}{fix}")
+        if not isinstance(e["name"], str) or not e["name"]:
+            raise ValueError(f"{where}: {label}: name must be the layer's module name, got {e['name']!r}{fix}")
+        for key in ("w_bits", "a_bits"):
+            problem = bits_problem(e[key], key)
+            if problem:
+                raise ValueError(f"{where}: {label}: {problem}{fix}")
+        for key in ("weight", "act"):
+            if not isinstance(e[key], str) or not e[key]:
+                raise ValueError(f"{where}: {label}: {key} must be a strategy name (a string), got {e[key]!r}{fix}")
+        if e["name"] in seen:
+            raise ValueError(f"{where} lists layer '{e['name']}' more than once; list each layer once{fix}")
+        seen.add(e["name"])
     return data
 
 

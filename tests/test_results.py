@@ -1,5 +1,6 @@
 """The results contract: paths built and parsed by one module, settings carried into metrics.csv."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,54 @@ def test_a_job_outside_the_pinned_environment_stops(monkeypatch):
         workflow.check_cpu_kernels("avx2", "cpu")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     workflow.check_cpu_kernels("avx2", "cpu")
+
+
+def _interrupted(real, exc=KeyboardInterrupt):
+    """A writer that writes half its file, then is interrupted (a killed job, a full disk)."""
+    def write(obj, f, *args, **kwargs):
+        if hasattr(f, "write"):  # a file object (matplotlib)
+            f.write(b"half")
+        else:
+            Path(f).write_bytes(b"half")
+        raise exc("interrupted")
+    return write
+
+
+def _keeps_the_old_file(path: Path, call) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"complete")
+    with pytest.raises(KeyboardInterrupt):
+        call()
+    assert path.read_bytes() == b"complete"  # the earlier, complete file is still there, never half of a new one
+
+
+def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
+    """Item: model.pt and the FP logits, which later jobs trust, were written in place."""
+    import torch
+
+    from dqss import classification, models
+
+    monkeypatch.setattr(torch, "save", _interrupted(torch.save))
+    net = torch.nn.Linear(2, 2)
+    _keeps_the_old_file(tmp_path / "fp32/model.pt", lambda: models.save_checkpoint(net, "lin", tmp_path / "fp32/model.pt"))
+
+    class Prep:
+        model = net
+        data = type("D", (), {"test": [(torch.zeros(2), 0)]})()
+
+    monkeypatch.setattr(classification, "prepare", lambda cfg, backbone, ckpt: Prep)
+    monkeypatch.setattr(classification, "predict", lambda *a, **k: (torch.zeros(1, 2), torch.zeros(1, dtype=torch.long)))
+    cfg = type("C", (), {"eval_batch_size": 1, "data": type("DC", (), {"workers": 0})()})()
+    _keeps_the_old_file(tmp_path / "fp32/logits.pt", lambda: classification.run_evaluate_fp(
+        cfg, backbone="lin", seed=0, metrics=tmp_path / "m.json", logits=tmp_path / "fp32/logits.pt", device="cpu"))
+
+
+def test_report_figures_are_written_atomically(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from dqss.report.style import _new_figure, _save
+
+    fig = _new_figure()
+    fig.add_subplot().plot([0, 1])
+    monkeypatch.setattr(Figure, "savefig", lambda self, f, **kw: _interrupted(None)(None, f))
+    _keeps_the_old_file(tmp_path / "fig.png", lambda: _save(fig, tmp_path / "fig", ("png",)))

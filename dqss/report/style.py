@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..results import BICUBIC_METHOD, DQSS_METHODS, FP_METHOD, is_dqss
+from ..results import BICUBIC_METHOD, DQSS_METHODS, FP_METHOD, atomic_write, is_dqss
 
 HELD_ROW = "uniform: held-chosen"
 ORACLE_ROW = "uniform: oracle"
@@ -121,7 +121,8 @@ def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
         p = path.with_suffix("." + fmt)
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = PNG_METADATA if fmt == "png" else PDF_METADATA if fmt == "pdf" else None
-        fig.savefig(p, format=fmt, metadata=meta, bbox_inches="tight", pad_inches=0.05)  # titles, legends whole
+        atomic_write(p, lambda tmp: fig.savefig(tmp, format=fmt, metadata=meta, bbox_inches="tight",
+                                                pad_inches=0.05))  # titles, legends whole
         written.append(p)
     return written
 
