@@ -11,10 +11,19 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# Snakemake 9 puts the interpreter's path into the shell command of every `script:` job (and of every
+# spawned job) without quoting it: in a checkout whose path has a space, every job failed with exit
+# status 127 and an empty log.  The quoted path is the same interpreter, and a shell reads it as one word.
+import shlex as _shlex
+import sys as _sys
+
+if _shlex.quote(_sys.executable) != _sys.executable:
+    _sys.executable = _shlex.quote(_sys.executable)
+
 # The library (dqss/, baselines/) is an installed package: ./suite, environment.yml and
 # workflow/envs/dqss.yaml install this repository editable (pip install -e .).
 try:
-    from dqss.workflow import load_yaml
+    from dqss.workflow import load_config_data, refuse_templates
 except ModuleNotFoundError as exc:
     if (exc.name or "").split(".")[0] != "dqss":
         raise
@@ -26,10 +35,17 @@ except ModuleNotFoundError as exc:
     ) from None
 
 
+# Configs are plain data.  A file with a top-level __use_yte__ is a YTE template, whose `?` expressions Snakemake
+# runs as Python code when it loads the file: a --configfile has been loaded before this line (its code has run;
+# ./suite run refuses it before), but the plan stops here.
+refuse_templates(workflow.overwrite_configfiles, evaluated=True)
+
 # The embedded default only when no --configfile is given: a config file replaces it rather than
 # being deep-merged over it (which would add the default's backbones to the user's).
 if not workflow.overwrite_configfiles:
-    load_yaml("config/config.yaml")  # a syntax error names the file, line and column
+    # read as plain data before the directive evaluates it: a syntax error names the file, line and column,
+    # and a YTE template is refused before any of its code runs
+    load_config_data("config/config.yaml")
 
     configfile: "config/config.yaml"
 

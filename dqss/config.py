@@ -182,10 +182,25 @@ def check_names(names, key: str, kind: str) -> list[str]:
     bad = [s for s in names if s not in known]
     if bad:
         raise ValueError(f"{key}: unknown {bad}; registered {kind.upper()} strategies are {known}")
+    check_distinct(names, key, "strategy")
+    return list(names)
+
+
+def check_distinct(names, key: str, what: str) -> None:
+    """Each of ``names`` once (a name listed twice would run, and count, twice)."""
     dup = sorted({s for s in names if list(names).count(s) > 1})
     if dup:
-        raise ValueError(f"{key}: {dup} listed more than once; list each strategy once")
-    return list(names)
+        raise ValueError(f"{key}: {dup} listed more than once; list each {what} once")
+
+
+def check_annealing(section, key: str) -> None:
+    """A search's softmax temperature anneals from ``tau_start`` down to ``tau_end`` (equal: constant); rising, it
+    would flatten the mixture just as the search should settle on one strategy per layer."""
+    start, end = section.tau_start, section.tau_end
+    if start < end:
+        raise ValueError(f"{key}.tau_start={start} is below tau_end={end}: the temperature would rise {end / start:g}x "
+                         "over the search instead of annealing; set tau_start >= tau_end (equal: a constant "
+                         "temperature)")
 
 
 def check_candidates(names, key: str, kind: str) -> list[str]:
@@ -318,9 +333,14 @@ class TrackConfig:
         section values this track narrows; a track adds its own by overriding (and calling this)."""
         dq = getattr(self, "dqss", None)
         if dq is not None and given(dq):
+            if dq.candidates is not None and not dq.candidates:  # [] meaning "all" would surprise a reader
+                raise ValueError(f"{key}.dqss.candidates: [] lists no strategy; omit the key (or write null) to "
+                                 "search over all of the track's strategies")
             dq.candidates = check_candidates(dq.candidates or self.strategies, f"{key}.dqss.candidates", self.kind)
+            check_annealing(dq, f"{key}.dqss")
         rec = getattr(self, "reconstruction", None)
         if rec is not None and given(rec):
+            check_distinct(rec.methods, f"{key}.reconstruction.methods", "method")
             rec.check(f"{key}.reconstruction", self.strategies if given(self.strategies) else [])
         for section, narrowed in self.section_choices.items():
             sec = getattr(self, section)

@@ -9,12 +9,15 @@ aggregate refuses a result whose hash is not the one the current config gives.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 # where the workflow may train the FP backbone itself (weights: train)
@@ -84,12 +87,96 @@ def _config_class(track: str):
     raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
 
 
+class Checked(NamedTuple):
+    """A config that passed :func:`check_config`: its seeds, each track's config (None when left out) and the
+    layout of the paper's tables."""
+
+    seeds: list[int]
+    tracks: dict
+    paper_tables: dict
+
+
+def check_config(config) -> Checked:
+    """Everything checked before any job, in the workflow (``workflow/rules/common.smk``) and in ``python -m
+    dqss.workflow check`` alike: the JSON schema (structure, types, ranges, unknown keys), then the library
+    (registered names, cross-field rules, data folders and weight files)."""
+    from .report.paper import paper_layouts
+
+    require_a_track(config)  # before the schema, whose message for this would print the whole config
+    check_schema(config)
+    seeds = check_top_level(config)
+    tracks = {track: track_config(config, track) for track in TRACKS}
+    return Checked(seeds, tracks, paper_layouts(config))
+
+
+@functools.cache
+def _schema_validator():
+    import jsonschema
+    import yaml
+
+    from .schema import SCHEMA_PATH
+
+    return jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8")))
+
+
+def check_schema(config: dict) -> None:
+    """``config`` against ``workflow/schemas/config.schema.yaml``, as it is written (no defaults filled in: every
+    job's settings hash is computed from the config as given).  The message names the key at fault
+    (``cls_ptq.dataset: '../../escape' does not match '^[A-Za-z0-9_-]+$'``)."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_schema_validator().iter_errors(config))
+    if error is None:
+        return
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    message = error.message
+    if error.validator == "additionalProperties" and isinstance(error.schema.get("properties"), dict):
+        message += f"; valid keys are {sorted(error.schema['properties'])}"
+    elif error.validator == "pattern" and error.schema.get("description"):
+        message += f" ({error.schema['description']})"
+    raise ValueError(f"{where}: {message}" if where else message)
+
+
+def apply_config_args(config: dict, given) -> None:
+    """Type the values ``snakemake --config`` set (``given``: Snakemake's ``config_settings.config``) as a config
+    file's would be.  Snakemake reads a ``--config`` value's YAML with every scalar a string (``seeds=[0]``
+    gives ``['0']``), so the README's ``--config 'seeds=[0, 1]'`` would fail the schema; ``config`` is changed
+    in place, at the keys ``given`` sets and nowhere else."""
+    for key, value in given.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            apply_config_args(config[key], value)
+        else:
+            config[key] = _as_in_a_file(value)
+
+
+def _as_in_a_file(value):
+    """A value of ``--config`` with each string scalar read as YAML would read it in a file (0 an integer,
+    true a boolean, null None); any other string stays a string."""
+    import yaml
+
+    if isinstance(value, Mapping):
+        return {k: _as_in_a_file(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_in_a_file(v) for v in value]
+    if not isinstance(value, str) or value == "":
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+
+
+def require_a_track(config: dict) -> None:
+    if not any(t in config for t in TRACKS):
+        raise ValueError(f"the config has none of the tracks {list(TRACKS)}; is it the right file?")
+
+
 def check_top_level(config: dict) -> list[int]:
     """The keys outside the tracks: ``seeds`` (returned), ``device`` and ``cpu_kernels``."""
     from .config import parse_seeds
 
-    if not any(t in config for t in TRACKS):
-        raise ValueError(f"the config has none of the tracks {list(TRACKS)}; is it the right file?")
+    require_a_track(config)
     device = str(config.get("device", "auto"))
     if not DEVICES.match(device):
         raise ValueError(f"device: '{device}' is not auto, cpu, cuda or cuda:<index>")
@@ -250,18 +337,45 @@ def load_yaml(path) -> object:
         raise ValueError(f"{where}: YAML syntax error: {problem or exc}") from None
 
 
+# A top-level key that makes Snakemake's config loader a YTE template engine (yte.process_yaml)
+YTE_KEY = "__use_yte__"
+
+
+def template_message(path, evaluated: bool = False) -> str:
+    """Why a config with a top-level ``__use_yte__`` is refused; ``evaluated``: Snakemake has already loaded it."""
+    message = (f"{path}: this config is a YTE template (top-level {YTE_KEY}), whose `?` expressions run Python "
+               "code when Snakemake loads the file. The suite accepts plain-data configs only: remove "
+               f"{YTE_KEY} and write the values out")
+    if evaluated:
+        message += (". Snakemake has already evaluated this --configfile (its code has run); the workflow stops "
+                    "here. Check a shared config with `python -m dqss.workflow check FILE`, or run it through "
+                    "`./suite run --configfile FILE`, which refuses it before anything runs")
+    return message
+
+
+def load_config_data(path, evaluated: bool = False) -> object:
+    """A config file read as plain data (``yaml.safe_load``, never through YTE); a YTE template is refused.
+    ``evaluated``: the file is a ``--configfile`` Snakemake has already loaded (the message says so)."""
+    data = load_yaml(path)
+    if isinstance(data, dict) and YTE_KEY in data:
+        raise ValueError(template_message(path, evaluated))
+    return data
+
+
+def refuse_templates(paths, evaluated: bool = False) -> None:
+    """Each config file read as plain data (:func:`load_config_data`): a ValueError at the first YTE template."""
+    for path in paths:
+        load_config_data(path, evaluated)
+
+
 def check_config_file(path) -> dict:
-    """Everything the workflow checks before any job, on one config file, without Snakemake."""
-    config = load_yaml(path)
+    """Everything the workflow checks before any job (:func:`check_config`), on one config file read as plain
+    data, without Snakemake."""
+    config = load_config_data(path)
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config file is a mapping of keys (seeds, device, cls_ptq, ...), not a "
                          f"{type(config).__name__}")
-    from .report.paper import paper_layouts
-
-    check_top_level(config)
-    for track in TRACKS:
-        track_config(config, track)
-    paper_layouts(config)
+    check_config(config)
     return config
 
 
@@ -311,17 +425,22 @@ def run_job(smk, job, **extra) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m dqss.workflow check FILE...``: check config files (YAML syntax with file, line and
-    column; the library's validation) without running Snakemake."""
+    """``python -m dqss.workflow check FILE...``: check config files without running Snakemake: YAML syntax
+    (with file, line and column), plain data (no YTE template), then everything the workflow checks before any
+    job.  ``check-yte FILE...``: only whether each file reads as plain data (no YTE template; light: no torch),
+    for ./suite before Snakemake loads them.  Exit status 1 when a file is refused (each named on stderr)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m dqss.workflow", description=main.__doc__)
-    ap.add_argument("command", choices=["check"])
+    ap.add_argument("command", choices=["check", "check-yte"])
     ap.add_argument("files", nargs="+")
     args = ap.parse_args(argv)
     status = 0
     for f in args.files:
         try:
+            if args.command == "check-yte":
+                load_config_data(f)
+                continue
             check_config_file(f)
             print(f"{f}: ok")
         except (ValueError, KeyError, FileNotFoundError) as exc:

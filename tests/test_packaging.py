@@ -116,6 +116,7 @@ case "$1 $2" in
   "-m venv") mkdir -p "${@: -1}/bin" && cp "$0" "${@: -1}/bin/python" && echo venv >> "$log" ;;
   "-m pip") echo pip >> "$log" ;;
   "-m pytest") shift 2; echo "pytest $*" >> "$log" ;;
+  "-m dqss.workflow") shift 2; echo "dqss.workflow $*" >> "$log"; exit "${FAKE_CHECK_RC:-0}" ;;
   *) exit 3 ;;
 esac
 """
@@ -134,7 +135,7 @@ def _fake_checkout(tmp_path, version="3.11"):
     for name in ("python3.11", "python3", "python"):
         (bin_ / name).write_text(FAKE_PYTHON)
         (bin_ / name).chmod(stat.S_IRWXU)
-    for tool in ("dirname", "cat", "sha256sum", "cut", "rm", "mkdir", "cp"):  # only these, no real python
+    for tool in ("dirname", "cat", "sha256sum", "cut", "rm", "mkdir", "cp", "id"):  # only these, no real python
         os.symlink(shutil.which(tool), bin_ / tool)
     env = {"PATH": str(bin_), "SUITE_LOG": str(tmp_path / "log"), "FAKE_VERSION": version, "HOME": str(tmp_path)}
     return repo, env
@@ -185,6 +186,84 @@ def test_suite_names_what_to_install_without_python_311(tmp_path):
     res = _suite(repo, {**env, "PYTHON": str(tmp_path / "bin/python3")}, "setup")
     assert res.returncode != 0 and "is not Python 3.11" in res.stderr
     assert _suite(repo, env, "build").returncode != 0  # an unknown verb says how to call it
+
+
+def test_suite_says_the_checkout_is_not_writable(tmp_path):
+    """Item: run by a user who cannot write the checkout, ./suite took the venv for broken, tried `venv --clear`
+    and advised installing python3.11-venv.  It now says the checkout is not writable (root writes anywhere, so
+    as root the checkout's user is dropped to nobody)."""
+    import os
+    import shutil
+    import stat
+    import subprocess
+    import tempfile
+
+    as_root = os.geteuid() == 0
+    if as_root and not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: no way to be a user who cannot write")
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="suite-ro-"))  # reachable by another user
+    try:
+        base.chmod(0o755)
+        repo, env = _fake_checkout(base)
+        for f in (base / "bin").iterdir():
+            if not f.is_symlink():
+                f.chmod(0o755)
+        env["SUITE_LOG"] = str(base / "log")
+        repo.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+        cmd = [shutil.which("bash"), str(repo / "suite")]
+        if as_root:
+            cmd = [shutil.which("setpriv"), "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        for verb in ("setup", "run"):
+            res = subprocess.run([*cmd, verb], env=env, capture_output=True, text=True)
+            assert res.returncode != 0
+            assert "is not writable by you" in res.stderr and "python3.11-venv" not in res.stderr, res.stderr
+            assert not (repo / ".venv").exists() and not (base / "log").exists()  # nothing tried
+    finally:
+        repo.chmod(stat.S_IRWXU)
+        shutil.rmtree(base)
+
+
+def test_suite_run_checks_every_config_file_before_snakemake(tmp_path):
+    """Item: a --configfile that is a YTE template runs its code while Snakemake loads it.  ./suite run reads every
+    config file it is given as plain data first (python -m dqss.workflow check-yte, tested in
+    test_config_check.py) and stops before Snakemake when one is refused."""
+    repo, env = _fake_checkout(tmp_path)
+    snakemake = tmp_path / "bin/snakemake"
+    snakemake.write_text('#!/bin/bash\necho "snakemake $*" >> "$SUITE_LOG"\n')
+    snakemake.chmod(0o755)
+    args = ["--configfile", "a.yaml", "b.yaml", "--cores", "1", "--configfiles=c.yaml"]
+    res = _suite(repo, {**env, "FAKE_CHECK_RC": "1"}, "run", *args)
+    assert res.returncode != 0 and "not run: a config file above is refused" in res.stderr
+    assert _log(tmp_path)[-1] == "dqss.workflow check-yte a.yaml b.yaml c.yaml"  # and no snakemake line
+    assert _suite(repo, env, "run", "-n").returncode == 0  # no --configfile: the default config is checked
+    assert _log(tmp_path)[-2:] == ["dqss.workflow check-yte config/config.yaml", "snakemake --cores all -n"]
+
+
+@pytest.mark.workflow
+def test_a_checkout_path_with_a_space_runs_script_jobs(tmp_path):
+    """Item: in a checkout whose path has a space every job failed with exit status 127, because Snakemake
+    writes the interpreter's path unquoted into a script job's shell command.  The Snakefile quotes it: a
+    script rule runs under an interpreter whose path has a space."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    where = tmp_path / "my clone"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where / "venv")], check=True)
+    site = Path(sysconfig.get_paths()["purelib"])
+    (next((where / "venv/lib").glob("python*/site-packages")) / "outer.pth").write_text(f"{site}\n")
+    work = where / "work"
+    (work / "workflow").mkdir(parents=True)
+    head = (ROOT / "Snakefile").read_text()
+    end = "    _sys.executable = _shlex.quote(_sys.executable)\n"
+    block = head[head.index("# Snakemake 9 puts the interpreter's path"):head.index(end) + len(end)]
+    (work / "Snakefile").write_text(block + 'rule all:\n    output: "out.txt"\n    script: "workflow/job.py"\n')
+    (work / "workflow/job.py").write_text('open(snakemake.output[0], "w").write("ran")\n')
+    res = subprocess.run([str(where / "venv/bin/python"), "-m", "snakemake", "--cores", "1"], cwd=work,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (work / "out.txt").read_text() == "ran"
 
 
 def test_every_baseline_module_registers_and_template_does_not():

@@ -1,23 +1,22 @@
 # Config validation, the job settings every rule passes, and the lists every track's rules expand over.
-from snakemake.utils import validate
-
 # (dqss is the installed package: pip install -e . from the repository root)
 from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
-from dqss.report.paper import layout_params, paper_layouts, paper_outputs
-from dqss.workflow import check_top_level, job_settings, pin_cpu_kernels, track_config, valid_backbones_pattern
+from dqss.report.paper import layout_params, paper_outputs
+from dqss.workflow import apply_config_args, check_config, job_settings, pin_cpu_kernels, valid_backbones_pattern
 
-# the schema is generated from the config dataclasses (python -m dqss.schema --write); its defaults are
-# documentation: set_default=False keeps the config as written, which every job's settings hash is computed from
-validate(config, "../schemas/config.schema.yaml", set_default=False)
-SEEDS = check_top_level(config)
+# --config values as a config file's (Snakemake reads seeds=[0] as ['0'])
+apply_config_args(config, workflow.config_settings.config)
+# exactly the checks of `python -m dqss.workflow check FILE`: the JSON schema workflow/schemas/config.schema.yaml
+# (generated from the config dataclasses: python -m dqss.schema --write; the config is kept as written, which every
+# job's settings hash is computed from), then the library's
+CHECKED = check_config(config)
+SEEDS = CHECKED.seeds
 
 # None when the config leaves a track out
-CLS_PTQ = track_config(config, "cls_ptq")
-CLS_QAT = track_config(config, "cls_qat")
-SR_PTQ = track_config(config, "sr_ptq")
-TRACK = {"cls_ptq": CLS_PTQ, "cls_qat": CLS_QAT, "sr_ptq": SR_PTQ}
-PAPER_TABLES = paper_layouts(config)  # the layout of the paper's tables (paper_tables:), one per track configured
+TRACK = CHECKED.tracks
+CLS_PTQ, CLS_QAT, SR_PTQ = TRACK["cls_ptq"], TRACK["cls_qat"], TRACK["sr_ptq"]
+PAPER_TABLES = CHECKED.paper_tables  # the layout of the paper's tables (paper_tables:), one per track configured
 DEVICE = config.get("device", "auto")
 CPU_KERNELS = pin_cpu_kernels(config)  # every job inherits the kernel dispatch of this process
 GPU = 0 if DEVICE == "cpu" else 1
