@@ -198,7 +198,7 @@ def check_annealing(section, key: str) -> None:
     would flatten the mixture just as the search should settle on one strategy per layer."""
     start, end = section.tau_start, section.tau_end
     if start < end:
-        raise ValueError(f"{key}.tau_start={start} is below tau_end={end}: the temperature would rise {end / start:g}x "
+        raise ValueError(f"{key + '.' if key else ''}tau_start={start} is below tau_end={end}: the temperature would rise {end / start:g}x "
                          "over the search instead of annealing; set tau_start >= tau_end (equal: a constant "
                          "temperature)")
 

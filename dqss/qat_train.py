@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import check_options, option
+from .config import check_annealing, check_options, option
 from .layers import QuantLayer, first_nonfinite_output, swap_layers
 from .mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
                     set_mode, set_temperature)
@@ -90,6 +90,7 @@ class DQSSQATConfig:
 
     def __post_init__(self):
         check_options(self)
+        check_annealing(self, "")
 
     def search_steps(self, total: int, fix: bool) -> int:
         return max(1, round(self.search_fraction * total)) if fix else total

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import check_options, option
+from .config import check_annealing, check_options, option
 from .layers import first_nonfinite_output
 from .mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
 from .select import PTQ_OBJECTIVES, RULES
@@ -52,6 +52,7 @@ class SearchConfig:
 
     def __post_init__(self):
         check_options(self)
+        check_annealing(self, "")  # the API builds this section directly: the same refusal as the config's
 
     def hard(self, step: int) -> bool:
         return self.relaxation == "hard" and step >= round(self.soft_fraction * self.iterations)

@@ -198,3 +198,14 @@ def test_checker_and_workflow_refuse_with_the_same_message(tmp_path, capsys):
     out = res[-1].stdout + res[-1].stderr
     assert res[-1].returncode == 0, out[-3000:]
     assert "seed1" in out and "not of type" not in out, out[-3000:]
+
+
+def test_the_api_refuses_a_rising_temperature_too():
+    """The API builds the dqss section directly (search_assignment(config=...)): the same refusal as the config's."""
+    from dqss.qat_train import DQSSQATConfig
+    from dqss.search import SearchConfig
+
+    for cls in (SearchConfig, DQSSQATConfig):
+        with pytest.raises(ValueError, match=r"^tau_start=0.01 is below tau_end=5.0"):
+            cls(tau_start=0.01, tau_end=5.0)
+        assert cls(tau_start=0.5, tau_end=0.5).tau_end == 0.5
