@@ -8,6 +8,7 @@
     q8 = dqss.quantize(model, calib, "mse", w_bits=8, a_bits=8)        # a uniform baseline
     found = dqss.search_assignment(model, calib, inputs, w_bits=4, a_bits=4)  # DQSS: per-layer strategies
     q4 = dqss.from_assignment(model, calib, found.assignment)         # the discrete model of the search
+    dqss.save_assignment(found.assignment, "assignment.yaml")         # the suite's file, read by from_assignment
     print(dqss.top1(q4, test_batches))
 
 ``model`` is any ``nn.Module`` whose quantizable layers are ``nn.Conv2d``/``nn.Linear`` modules (timm,
@@ -17,13 +18,21 @@ parts, a layer the forward pass never calls); what cannot be quantized faithfull
 ``ConvTranspose2d``, an ``Embedding``, a functional ``F.conv2d``/``F.linear`` on a weight outside a layer
 module) is an error that names the fix, unless ``strict=False`` accepts it in full precision, reported.
 
-Every function takes the model the user holds (not a prepared copy) and never modifies it.
+Every function takes the model the user holds (not a prepared copy) and never modifies it: not its weights, and
+not its mode either (the evaluation helpers run it in eval mode and restore every module's training flag).
+Bad input is an error that says what was wrong and what to do instead: a model on the meta device, a missing
+calibration, options of the wrong form, an assignment or statistics file that is not one (or was made for
+another model: statistics carry the :func:`model_fingerprint` of the BN-folded model they were computed on).
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import hashlib
+import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +40,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .layers import LAYER_TYPES, LayerPlan, QuantPolicy, execution_order, fold_batchnorm
-from .stats import ActStats, collect_act_stats, load_stats, save_stats
+from .layers import LAYER_TYPES, LayerPlan, QuantPolicy, fold_batchnorm
+from .stats import ActStats, collect_act_stats, load_stats_file, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,10 @@ UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.
 FUNCTIONAL = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
               "bilinear"}
 DEFAULT_CANDIDATES = ("minmax", "percentile", "mse", "kl", "aciq", "easyquant")
+# "DQSS with the API's defaults" is the DQSS of the suite's tables: the embedded config's dqss section
+# (config/config.yaml, cls_ptq.dqss) where it differs from SearchConfig's own defaults
+# (tests/test_api_inputs.py holds the two equal)
+SUITE_SEARCH_DEFAULTS = {"iterations": 80, "tau_end": 0.05, "sweeps": 1}
 
 
 @dataclass
@@ -69,6 +82,7 @@ class Calibration:
     layers: list[LayerReport] = field(default_factory=list)
     folded_bn: list[tuple[str, str]] = field(default_factory=list)  # (conv, batch norm) pairs folded
     plans_of: object = field(default=None, repr=False)  # (w_bits, a_bits) -> the calibrated model's plans
+    fingerprint: str | None = None  # model_fingerprint of the BN-folded model the statistics describe
 
     @property
     def quantized(self) -> list[str]:
@@ -95,8 +109,9 @@ class Calibration:
         return "\n".join(lines)
 
     def save(self, path) -> None:
-        """The statistics alone (the suite's ``stats.pt`` format); :meth:`from_stats` rebuilds the rest."""
-        save_stats(self.stats, path)
+        """The statistics and the fingerprint of the model they describe (the suite's ``stats.pt`` format);
+        :func:`from_stats` rebuilds the rest, and refuses a model whose fingerprint differs."""
+        save_stats(self.stats, path, self.fingerprint)
 
 
 def _report_rows(layers: list[LayerReport], plans: dict) -> list[LayerReport]:
@@ -255,12 +270,138 @@ def survey_layers(model: nn.Module, policy, example: torch.Tensor, plans: dict[s
     return rows
 
 
+# -- checks of the arguments ---------------------------------------------------------------------
+def _check_model(model, where: str = "the model") -> None:
+    """A module with real weights (not on the meta device, where tensors have shapes but no values)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module as {where}, got {type(model).__name__}")
+    meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if meta:
+        raise ValueError(f"{where}'s parameters are on the meta device ({meta[0]!r}, {len(meta)} tensors in all), "
+                         "where tensors have no values: load real weights first (e.g. model.to_empty(device='cpu'), "
+                         "then model.load_state_dict(state_dict)) before calibrating or quantizing it")
+
+
+def _check_calibration(calib, fn: str) -> None:
+    if not isinstance(calib, Calibration):
+        raise TypeError(f"{fn}: calib must be a Calibration (what dqss.calibrate or dqss.from_stats returns), got "
+                        f"{type(calib).__name__}; make one with calib = dqss.calibrate(model, batches) and pass it "
+                        "with the same model")
+
+
+def _base(model: nn.Module, calib: Calibration, device, folded: bool) -> nn.Module:
+    """The BN-folded copy of ``model`` the calibration planned (``folded``: ``model`` is one already)."""
+    _check_model(model)
+    return model if folded else prepare_model(model, calib.example, device)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 over a model's state: every parameter and persistent buffer, its name, dtype, shape and bytes.
+    The statistics of a :class:`Calibration` carry the fingerprint of the BN-folded model they were computed
+    on, so that :func:`from_stats` can refuse them for another model (or for this one after its weights
+    changed); equal weights on any device give the same fingerprint."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):  # a module's extra state
+            h.update(f"{name}={t!r}\n".encode())
+            continue
+        t = t.detach()
+        t = t.to_dense() if t.is_sparse else t.int_repr() if t.is_quantized else t
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def strategies(kind: str | None = None) -> list[str]:
+    """The registered strategy names, sorted (``kind``: ``"ptq"`` range strategies, the uniform baselines and
+    DQSS's candidates; ``"qat"`` trained quantizers; None: both).  Every file in ``baselines/`` registers its
+    own (:func:`dqss.strategy.register_strategy`)."""
+    from .strategy import strategy_names
+
+    if kind not in (None, "ptq", "qat"):
+        raise ValueError(f"kind must be 'ptq', 'qat' or None (both), got {kind!r}")
+    return strategy_names(kind)
+
+
+def _options_problem(value, hint) -> str | None:
+    """What is wrong with ``value`` as a strategy option annotated ``hint`` (its type; limits are the
+    strategy's own checks), or None."""
+    from .config import check_value, unpack_optional
+
+    base, optional = unpack_optional(hint)
+    if value is None and optional:
+        return None
+    if base is str:
+        return None if isinstance(value, str) else " must be a string"
+    return check_value(value, base, {})
+
+
+def _check_options(name: str, options, where: str) -> dict:
+    """``options`` (None or a dict) of the registered strategy ``name``: known keys of the right types."""
+    from .config import type_hints
+    from .strategy import STRATEGIES
+
+    cls = STRATEGIES[name].Options
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        form = (f"a dict of strategy '{name}''s keyword options, e.g. {{{next(iter(valid))!r}: "
+                f"{next(iter(valid.values())).default!r}}}" if valid else f"None: strategy '{name}' takes no options")
+        raise TypeError(f"{where} must be {form}; got the {type(options).__name__} {options!r}")
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown} of strategy '{name}'; valid options are "
+                         f"{list(valid)}")
+    try:
+        hints = type_hints(cls)
+    except Exception:  # an annotation that cannot be evaluated: the strategy's own checks decide
+        hints = {}
+    for k, v in options.items():
+        problem = _options_problem(v, hints[k]) if k in hints else None
+        if problem:
+            defaults = {f.name: f.default for f in valid.values()}
+            raise TypeError(f"{where}: strategy '{name}' option {k}{problem}, got {v!r} (its options and their "
+                            f"defaults: {defaults})")
+    return dict(options)
+
+
+def _per_strategy(options, where: str = "options") -> dict:
+    """Options of several strategies: a dict of each strategy's keyword options by name."""
+    example = "{'mse': {'p': 2.0}}"
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{where} must be a dict of each strategy's options by name, e.g. {example}; got the "
+                        f"{type(options).__name__} {options!r}")
+    for k, v in options.items():
+        if v is not None and not isinstance(v, Mapping):
+            raise TypeError(f"{where}[{k!r}] is a {type(v).__name__}: {where} are per strategy, a dict of each "
+                            f"strategy's keyword options by name, e.g. {example}")
+    return dict(options)
+
+
+def _strategy(strategy, options, where: str = "options"):
+    """A strategy object: ``strategy`` itself, or the registered strategy of that name with ``options``."""
+    from .strategy import STRATEGIES, Strategy, get_strategy, load_baselines
+
+    if isinstance(strategy, Strategy):
+        if options:
+            raise ValueError(f"{where}: options go with a strategy name; the {type(strategy).__name__} object "
+                             "given carries its own (set them when you build it)")
+        return strategy
+    name = str(strategy)
+    load_baselines()
+    if name in STRATEGIES:
+        options = _check_options(name, options, where)
+    return get_strategy(name, options)
+
+
 # -- the flow ----------------------------------------------------------------------------------
 def prepare_model(model: nn.Module, example: torch.Tensor, device="cpu",
                   folded_bn: list | None = None) -> nn.Module:
     """A BN-folded eval copy of ``model`` on ``device`` (the user's model is not touched)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     try:
         folded = fold_batchnorm(model, example.to(next(iter(model.parameters()), example).device), pairs=folded_bn)
     except (RuntimeError, TypeError, ValueError) as exc:
@@ -269,10 +410,16 @@ def prepare_model(model: nn.Module, example: torch.Tensor, device="cpu",
 
 
 def _setup(model: nn.Module, example: torch.Tensor, policy, device, strict: bool, folded: bool = False):
-    """What calibrate and from_stats share: the BN-folded copy (``folded``: ``model`` is one already), the
-    plans at W8A8, the layer survey, and the Calibration of ``stats`` on them (its stats filled in by the caller)."""
+    """What calibrate and from_stats share: the BN-folded copy (``folded``: ``model`` is one already) and its
+    fingerprint, the plans at W8A8, the layer survey, and the Calibration of ``stats`` on them (its stats
+    filled in by the caller)."""
+    if not isinstance(policy, QuantPolicy):
+        raise TypeError(f"policy must be a dqss.QuantPolicy (layer types, keep_fp, bits of the first and last "
+                        f"layers, grids), got {type(policy).__name__}; QuantPolicy() is calibrate's default")
+    _check_model(model)
     pairs: list = []
     base = model if folded else prepare_model(model, example, device, pairs)
+    fingerprint = model_fingerprint(base)
     ex = example.to(device)
     try:
         plans = policy.layer_plans(base, 8, 8, ex)
@@ -281,7 +428,8 @@ def _setup(model: nn.Module, example: torch.Tensor, policy, device, strict: bool
                          f"(layer_types={policy.layer_types}, keep_fp={policy.keep_fp}) quantizes; quantize a model "
                          "built from such layer modules, or widen the policy") from None
     rows = survey_layers(base, policy, ex, plans, strict)
-    calib = Calibration({}, policy, example, rows, pairs, lambda w, a: policy.layer_plans(base, w, a, ex))
+    calib = Calibration({}, policy, example, rows, pairs, lambda w, a: policy.layer_plans(base, w, a, ex),
+                        fingerprint)
     return base, plans, calib
 
 
@@ -291,6 +439,7 @@ def calibrate(model: nn.Module, batches, policy: QuantPolicy | None = None, *, b
     at 8 bits, per-channel symmetric weights) and collect the activation statistics of their inputs in two
     passes over ``batches`` (tensors, or (inputs, labels) pairs; re-iterable)."""
     policy = policy or QuantPolicy()
+    _check_model(model)
     inputs = _Inputs(batches)
     folded, plans, calib = _setup(model, _first(inputs)[:1].detach().cpu(), policy, device, strict)
     layers = {n: folded.get_submodule(n) for n in plans}
@@ -299,25 +448,57 @@ def calibrate(model: nn.Module, batches, policy: QuantPolicy | None = None, *, b
     return calib
 
 
-def from_stats(model: nn.Module, stats, policy: QuantPolicy, example: torch.Tensor, *, device="cpu",
+def from_stats(model: nn.Module, stats, policy: QuantPolicy | None, example: torch.Tensor, *, device="cpu",
                strict: bool = True, folded: bool = False) -> Calibration:
-    """A :class:`Calibration` of statistics computed before (a dict, or the path of a ``stats.pt``).
-    ``folded``: ``model`` is already a BN-folded copy on ``device`` (the suite's jobs)."""
-    _, _, calib = _setup(model, example[:1].detach().cpu(), policy, device, strict, folded)
-    calib.stats = load_stats(stats) if isinstance(stats, (str, Path)) else stats
+    """A :class:`Calibration` of statistics computed before (a dict of :class:`~dqss.stats.ActStats`, or the
+    path of a ``stats.pt`` that :meth:`Calibration.save` wrote) for ``model`` under ``policy`` (None: calibrate's
+    default), ``example`` one input.  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the suite's
+    jobs).
+
+    A file records the :func:`model_fingerprint` of the (BN-folded) model its statistics were computed on; a
+    model whose fingerprint differs is refused (its layers' inputs are no longer what the statistics describe).
+    A file written before fingerprints were recorded is accepted with a logged warning; a dict carries no
+    fingerprint and is not checked."""
+    recorded, path = None, None
+    if isinstance(stats, (str, Path)):
+        path = stats
+        stats, recorded = load_stats_file(path)
+    elif isinstance(stats, Mapping):
+        stats = dict(stats)
+        for k, v in stats.items():
+            if not isinstance(v, ActStats):
+                raise TypeError(f"from_stats takes a dict of layer name -> dqss.stats.ActStats (Calibration.stats) "
+                                f"or the path of a stats.pt; entry {k!r} is a {type(v).__name__}")
+            try:
+                v.check()
+            except ValueError as exc:
+                raise ValueError(f"layer '{k}': {exc}; statistics that no range can be computed from: calibrate "
+                                 "again (dqss.calibrate(model, batches))") from None
+    else:
+        raise TypeError(f"from_stats takes the path of a stats.pt (Calibration.save) or a dict of layer name -> "
+                        f"ActStats, got {type(stats).__name__}")
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"example must be one input tensor of the model ([1, C, H, W] for an image model), got "
+                        f"{type(example).__name__}")
+    ex = _Inputs([example]).check(example)[:1].detach().cpu()
+    _, _, calib = _setup(model, ex, policy or QuantPolicy(), device, strict, folded)
+    if path is not None and recorded is None:
+        log.warning("statistics file %s has no model fingerprint (written before dqss recorded one): it cannot be "
+                    "checked against this model; recompute it with dqss.calibrate(model, batches).save(path) to "
+                    "record one", path)
+    elif recorded is not None and recorded != calib.fingerprint:
+        raise ValueError(f"the statistics in {path} were computed on another model (or on this one before its "
+                         f"weights changed): their model fingerprint {recorded[:12]}... differs from this model's "
+                         f"{calib.fingerprint[:12]}... (a SHA-256 of the BN-folded model's parameters and buffers), so "
+                         "their ranges would be stale. Calibrate this model again: "
+                         "dqss.calibrate(model, batches).save(path)")
+    calib.stats = stats
     return calib
-
-
-def _strategy(strategy, options: dict | None):
-    from .strategy import Strategy, get_strategy
-
-    if isinstance(strategy, Strategy):
-        return strategy
-    return get_strategy(str(strategy), options)
 
 
 def plans(model_or_folded: nn.Module, calib: Calibration, w_bits: int, a_bits: int, device="cpu"):
     """The planned layers at W{w_bits}A{a_bits}, checked against the calibration's statistics."""
+    _check_calibration(calib, "plans")
     plan = calib.policy.layer_plans(model_or_folded, w_bits, a_bits, calib.example.to(device))
     missing = [n for n in plan if n not in calib.stats]
     if missing:
@@ -329,25 +510,99 @@ def plans(model_or_folded: nn.Module, calib: Calibration, w_bits: int, a_bits: i
 def quantize(model: nn.Module, calib: Calibration, strategy="minmax", *, w_bits: int = 8, a_bits: int = 8,
              options: dict | None = None, device="cpu", folded: bool = False) -> nn.Module:
     """A uniform baseline: every planned layer quantized by one registered strategy (a name with its
-    ``options``, or a :class:`dqss.strategy.Strategy`).  ``folded``: ``model`` is already a BN-folded copy
-    on ``device`` (the suite's jobs)."""
+    ``options``, a dict of the strategy's keyword options such as ``{"p": 2.0}``, or a
+    :class:`dqss.strategy.Strategy`).  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the
+    suite's jobs)."""
     from .ptq import quantize_uniform
 
-    base = model if folded else prepare_model(model, calib.example, device)
-    return quantize_uniform(base, plans(base, calib, w_bits, a_bits, device), calib.stats,
-                            _strategy(strategy, options))
+    _check_calibration(calib, "quantize")
+    strategy = _strategy(strategy, options)
+    base = _base(model, calib, device, folded)
+    return quantize_uniform(base, plans(base, calib, w_bits, a_bits, device), calib.stats, strategy)
+
+
+@dataclass
+class SelectionSummary:
+    """How the final assignment of a search was chosen (:mod:`dqss.select`), typed; the selection's full record
+    (every move tried, the search part's objectives) stays in ``SearchResult.outcome.record``.
+
+    The gradient search's argmax is the *proposal*; the measured selection runs a coordinate descent on the
+    search part from the best of {uniform strategies, proposal}, then a guard on the held part keeps the
+    descent's result or replaces it by another stage (a uniform strategy, the start, an earlier sweep)."""
+
+    rule: str  # 'measured' (descent and guard) or 'argmax' (the proposal itself, the paper's rule)
+    chosen: str  # the stage kept: 'uniform <name>', 'start', 'sweep <k>'; 'argmax' under the argmax rule
+    start: str | None  # the stage the descent started from (None under the argmax rule)
+    held_best_uniform: str | None  # the uniform strategy lowest on the held part (None under the argmax rule)
+    search_best_uniform: str | None  # the uniform strategy lowest on the search part
+    held_losses: dict[str, float]  # the held part's objective of every stage measured ('uniform <name>', ...)
+    changed_argmax: bool  # the selected assignment differs from the gradient search's argmax (the proposal)
+    overturned: bool  # the held-part guard replaced the descent's result by another stage
+    overturned_by: str | None = None  # the stage that replaced it (None when the guard kept it)
+    # the guard's paired test found a held stage significantly lower (the record's 'significant'); None where the
+    # selection does not record it
+    significant: bool | None = None
+    held_too_small: bool | None = None  # a held stage was lower, not significantly: the held part too small to decide
+
+    @classmethod
+    def of(cls, record: dict, changed_argmax: bool) -> SelectionSummary:
+        """From a selection record (``Outcome.record``; fields a version of :mod:`dqss.select` does not write
+        are None)."""
+        rule = record.get("rule", "measured")
+        stages = record.get("stages") or {}
+        held = {k: float(v["held"]) for k, v in stages.items() if isinstance(v, dict) and "held" in v}
+        chosen = record.get("chosen", "argmax" if rule == "argmax" else "")
+        guard = record.get("guard") if isinstance(record.get("guard"), dict) else {}
+        if "overturned" in guard:
+            overturned, by = bool(guard["overturned"]), guard.get("by")
+        elif "overturned" in record:
+            overturned, by = bool(record["overturned"]), record.get("overturned_by")
+        elif rule != "measured":
+            overturned, by = False, None
+        else:  # the lowest held stage was kept: the descent's result (its last sweep) was overturned if it was higher
+            runs = record.get("sweeps_run", 0)
+            proposed = record.get("proposed") or (f"sweep {runs}" if runs else "start")
+            overturned = (chosen != proposed and chosen in held and proposed in held
+                          and held[chosen] < held[proposed])
+            by = chosen if overturned else None
+        significant = record.get("significant", guard.get("significant"))
+        too_small = record.get("held_too_small", guard.get("held_too_small"))
+        return cls(rule, chosen, record.get("start"), record.get("held_best_uniform"),
+                   record.get("search_best_uniform"), held, bool(changed_argmax), overturned,
+                   by if overturned else None, None if significant is None else bool(significant),
+                   None if too_small is None else bool(too_small))
 
 
 @dataclass
 class SearchResult:
     """What :func:`search_assignment` returns: the selected assignment (the file format of the suite's
-    ``assignment.yaml``), the logits' argmax one, and the search's full outcome."""
+    ``assignment.yaml``: :func:`save_assignment` writes it), the logits' argmax one, how the selection chose
+    (:class:`SelectionSummary`) and the search's full outcome."""
 
     assignment: dict
     argmax: dict
     outcome: object  # dqss.ptq_search.Outcome
     plans: dict
     strategies: dict
+    selection: SelectionSummary | None = None
+
+
+def search_config(config=None):
+    """The :class:`dqss.search.SearchConfig` :func:`search_assignment` runs: a SearchConfig as given, or the
+    fields of the dict ``config`` over the suite's embedded defaults (``config/config.yaml``'s ``cls_ptq.dqss``:
+    80 iterations, temperature 1.0 -> 0.05, one sweep), so that DQSS with the API's defaults is the DQSS of the
+    suite's tables."""
+    from .config import build_section, check_annealing
+    from .search import SearchConfig
+
+    if not isinstance(config, SearchConfig):
+        if config is not None and not isinstance(config, Mapping):
+            raise TypeError(f"config must be a dict of SearchConfig's fields or a SearchConfig, got "
+                            f"{type(config).__name__}; the fields are "
+                            f"{[f.name for f in dataclasses.fields(SearchConfig)]}")
+        config = build_section(SearchConfig, {**SUITE_SEARCH_DEFAULTS, **(config or {})}, "config")
+    check_annealing(config, "config")
+    return config
 
 
 def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: int = 4, a_bits: int = 4,
@@ -358,58 +613,136 @@ def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: i
     """DQSS: search every layer's (weight, activation) strategy among ``candidates`` on ``inputs`` (a tensor, or
     batches) by the softmax relaxation, then choose the final assignment on the search part with the held
     part (``hold_fraction``) as guard (``config.select``; see :class:`dqss.search.SearchConfig`).
-    ``objective``: kl (classification logits) or mse_y (SR).  ``extra``: more candidate strategies by name."""
+    ``config``: a SearchConfig, or a dict of its fields over the suite's defaults (:func:`search_config`).
+    ``options``: per strategy, ``{"mse": {"p": 2.0}}``.  ``objective``: kl (classification logits) or mse_y
+    (SR).  ``extra``: more candidate strategy objects by name."""
     from .ptq import export_assignment
     from .ptq_search import search_and_select
-    from .search import SearchConfig
 
-    cfg = config if isinstance(config, SearchConfig) else SearchConfig(**(config or {}))
+    _check_calibration(calib, "search_assignment")
+    cfg = search_config(config)
     x = inputs if isinstance(inputs, torch.Tensor) else torch.cat(list(_Inputs(inputs)))
     _Inputs([x]).check(x)
-    options = options or {}
+    bad = (~torch.isfinite(x.detach().flatten(1))).any(1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the search inputs hold non-finite values (NaN or inf) in {len(bad)} item(s), first in "
+                         f"item {bad[0]}: the search would diverge on them. Remove or repair those items (check the "
+                         "input normalisation) before searching")
+    options = _per_strategy(options)
+    if isinstance(candidates, str) or not isinstance(candidates, Iterable):
+        raise TypeError(f"candidates must be a list of strategy names, e.g. {list(DEFAULT_CANDIDATES[:2])}, got "
+                        f"{candidates!r}")
     names = list(cfg.candidates or candidates)
-    strategies = {s: _strategy(s, options.get(s)) for s in names} | (extra or {})
-    if len(strategies) < 2:
-        raise ValueError(f"DQSS searches over at least two candidate strategies, got {list(strategies)}")
-    base = model if folded else prepare_model(model, calib.example, device)
+    extra = dict(extra or {})
+    for s in options:
+        if s not in names and s not in extra:
+            _strategy(s, options[s], f"options[{s!r}]")  # checked, though not searched
+    cands = {s: _strategy(s, options.get(s), f"options[{s!r}]") for s in names} | extra
+    if len(cands) < 2:
+        raise ValueError(f"DQSS searches over at least two candidate strategies, got {list(cands)}")
+    base = _base(model, calib, device, folded)
     plan = plans(base, calib, w_bits, a_bits, device)
     ids = ids or [str(i) for i in range(len(x))]
-    out = search_and_select(base, plan, calib.stats, strategies, x, ids, cfg=cfg, hold_fraction=hold_fraction,
+    out = search_and_select(base, plan, calib.stats, cands, x, ids, cfg=cfg, hold_fraction=hold_fraction,
                             seed=seed, device=device, objective=objective, batch_size=batch_size, labels=labels,
                             border=border)
-    meta = {"w_bits": w_bits, "a_bits": a_bits, "seed": seed, "candidates": list(strategies),
-            "strategy_options": {s: options.get(s, {}) for s in names},
+    meta = {"w_bits": w_bits, "a_bits": a_bits, "seed": seed, "candidates": list(cands),
+            "strategy_options": {s: options.get(s) or {} for s in names},
             "reference_uniform": out.record.get("held_best_uniform"), "calibration": out.split}
     return SearchResult(export_assignment(out.qmodel, plan, {**meta, "select": cfg.select}, out.selected),
                         export_assignment(out.qmodel, plan, {**meta, "select": "argmax"}, out.argmax),
-                        out, plan, strategies)
+                        out, plan, cands, SelectionSummary.of(out.record, out.selected != out.argmax))
+
+
+def save_assignment(assignment: dict, path) -> None:
+    """Write an assignment (:attr:`SearchResult.assignment`, or a dict of that form) to ``path`` as the suite's
+    ``assignment.yaml`` (YAML; the ``format`` tag added when missing), atomically: a temporary file in the same
+    folder, then a rename.  :func:`from_assignment` and :func:`dqss.results.load_assignment` read it back."""
+    from .results import ASSIGNMENT_FORMAT, check_assignment
+    from .results import save_assignment as write
+
+    check_assignment(assignment)
+    if assignment.get("format", ASSIGNMENT_FORMAT) != ASSIGNMENT_FORMAT:
+        raise ValueError(f"the assignment's format is {assignment['format']!r}; this version writes and reads "
+                         f"{ASSIGNMENT_FORMAT!r}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of the file to write, e.g. "
+                                f"{Path(path) / 'assignment.yaml'}")
+    write({"format": ASSIGNMENT_FORMAT, **assignment}, path)
+
+
+def _in_plan_order(assignment: dict, plan: dict) -> dict:
+    """``assignment`` with its layers in the plan's order (they are matched by name), or an error naming the
+    layers that differ."""
+    layers = assignment["layers"]
+    names = [e["name"] for e in layers]
+    if names == list(plan):
+        return assignment
+    if set(names) == set(plan):
+        order = {n: i for i, n in enumerate(plan)}
+        return {**assignment, "layers": sorted(layers, key=lambda e: order[e["name"]])}
+    missing = [n for n in plan if n not in names]
+    foreign = [n for n in names if n not in plan]
+    raise ValueError(f"the assignment's layers are not the model's quantized layers under this calibration's policy: "
+                     f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, not in the model "
+                     f"{foreign[:5]}{'...' if len(foreign) > 5 else ''}; it was made for another model or policy "
+                     "(use it with the model it was searched for, calibrated with the same QuantPolicy)")
+
+
+def _assigned_strategy(name: str, options):
+    """The registered strategy ``name`` an assignment names, or an error saying how to pass one that is not."""
+    from .recon import reconstruction_names
+    from .strategy import STRATEGIES, load_baselines
+
+    load_baselines()
+    if name not in STRATEGIES and name in reconstruction_names():
+        raise ValueError(f"the assignment's strategy '{name}' is a reconstruction method: its quantizers were learned "
+                         "for one model by its reconstruction job, not computed from statistics. Pass them: "
+                         f"from_assignment(..., strategies={{'{name}': ReconstructedStrategy('{name}', "
+                         "load_reconstruction(path))}) (both from dqss.recon; path: the job's state file)")
+    if name not in STRATEGIES:
+        raise KeyError(f"the assignment uses strategy '{name}', which is not registered (registered: "
+                       f"{sorted(STRATEGIES)}); pass a strategy object for it: strategies={{'{name}': obj}}")
+    return _strategy(name, options, f"the assignment's strategy_options[{name!r}]")
 
 
 def from_assignment(model: nn.Module, calib: Calibration, assignment, *, strategies: dict | None = None,
                     device="cpu", folded: bool = False) -> nn.Module:
     """The discrete model of an assignment (a dict or the path of an ``assignment.yaml``): each layer quantized
     by its chosen weight and activation strategy, with the options the assignment records (``strategies``:
-    strategy objects by name, e.g. reconstructed methods, for candidates that are not registered names)."""
+    strategy objects by name, e.g. reconstructed methods, for candidates that are not registered names).
+    Its layers are matched to the model's by name (in any order)."""
     from .ptq import quantize_from_assignment
-    from .results import load_assignment
+    from .results import check_assignment, load_assignment
+    from .strategy import Strategy
 
+    _check_calibration(calib, "from_assignment")
     if isinstance(assignment, (str, Path)):
+        if not Path(assignment).is_file():
+            raise FileNotFoundError(f"no assignment file {assignment}: give the path of an assignment.yaml (a DQSS "
+                                    "job's, or one dqss.save_assignment wrote), or the dict a search returned")
         assignment = load_assignment(assignment)
-    layers = assignment.get("layers") or []
+    else:
+        assignment = check_assignment(assignment)
+    layers = assignment["layers"]
     if not layers:
         raise ValueError("the assignment has no layers; give the dict a search returned or an assignment.yaml file")
+    given = strategies or {}
+    if not isinstance(given, Mapping) or not all(isinstance(v, Strategy) for v in given.values()):
+        raise TypeError("strategies must be a dict of strategy objects by name (dqss.strategy.Strategy, e.g. "
+                        "dqss.recon.ReconstructedStrategy), for the names the assignment uses that are not registered")
     w, a = _assignment_bits(assignment)
     used = sorted({e[r] for e in layers for r in ("weight", "act")})
-    recorded = assignment.get("strategy_options") or {}
-    given = strategies or {}
-    strats = {s: given[s] if s in given else _strategy(s, recorded.get(s)) for s in used}
-    base = model if folded else prepare_model(model, calib.example, device)
-    return quantize_from_assignment(base, plans(base, calib, w, a, device), calib.stats, assignment, strats)
+    recorded = _per_strategy(assignment.get("strategy_options"), "the assignment's strategy_options")
+    strats = {s: given[s] if s in given else _assigned_strategy(s, recorded.get(s)) for s in used}
+    base = _base(model, calib, device, folded)
+    plan = plans(base, calib, w, a, device)
+    return quantize_from_assignment(base, plan, calib.stats, _in_plan_order(assignment, plan), strats)
 
 
 def _assignment_bits(assignment: dict) -> tuple[int, int]:
     if "w_bits" in assignment and "a_bits" in assignment:
-        return int(assignment["w_bits"]), int(assignment["a_bits"])
+        return assignment["w_bits"], assignment["a_bits"]
     bits = {(e["w_bits"], e["a_bits"]) for e in assignment["layers"]}
     return min(bits)
 
@@ -427,41 +760,95 @@ def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batch
     from .config import BIT_MIN
     from .placement import place_integer
 
+    _check_calibration(calib, "integer_graph")
+    _check_model(qmodel, "qmodel")
     if isinstance(bits, bool) or not isinstance(bits, int) or not BIT_MIN <= bits <= 8:
         raise ValueError(f"bits={bits!r}: the integer graph's own tensors need an integer from {BIT_MIN} to 8 (they "
                          "are stored in the int8 runtime's 8-bit container)")
-    base = model if folded else prepare_model(model, calib.example, device)
+    strategy = _strategy(strategy, options)
+    base = _base(model, calib, device, folded)
     out = copy.deepcopy(qmodel)
     report = place_integer(out, base, [x.to(device) for x in _Inputs(batches)], calib.policy.act_spec(bits),
-                           strategy=_strategy(strategy, options), example=calib.example.to(device), device=device)
+                           strategy=strategy, example=calib.example.to(device), device=device)
     out.integer_placement = report
     return out
 
 
 # -- evaluation helpers ------------------------------------------------------------------------
+@contextmanager
+def _evaluating(model: nn.Module):
+    """``model`` in eval mode, every module's training flag restored afterwards (a BN frozen in a training
+    model stays frozen)."""
+    _check_model(model)
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def _no_batches(fn: str, what: str) -> ValueError:
+    return ValueError(f"{fn}: no batches (the iterable is empty): give at least one {what}, e.g. a list of tensors, "
+                      "torch.split(x, 64) or a DataLoader")
+
+
 @torch.no_grad()
 def outputs(model: nn.Module, batches, device="cpu") -> torch.Tensor:
-    """The model's outputs on every batch (tensors or (inputs, labels) pairs), concatenated on the CPU."""
-    model.eval()
-    return torch.cat([model(x.to(device)).float().cpu() for x in _Inputs(batches)])
+    """The model's outputs on every batch (tensors or (inputs, labels) pairs), concatenated on the CPU (the
+    model runs in eval mode; its training flags are restored)."""
+    with _evaluating(model):
+        out = [model(x.to(device)).float().cpu() for x in _Inputs(batches)]
+    if not out:
+        raise _no_batches("outputs", "batch of inputs")
+    return torch.cat(out)
 
 
 @torch.no_grad()
+def correct(model: nn.Module, batches, device="cpu") -> torch.Tensor:
+    """Whether the model's top-1 class is the label, one bool per item, over (inputs, labels) batches in order
+    (the per-image outcomes paired tests compare; :func:`top1` is their mean).  The model runs in eval mode; its
+    training flags are restored."""
+    out = []
+    with _evaluating(model):
+        for i, b in enumerate(batches):
+            if not (isinstance(b, (tuple, list)) and len(b) >= 2):
+                raise TypeError(f"batch {i}: correct and top1 need (inputs, labels) pairs, as a DataLoader of a "
+                                "labelled dataset yields them")
+            x = _Inputs([b]).check(b, i)
+            y = torch.as_tensor(b[1])
+            if y.dim() != 1 or len(y) != len(x):
+                raise ValueError(f"batch {i} has {len(x)} inputs and {y.numel()} labels (shape {tuple(y.shape)}): give "
+                                 "one class index per input")
+            out.append(model(x.to(device)).argmax(1).cpu() == y.cpu())
+    if not out:
+        raise _no_batches("top1/correct", "(inputs, labels) batch")
+    return torch.cat(out)
+
+
 def top1(model: nn.Module, batches, device="cpu") -> float:
-    """Top-1 accuracy (%) on (inputs, labels) batches."""
-    model.eval()
-    right = total = 0
-    for i, b in enumerate(batches):
-        if not (isinstance(b, (tuple, list)) and len(b) >= 2):
-            raise TypeError(f"batch {i}: top1 needs (inputs, labels) pairs, as a DataLoader of a labelled "
-                            "dataset yields them")
-        x = _Inputs([b]).check(b, i)
-        right += int((model(x.to(device)).argmax(1).cpu() == b[1].cpu()).sum())
-        total += len(b[1])
-    return 100.0 * right / max(total, 1)
+    """Top-1 accuracy (%) on (inputs, labels) batches: the mean of :func:`correct`."""
+    right = correct(model, batches, device)
+    return 100.0 * int(right.sum()) / len(right)  # exact: the count over the total, as the suite's metrics
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Share (%) of items whose top-1 class is the same in two output tensors."""
+    """Share (%) of items whose top-1 class is the same in two output tensors ([N, classes] each, on the same
+    N inputs)."""
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"agreement compares two output tensors (dqss.outputs of two models); {name} is a "
+                            f"{type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"agreement compares class scores, [N, classes] tensors; {name} has shape "
+                             f"{tuple(t.shape)} (other outputs have no top-1 class: compare them with (a - b).abs())")
+    if len(a) != len(b):
+        raise ValueError(f"a and b have {len(a)} and {len(b)} items; agreement compares the outputs of two models on "
+                         "the same inputs (dqss.outputs of each on the same batches)")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b have shapes {tuple(a.shape)} and {tuple(b.shape)}: the outputs of models with "
+                         "different numbers of classes have no common top-1")
+    if len(a) == 0:
+        raise ValueError("a and b hold no items: compare the outputs on at least one input")
     return 100.0 * float((a.argmax(1) == b.argmax(1)).float().mean())
-

@@ -487,12 +487,22 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
     import onnx
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} lacks per-channel DequantizeLinear; use opset >= {MIN_OPSET}")
+    if not isinstance(example, torch.Tensor):
+        raise TypeError(f"example must be one input tensor of the model ([1, C, H, W] for an image model), got "
+                        f"{type(example).__name__}")
     path = Path(path)
+    _check_target(path)
     start = time.perf_counter()
     model, layers = export_model(qmodel, layout)
     example = example.detach().cpu().float()
-    with torch.no_grad():
-        out = model(example)
+    try:
+        with torch.no_grad():
+            out = model(example)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"the model cannot run the example input of shape {tuple(example.shape)}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. Give one "
+                         "input shaped as the model's inputs ([1, C, H, W] for an image model, as calibrated): the "
+                         "exported graph takes inputs of its shape (any batch size)") from exc
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"{type(qmodel).__name__}'s forward returns {type(out).__name__}; export_onnx exports "
                         "a model with one tensor output")
@@ -519,6 +529,18 @@ def export_onnx(qmodel: nn.Module, example: torch.Tensor, path, *, opset: int = 
         if os.path.exists(tmp):
             os.unlink(tmp)
     return ExportInfo(path, opset, time.perf_counter() - start, path.stat().st_size, layers, layout)
+
+
+def _check_target(path: Path) -> None:
+    """``path`` can be written to: not a folder, and no file where one of its folders should be."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of the file to write, e.g. {path / 'model.onnx'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder; choose a path in a "
+                                         "folder (missing folders are created)")
+            break
 
 
 def _dynamic_axes(example: torch.Tensor, hw: bool) -> dict:
@@ -655,8 +677,30 @@ def int8_kernel(layout: str = DEFAULT_LAYOUT, flags: set[str] | None = None) -> 
 
 
 def run_onnx(session, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """The session's output on ``inputs``, ``batch_size`` at a time, as one float tensor."""
-    name = session.get_inputs()[0].name
+    """The session's output on ``inputs``, ``batch_size`` at a time, as one float tensor.  Inputs whose items
+    differ in shape from what the model was exported for (its example's, the batch dimension aside; height and
+    width are free under ``dynamic_hw``) are an error naming both shapes."""
+    if isinstance(session, (str, Path)):
+        raise TypeError(f"run_onnx takes an ONNX Runtime session, not a path: run_onnx(ort_session({str(session)!r}), "
+                        "inputs, batch_size)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be one tensor of inputs [N, ...] (torch.cat a list of batches), got "
+                        f"{type(inputs).__name__}")
+    if inputs.dim() == 0 or len(inputs) == 0:
+        raise ValueError(f"inputs of shape {tuple(inputs.shape)} hold no items: give a tensor [N, ...] with N >= 1")
+    spec = session.get_inputs()[0]
+    wanted = list(spec.shape)[1:]
+    got = tuple(inputs.shape[1:])
+    if len(wanted) != len(got) or any(isinstance(w, int) and w != g for w, g in zip(wanted, got)):
+        shown = "(" + ", ".join(str(w) if isinstance(w, int) else "any" for w in wanted) + ("," if len(wanted) == 1
+                                                                                               else "") + ")"
+        raise ValueError(f"the inputs have items of shape {got}; the ONNX model was exported for {shown} (the example "
+                         "given to export_onnx): resize or crop the inputs to that shape, or export again with an "
+                         "example of theirs (an image-to-image model: export_onnx(..., dynamic_hw=True) takes any "
+                         "height and width)")
+    name = spec.name
     outs = [torch.from_numpy(session.run(None, {name: b.detach().cpu().float().contiguous().numpy()})[0])
             for b in torch.split(inputs, batch_size)]
     return torch.cat(outs)

@@ -16,8 +16,12 @@ Strategies that need the layer's real inputs (EasyQuant) ask for a small sample.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -183,16 +187,73 @@ class ActStats:
 
     @classmethod
     def from_state(cls, d: dict) -> ActStats:
-        d = dict(d)
-        fmt = d.pop("format", 1)
+        """The statistics of a :meth:`state` record, checked field by field (a ValueError names the field)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"holds a {type(d).__name__}, not a statistics record (a dict of ActStats fields)")
+        fmt = d.get("format", 1)
         if fmt != STATS_FORMAT:
             raise ValueError(f"calibration statistics of format {fmt}, this version reads format {STATS_FORMAT} "
                              "(histograms over the exact range of a first pass; format 1 grew the range by doubling, "
                              "so its histograms depend on the batch order)")
+        problem = state_problem(d)
+        if problem:
+            raise ValueError(problem)
+        d = {k: v for k, v in d.items() if k != "format"}
         samples = d.pop("samples")
         out = cls(**d)
         out.samples = [samples] if samples is not None else []
         return out
+
+    def check(self) -> None:
+        """A ValueError naming the first field that a :meth:`state` record could not hold (a NaN, say)."""
+        problem = state_problem(self.state())
+        if problem:
+            raise ValueError(problem)
+
+
+# the fields of a statistics record (ActStats.state): the scalars by type, then the tensors
+_INT_FIELDS = ("bins", "count", "zeros")
+_FLOAT_FIELDS = ("hist_max", "min", "max", "sum", "sum_sq", "abs_sum")
+_TENSOR_FIELDS = ("hist_pos", "hist_neg", "samples")
+STATE_FIELDS = (*_INT_FIELDS, *_FLOAT_FIELDS, *_TENSOR_FIELDS, "format")
+
+
+def state_problem(d: dict) -> str | None:
+    """What is wrong with the statistics record ``d`` (missing, unknown or ill-typed fields, non-finite values,
+    histograms of the wrong length), or None.  A layer the forward pass never reached (``count`` 0) keeps an
+    empty range (``min`` inf, ``max`` -inf) and no histograms."""
+    unknown = sorted(set(d) - set(STATE_FIELDS))
+    if unknown:
+        return f"unknown field(s) {unknown}; a statistics record has the fields {list(STATE_FIELDS)}"
+    missing = [k for k in STATE_FIELDS if k not in d]
+    if missing:
+        return f"field '{missing[0]}' is missing (a statistics record has the fields {list(STATE_FIELDS)})"
+    for k in _INT_FIELDS:
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if k == "bins" else 0):
+            return f"{k} must be an integer >= {1 if k == 'bins' else 0}, got {v!r}"
+    empty = d["count"] == 0
+    for k in _FLOAT_FIELDS:
+        v = d[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{k} must be a number, got {v!r}"
+        if not math.isfinite(v) and not (empty and k in ("min", "max")):
+            return f"{k} is {v}: non-finite statistics (a NaN or inf in the calibration inputs or the model)"
+    if not empty and not d["min"] <= d["max"]:
+        return f"min {d['min']} is above max {d['max']}"
+    for k in _TENSOR_FIELDS:
+        v = d[k]
+        if v is None and (empty or k == "samples"):
+            continue
+        if not isinstance(v, torch.Tensor):
+            return f"{k} must be a tensor, got {type(v).__name__}"
+        if k != "samples" and tuple(v.shape) != (d["bins"],):
+            return f"{k} has shape {tuple(v.shape)}, expected ({d['bins']},) (one count per bin)"
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            return f"{k} holds non-finite values"
+        if k != "samples" and (v < 0).any():
+            return f"{k} holds negative counts"
+    return None
 
 
 @torch.no_grad()
@@ -287,18 +348,93 @@ def _leaves(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if n and not any(True for _ in m.children())}
 
 
-def save_stats(stats: dict[str, ActStats], path) -> None:
-    torch.save({k: v.state() for k, v in stats.items()}, path)
+# a statistics file: {"format": STATS_FILE, "fingerprint": the model's (dqss.api.model_fingerprint), "layers": {...}};
+# a file without the key is the earlier layout (the layers alone, no fingerprint)
+STATS_FILE = "dqss-stats/1"
+
+
+class StatsFileError(RuntimeError, ValueError):
+    """A statistics file that cannot be used (a RuntimeError, as before, and a ValueError: bad input)."""
+
+
+_RECOMPUTE = ("Recompute them: dqss.calibrate(model, batches).save(path) (in the workflow: delete the file and rerun "
+              "the workflow)")
+
+
+def save_stats(stats: dict[str, ActStats], path, fingerprint: str | None = None) -> None:
+    """Write ``stats`` (checked: names, types and finite values) with the ``fingerprint`` of the model they were
+    computed on, atomically (a temporary file in the same folder, then a rename)."""
+    if not isinstance(stats, dict):
+        raise TypeError(f"save_stats takes a dict of layer name -> ActStats, got {type(stats).__name__}")
+    for k, v in stats.items():
+        if not isinstance(k, str) or not isinstance(v, ActStats):
+            raise TypeError(f"save_stats takes a dict of layer name -> ActStats; entry {k!r} is a "
+                            f"{type(v).__name__}")
+        try:
+            v.check()
+        except ValueError as exc:
+            raise ValueError(f"layer '{k}': {exc}; refusing to save statistics that no range can be computed "
+                             "from. Check the model's weights and the calibration inputs, then calibrate "
+                             "again") from None
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise TypeError(f"fingerprint must be a string (dqss.api.model_fingerprint), got {type(fingerprint).__name__}")
+    payload = {"format": STATS_FILE, "fingerprint": fingerprint, "layers": {k: v.state() for k, v in stats.items()}}
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of the file to write, e.g. {path / 'stats.pt'}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_stats(path) -> dict[str, ActStats]:
+    """The statistics of a file :func:`save_stats` wrote (checked field by field)."""
+    return load_stats_file(path)[0]
+
+
+def load_stats_file(path) -> tuple[dict[str, ActStats], str | None]:
+    """The statistics of a file and the fingerprint of the model they were computed on (None in files of the
+    earlier layout).  A missing file is a FileNotFoundError; a file that is not one, or whose records are
+    incomplete, of an unknown field or non-finite, a :class:`StatsFileError` naming the layer and the field."""
+    if isinstance(path, (str, os.PathLike)) and not Path(path).is_file():
+        raise FileNotFoundError(f"no statistics file {path}: compute it with dqss.calibrate(model, batches).save(path)"
+                                " (in the workflow: rerun the calibrate job)")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
-        raise RuntimeError(f"cannot read calibration statistics {path}: {exc}. Delete the file and rerun "
-                           "the workflow to recompute it") from exc
-    try:
-        return {k: ActStats.from_state(v) for k, v in raw.items()}
-    except ValueError as exc:
-        raise RuntimeError(f"calibration statistics {path} were written by another version: {exc}. Delete the "
-                           "file and rerun the workflow to recompute it") from exc
+        raise StatsFileError(f"cannot read calibration statistics {path}: {exc}. Delete the file and rerun "
+                             "the workflow to recompute it") from exc
+    if not isinstance(raw, dict):
+        raise StatsFileError(f"{path} holds a {type(raw).__name__}, not the statistics of a model's layers (a dict of "
+                             f"layer name -> statistics). {_RECOMPUTE}")
+    fingerprint = None
+    if isinstance(raw.get("format"), str):
+        if raw["format"] != STATS_FILE or not isinstance(raw.get("layers"), dict):
+            raise StatsFileError(f"{path} is a statistics file of format {raw['format']!r}; this version reads "
+                                 f"{STATS_FILE!r} with a 'layers' dict. {_RECOMPUTE}")
+        fingerprint = raw.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise StatsFileError(f"{path}: its fingerprint is a {type(fingerprint).__name__}, not a string. "
+                                 f"{_RECOMPUTE}")
+        raw = raw["layers"]
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, dict):
+            raise StatsFileError(f"calibration statistics {path}: layer '{k}' holds a {type(v).__name__}, not a "
+                                 f"statistics record. {_RECOMPUTE}")
+        if v.get("format", 1) != STATS_FORMAT:
+            try:
+                ActStats.from_state(v)
+            except ValueError as exc:
+                raise StatsFileError(f"calibration statistics {path} were written by another version: {exc}. "
+                                     "Delete the file and rerun the workflow to recompute it") from exc
+        try:
+            out[k] = ActStats.from_state(v)
+        except ValueError as exc:
+            raise StatsFileError(f"calibration statistics {path}, layer '{k}': {exc}. {_RECOMPUTE}") from None
+    return out, fingerprint
