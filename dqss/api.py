@@ -323,23 +323,9 @@ def strategies(kind: str | None = None) -> list[str]:
     return strategy_names(kind)
 
 
-def _options_problem(value, hint) -> str | None:
-    """What is wrong with ``value`` as a strategy option annotated ``hint`` (its type; limits are the
-    strategy's own checks), or None."""
-    from .config import check_value, unpack_optional
-
-    base, optional = unpack_optional(hint)
-    if value is None and optional:
-        return None
-    if base is str:
-        return None if isinstance(value, str) else " must be a string"
-    return check_value(value, base, {})
-
-
 def _check_options(name: str, options, where: str) -> dict:
     """``options`` (None or a dict) of the registered strategy ``name``: known keys of the right types."""
-    from .config import type_hints
-    from .strategy import STRATEGIES
+    from .strategy import STRATEGIES, options_problem
 
     cls = STRATEGIES[name].Options
     valid = {f.name: f for f in dataclasses.fields(cls)}
@@ -353,16 +339,10 @@ def _check_options(name: str, options, where: str) -> dict:
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown} of strategy '{name}'; valid options are "
                          f"{list(valid)}")
-    try:
-        hints = type_hints(cls)
-    except Exception:  # an annotation that cannot be evaluated: the strategy's own checks decide
-        hints = {}
-    for k, v in options.items():
-        problem = _options_problem(v, hints[k]) if k in hints else None
-        if problem:
-            defaults = {f.name: f.default for f in valid.values()}
-            raise TypeError(f"{where}: strategy '{name}' option {k}{problem}, got {v!r} (its options and their "
-                            f"defaults: {defaults})")
+    problem = options_problem(cls, options)
+    if problem:
+        defaults = {f.name: f.default for f in valid.values()}
+        raise TypeError(f"{where}: strategy '{name}' option {problem} (its options and their defaults: {defaults})")
     return dict(options)
 
 

@@ -87,10 +87,11 @@ def assignment_choice(assignment: dict, plans: dict[str, LayerPlan], strategies:
                       ) -> dict[str, tuple[str, str]]:
     """``{layer: (weight strategy, activation strategy)}`` of an assignment, checked against the plan."""
     chosen = {e["name"]: e for e in assignment["layers"]}
-    if list(chosen) != list(plans):
-        missing = sorted(set(plans) ^ set(chosen))
-        raise ValueError(f"assignment layers do not match the model's quantized layers (differing: "
-                         f"{missing[:5]}...); it was searched for another backbone or quant policy")
+    if set(chosen) != set(plans):  # matched by name: the order of the file's layers does not matter
+        missing, extra = sorted(set(plans) - set(chosen)), sorted(set(chosen) - set(plans))
+        raise ValueError(f"assignment layers do not match the model's quantized layers (missing from the assignment: "
+                         f"{missing[:5]}{'...' if len(missing) > 5 else ''}; not in the model: {extra[:5]}"
+                         f"{'...' if len(extra) > 5 else ''}); it was searched for another backbone or quant policy")
     choice = {}
     for name, plan in plans.items():
         e = chosen[name]

@@ -39,6 +39,29 @@ class LayerContext:
         return F.linear(x, weight, m.bias)
 
 
+def options_problem(options_cls, options: dict) -> str | None:
+    """What is wrong with the type of a given option of ``options_cls`` (``"p must be a number, got 'x'"``), or None;
+    unknown keys and the options' limits are left to the dataclass and the strategy's own checks."""
+    from .config import check_value, type_hints, unpack_optional
+
+    try:
+        hints = type_hints(options_cls)
+    except Exception:  # an annotation that cannot be evaluated: the strategy's own checks decide
+        return None
+    names = {f.name for f in dataclasses.fields(options_cls)}
+    for key, value in options.items():
+        if key not in names or key not in hints:
+            continue
+        base, optional = unpack_optional(hints[key])
+        if value is None and optional:
+            continue
+        problem = ((None if isinstance(value, str) else " must be a string") if base is str
+                   else check_value(value, base, {}))
+        if problem:
+            return f"{key}{problem}, got {value!r}"
+    return None
+
+
 class Strategy:
     """Base class of PTQ range strategies (QAT strategies override ``build_*``)."""
 
@@ -51,6 +74,9 @@ class Strategy:
         pass
 
     def __init__(self, **options):
+        problem = options_problem(self.Options, options)
+        if problem:
+            raise ValueError(f"strategy '{self.name}': option {problem}")
         try:
             self.options = self.Options(**options)
         except TypeError as exc:

@@ -434,3 +434,30 @@ def test_api_search_defaults_are_the_embedded_configs(model, calib, monkeypatch)
     with pytest.raises(Stop):
         dqss.search_assignment(model, calib, images(), config={"iterations": 5})
     assert used["cfg"].iterations == 5 and used["cfg"].tau_end == suite.dqss.tau_end
+
+
+def test_strategy_options_of_the_wrong_type_are_refused_by_the_strategy_itself():
+    """The config's strategy_options reach the strategy without the API's checks: the type error names the option
+    there too (it was "'<=' not supported between instances of 'str' and 'int'")."""
+    from dqss.strategy import get_strategy
+
+    with pytest.raises(ValueError, match=r"strategy 'mse': option p must be a number, got 'x'"):
+        get_strategy("mse", {"p": "x"})
+    assert get_strategy("mse", {"p": 2.0}).options.p == 2.0
+
+
+def test_an_assignment_is_matched_to_the_plan_by_name():
+    """The library's own reader (dqss.ptq) takes layers in any order, and names what is missing or extra."""
+    from dqss.ptq import assignment_choice
+    from dqss.strategy import get_strategy
+
+    from types import SimpleNamespace
+
+    four = SimpleNamespace(w_spec=SimpleNamespace(bits=4), a_spec=SimpleNamespace(bits=4))
+    plans = {"a": four, "b": four}
+    strategies = {"minmax": get_strategy("minmax")}
+    entry = lambda n: {"name": n, "weight": "minmax", "act": "minmax", "w_bits": 4, "a_bits": 4}  # noqa: E731
+    with pytest.raises(ValueError, match=r"missing from the assignment: \['b'\]; not in the model: \['c'\]"):
+        assignment_choice({"layers": [entry("a"), entry("c")]}, plans, strategies)
+    assert assignment_choice({"layers": [entry("b"), entry("a")]}, plans, strategies) == {
+        "a": ("minmax", "minmax"), "b": ("minmax", "minmax")}
