@@ -18,6 +18,7 @@ from .classification import (ClassificationConfig, calibration_tensors, evaluate
 from .evaluate import predict
 from .layers import plan_layers
 from .ptq import export_assignment, save_assignment
+from .ptq_search import selection_summary
 from .qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
 from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
 from .stats import collect_act_stats
@@ -163,8 +164,11 @@ def run_qat(cfg: ClsQATConfig, *, backbone: str, method: str, seed: int, w: int,
     write_csv(history, curve)
     extra = {"final_loss": curve[-1]["loss"]}
     if is_dqss:
-        extra.update(**freeze_info, **{f"selection_{k}": record[k] for k in ("chosen", "moves_accepted",
-                                                                             "evaluations", "seconds") if k in record})
+        summary = selection_summary(record)
+        extra.update(**freeze_info, **{k: summary[k] for k in ("selection_chosen", "selection_moves_accepted",
+                                                               "selection_evaluations", "selection_seconds",
+                                                               "selection_held_best_uniform", "selection_guard")
+                                       if k in summary})
     if method == RETRAIN_METHOD:
         extra.update(retrained_from=str(dqss_assignment))
     write_metrics(metrics, task=TASK, dataset=cfg.dataset, backbone=backbone, method=method, w_bits=w,

@@ -19,9 +19,12 @@ from .results import RESULTS_DIR, Layout
 from .significance import ALPHA, mcnemar_exact
 
 
-def _job(root: Path, task: str, dataset: str, backbone: str, method: str, w: int, a: int, seed: int) -> dict:
+def _job(root: Path, task: str, dataset: str, backbone: str, method: str, w: int, a: int, seed: int,
+         optional: bool = False) -> dict | None:
     path = Path(root) / Layout(task, dataset).job("metrics.json", method, w, a, seed, backbone)
     if not path.is_file():
+        if optional:  # a track without that row (QAT has no dqss_argmax)
+            return None
         raise SystemExit(f"{path}: missing; both runs must be finished runs of the same config")
     return json.loads(path.read_text())
 
@@ -43,16 +46,20 @@ def rows(before: Path, after: Path, task: str, w: int, a: int) -> list[dict]:
         key = (task, new["dataset"], new["backbone"])
         seed = new["seed"]
         old = _job(before, *key, "dqss", w, a, seed)
-        argmax = _job(after, *key, "dqss_argmax", w, a, seed)
-        held = new["extra"]["selection_held_best_uniform"]
-        uni = _job(after, *key, held, w, a, seed)
+        argmax = _job(after, *key, "dqss_argmax", w, a, seed, optional=True)
+        held = new["extra"].get("selection_held_best_uniform")
+        uni = _job(after, *key, held, w, a, seed) if held else None
         top = lambda d: d["per_image"]["top1"]  # noqa: E731
         row = {"backbone": new["backbone"], "seed": seed,
                "before": old["metrics"]["top1"], "before_kept": old["extra"].get("selection_chosen"),
                "after": new["metrics"]["top1"], "after_kept": new["extra"].get("selection_chosen"),
                "guard": new["extra"].get("selection_guard", "-"),
-               "dqss_argmax": argmax["metrics"]["top1"], "held_uniform": f"{held} {uni['metrics']['top1']:.2f}"}
+               "dqss_argmax": argmax["metrics"]["top1"] if argmax else "-",
+               "held_uniform": f"{held} {uni['metrics']['top1']:.2f}" if uni else "-"}
         for name, other in (("vs_before", old), ("vs_argmax", argmax), ("vs_held", uni)):
+            if other is None:
+                row[name] = "-"
+                continue
             m, p = mark(top(new), top(other))
             row[name] = f"{m} (p={p:.3g})"
         out.append(row)

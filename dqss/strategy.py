@@ -74,12 +74,12 @@ class Strategy:
         pass
 
     def __init__(self, **options):
-        problem = options_problem(self.Options, options)
-        if problem:
-            raise ValueError(f"strategy '{self.name}': option {problem}")
         try:
             self.options = self.Options(**options)
-        except TypeError as exc:
+        except TypeError as exc:  # an unknown key, or a value of the wrong type reaching the strategy's own checks
+            problem = options_problem(self.Options, options)
+            if problem:
+                raise ValueError(f"strategy '{self.name}': option {problem}") from exc
             valid = [f.name for f in dataclasses.fields(self.Options)]
             raise ValueError(f"strategy '{self.name}': {exc}; valid options are {valid}") from exc
 
