@@ -214,10 +214,16 @@ def atomic_write(path, write) -> None:
     """``write(tmp)`` then rename: a crash never leaves a truncated file that looks complete, and a reader
     never sees a half-written one (every file a later job or run trusts is written this way)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: give the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # this process's own (the writer creates it: umask mode)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():  # an interrupted write leaves no temporary file behind
+            tmp.unlink()
 
 
 def write_text(path, text: str) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -378,18 +377,13 @@ def save_stats(stats: dict[str, ActStats], path, fingerprint: str | None = None)
                              "again") from None
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise TypeError(f"fingerprint must be a string (dqss.api.model_fingerprint), got {type(fingerprint).__name__}")
+    from .results import atomic_write
+
     payload = {"format": STATS_FILE, "fingerprint": fingerprint, "layers": {k: v.state() for k, v in stats.items()}}
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder: give the path of the file to write, e.g. {path / 'stats.pt'}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_stats(path) -> dict[str, ActStats]:

@@ -134,6 +134,7 @@ def _keeps_the_old_file(path: Path, call) -> None:
     with pytest.raises(KeyboardInterrupt):
         call()
     assert path.read_bytes() == b"complete"  # the earlier, complete file is still there, never half of a new one
+    assert not [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # and no half-written temporary
 
 
 def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
