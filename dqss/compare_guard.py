@@ -6,7 +6,8 @@ For every (backbone, seed) of the classification PTQ track at one bit width: the
 both runs, of ``dqss_argmax`` and of the held-chosen uniform strategy (the one each DQSS job recorded
 as lowest on its held part), the stage each run's guard kept, and McNemar's exact test on the paired
 test images (``+`` / ``-``: the after-run's ``dqss`` significantly better / worse at p < 0.05, ``=``
-not significant), against the other three.  ``dqss_argmax`` and the uniform rows do not depend on
+not significant), against the other three; and the before-run's ``dqss`` against ``dqss_argmax`` and the
+held-chosen uniform (``before_vs_*``).  ``dqss_argmax`` and the uniform rows do not depend on
 the guard, so they are read from the after-run.  A markdown table on stdout.
 """
 from __future__ import annotations
@@ -56,11 +57,12 @@ def rows(before: Path, after: Path, task: str, w: int, a: int) -> list[dict]:
                "guard": new["extra"].get("selection_guard", "-"),
                "dqss_argmax": argmax["metrics"]["top1"] if argmax else "-",
                "held_uniform": f"{held} {uni['metrics']['top1']:.2f}" if uni else "-"}
-        for name, other in (("vs_before", old), ("vs_argmax", argmax), ("vs_held", uni)):
+        for name, first, other in (("vs_before", new, old), ("vs_argmax", new, argmax), ("vs_held", new, uni),
+                                   ("before_vs_argmax", old, argmax), ("before_vs_held", old, uni)):
             if other is None:
                 row[name] = "-"
                 continue
-            m, p = mark(top(new), top(other))
+            m, p = mark(top(first), top(other))
             row[name] = f"{m} (p={p:.3g})"
         out.append(row)
     if not out:

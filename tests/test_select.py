@@ -437,3 +437,4 @@ def test_compare_guard_marks_the_after_runs_dqss(tmp_path, capsys):
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
     assert row[2:5] == ["60.00", "uniform mse", "90.00"] and row[6] == "too_small"
     assert row[9].startswith("+ ") and row[10].startswith("= ") and row[11].startswith("+ ")
+    assert row[12].startswith("- ") and row[13].startswith("= ")  # before: below the argmax, level with the uniform
