@@ -41,7 +41,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .layers import LAYER_TYPES, LayerPlan, QuantPolicy, fold_batchnorm
-from .stats import ActStats, collect_act_stats, load_stats_file, save_stats
+from .stats import ActStats, check_stats, collect_act_stats, load_stats_file, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -445,15 +445,9 @@ def from_stats(model: nn.Module, stats, policy: QuantPolicy | None, example: tor
         stats, recorded = load_stats_file(path)
     elif isinstance(stats, Mapping):
         stats = dict(stats)
-        for k, v in stats.items():
-            if not isinstance(v, ActStats):
-                raise TypeError(f"from_stats takes a dict of layer name -> dqss.stats.ActStats (Calibration.stats) "
-                                f"or the path of a stats.pt; entry {k!r} is a {type(v).__name__}")
-            try:
-                v.check()
-            except ValueError as exc:
-                raise ValueError(f"layer '{k}': {exc}; statistics that no range can be computed from: calibrate "
-                                 "again (dqss.calibrate(model, batches))") from None
+        check_stats(stats, "from_stats takes a dict of layer name -> dqss.stats.ActStats (Calibration.stats) or the "
+                    "path of a stats.pt", "statistics that no range can be computed from: calibrate again "
+                    "(dqss.calibrate(model, batches))")
     else:
         raise TypeError(f"from_stats takes the path of a stats.pt (Calibration.save) or a dict of layer name -> "
                         f"ActStats, got {type(stats).__name__}")

@@ -360,21 +360,26 @@ _RECOMPUTE = ("Recompute them: dqss.calibrate(model, batches).save(path) (in the
               "the workflow)")
 
 
+def check_stats(stats: dict, takes: str, fix: str) -> None:
+    """Every entry of ``stats`` a layer name with an :class:`ActStats` that a statistics record can hold (finite,
+    complete): a TypeError (``takes``: what the caller takes) or a ValueError naming the layer and ``fix``."""
+    for k, v in stats.items():
+        if not isinstance(k, str) or not isinstance(v, ActStats):
+            raise TypeError(f"{takes}; entry {k!r} is a {type(v).__name__}")
+        try:
+            v.check()
+        except ValueError as exc:
+            raise ValueError(f"layer '{k}': {exc}; {fix}") from None
+
+
 def save_stats(stats: dict[str, ActStats], path, fingerprint: str | None = None) -> None:
     """Write ``stats`` (checked: names, types and finite values) with the ``fingerprint`` of the model they were
     computed on, atomically (a temporary file in the same folder, then a rename)."""
     if not isinstance(stats, dict):
         raise TypeError(f"save_stats takes a dict of layer name -> ActStats, got {type(stats).__name__}")
-    for k, v in stats.items():
-        if not isinstance(k, str) or not isinstance(v, ActStats):
-            raise TypeError(f"save_stats takes a dict of layer name -> ActStats; entry {k!r} is a "
-                            f"{type(v).__name__}")
-        try:
-            v.check()
-        except ValueError as exc:
-            raise ValueError(f"layer '{k}': {exc}; refusing to save statistics that no range can be computed "
-                             "from. Check the model's weights and the calibration inputs, then calibrate "
-                             "again") from None
+    check_stats(stats, "save_stats takes a dict of layer name -> ActStats",
+                "refusing to save statistics that no range can be computed from. Check the model's weights and "
+                "the calibration inputs, then calibrate again")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise TypeError(f"fingerprint must be a string (dqss.api.model_fingerprint), got {type(fingerprint).__name__}")
     from .results import atomic_write

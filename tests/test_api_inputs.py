@@ -105,14 +105,19 @@ def test_a_missing_calibration_names_dqss_calibrate(model, assignment, call):
 
 
 # -- 4. assignments ----------------------------------------------------------------------------------
-def _edit(assignment, layer=None, **changes):
-    out = {**assignment, "layers": [dict(e) for e in assignment["layers"]]}
-    target = out if layer is None else out["layers"][layer]
+def _changed(record: dict, changes: dict) -> dict:
+    """``record`` with ``changes`` set in place (a value None removes the key)."""
     for k, v in changes.items():
         if v is None:
-            target.pop(k)
+            record.pop(k)
         else:
-            target[k] = v
+            record[k] = v
+    return record
+
+
+def _edit(assignment, layer=None, **changes):
+    out = {**assignment, "layers": [dict(e) for e in assignment["layers"]]}
+    _changed(out if layer is None else out["layers"][layer], changes)
     return out
 
 
@@ -254,13 +259,7 @@ def test_statistics_without_fingerprint_load_with_a_warning(model, calib, tmp_pa
 
 
 def _state(calib, **changes):
-    st = calib.stats["3"].state()
-    for k, v in changes.items():
-        if v is None:
-            st.pop(k)
-        else:
-            st[k] = v
-    return st
+    return _changed(calib.stats["3"].state(), changes)
 
 
 @pytest.mark.parametrize("changes, message", [
