@@ -566,7 +566,7 @@ def search_config(config=None):
     fields of the dict ``config`` over the suite's embedded defaults (``config/config.yaml``'s ``cls_ptq.dqss``:
     80 iterations, temperature 1.0 -> 0.05, one sweep), so that DQSS with the API's defaults is the DQSS of the
     suite's tables."""
-    from .config import build_section, check_annealing
+    from .options import build_section, check_annealing
     from .search import SearchConfig
 
     if not isinstance(config, SearchConfig):
@@ -731,7 +731,7 @@ def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batch
     ``device``.  What was placed is logged and kept in the copy's ``integer_placement`` attribute."""
     import copy
 
-    from .config import BIT_MIN
+    from .options import BIT_MIN
     from .placement import place_integer
 
     _check_calibration(calib, "integer_graph")

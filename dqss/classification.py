@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .config import EVAL_BATCH_SIZE, TrackConfig, check_options, eval_batch_size, option, track_key
+from .options import EVAL_BATCH_SIZE, check_options, option
+from .config import TrackConfig, eval_batch_size, track_key
 from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, per_image, predict
 from .layers import QuantPolicy

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .config import SEED_MAX, check_options, option
+from .options import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import api
-from .config import check_names, check_options, option
+from .options import check_options, option
+from .config import check_names
 from .results import DQSS_METHOD, load_assignment, provenance, write_frame
 
 log = logging.getLogger(__name__)

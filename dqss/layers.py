@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BIT_MIN, BIT_MAX, check_options, option
+from .options import BIT_MAX, BIT_MIN, check_options, option
 from .quant import QuantSpec, int32_bias
 
 log = logging.getLogger(__name__)
@@ -150,26 +150,6 @@ def plan_layers(model: nn.Module, policy: QuantPolicy, w_bits: int, a_bits: int,
         wb, ab = (policy.first_last_bits, policy.first_last_bits) if edge else (w_bits, a_bits)
         plans[n] = LayerPlan(n, policy.weight_spec(wb), policy.act_spec(ab), policy.int32_bias)
     return plans
-
-
-@torch.no_grad()
-def first_nonfinite_output(model: nn.Module, x: torch.Tensor, layers: dict[str, nn.Module]) -> str:
-    """Name of the first of ``layers`` whose output on ``x`` is not finite (for error messages)."""
-    found: list[str] = []
-
-    def hook(name):
-        def fn(_m, _a, out):
-            if not found and not torch.isfinite(out).all():
-                found.append(name)
-        return fn
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return found[0] if found else "none (the loss itself)"
 
 
 def swap_layers(model: nn.Module, new: dict[str, nn.Module]) -> nn.Module:

@@ -30,8 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import check_annealing, check_options, option
-from .layers import QuantLayer, first_nonfinite_output, swap_layers
+from .options import check_annealing, check_options, option
+from .layers import QuantLayer, swap_layers
+from .nonfinite import first_nonfinite_output
 from .mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
                     set_mode, set_temperature)
 from .qat import LearnedQuantizer

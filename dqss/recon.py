@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import check_options, option
+from .options import check_options, option
 from .layers import LayerPlan, QuantLayer, execution_order, swap_layers
 from .quant import FakeQuantizer, QuantSpec, _broadcast
 from .stats import ActStats

@@ -311,7 +311,7 @@ def check_assignment(data, where: str = "the assignment") -> dict:
     """``data`` if it is an assignment (a dict with a list of ``layers``, each with a name, integer bit widths
     and the names of its weight and activation strategies, no layer twice), else a ValueError naming the
     field (``where``: what the message calls it)."""
-    from .config import BIT_MAX, BIT_MIN
+    from .options import BIT_MAX, BIT_MIN
 
     fix = ("; an assignment is what dqss.search_assignment returns and dqss.save_assignment writes "
            f"({{format: {ASSIGNMENT_FORMAT}, w_bits, a_bits, layers: [{{{', '.join(ASSIGNMENT_LAYER_KEYS)}}}, ...]}})")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, SEED_MAX, type_hints, unpack_optional
+from .options import BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, SEED_MAX, type_hints, unpack_optional
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 COMMAND = "python -m dqss.schema --write"

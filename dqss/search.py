@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import check_annealing, check_options, option
-from .layers import first_nonfinite_output
+from .options import check_annealing, check_options, option
+from .nonfinite import first_nonfinite_output
 from .mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
 from .select import PTQ_OBJECTIVES, RULES
 

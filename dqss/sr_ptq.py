@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import BIT_MAX, BIT_MIN, SEED_MAX, TrackConfig, build_section, check_options, given, option, track_key
+from .options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
+from .config import TrackConfig, given, track_key
 from .deploy_check import DeploySection
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .nonfinite import first_nonfinite_output
+
 log = logging.getLogger(__name__)
 
 # 2: histograms over the exact range found by a first pass.  (Files without the key are
@@ -331,8 +333,6 @@ def _pass(model: nn.Module, layers: dict[str, nn.Module], hook, batches, device,
         for h in handles:
             h.remove()
     if bad is not None:
-        from .layers import first_nonfinite_output
-
         i, images = bad
         if not torch.isfinite(images).all():
             where = "the input images themselves"

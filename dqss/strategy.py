@@ -42,7 +42,7 @@ class LayerContext:
 def options_problem(options_cls, options: dict) -> str | None:
     """What is wrong with the type of a given option of ``options_cls`` (``"p must be a number, got 'x'"``), or None;
     unknown keys and the options' limits are left to the dataclass and the strategy's own checks."""
-    from .config import check_value, type_hints, unpack_optional
+    from .options import check_value, type_hints, unpack_optional
 
     try:
         hints = type_hints(options_cls)

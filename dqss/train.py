@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .config import SEED_MAX, check_options, option
+from .options import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 

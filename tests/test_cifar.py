@@ -363,7 +363,7 @@ def _check_message(msg: str, *extra: str):
 
 
 def test_cifar10_needs_root():
-    from dqss.config import build_section
+    from dqss.options import build_section
 
     with pytest.raises(ValueError, match=r"^cls_qat\.data\.root") as e:
         build_section(DataConfig, {"name": "cifar10"}, "cls_qat.data")

@@ -135,7 +135,7 @@ def test_digits_calibration_draw(digits_split):
 
 
 def test_dataconfig_validation():
-    from dqss.config import build_section
+    from dqss.options import build_section
 
     with pytest.raises(ValueError, match=r"^cls_ptq\.data\.name: unknown 'mnist'") as e:
         build_section(DataConfig, {"name": "mnist"}, "cls_ptq.data")

@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from dqss.config import BIT_MAX, BIT_MIN
+from dqss.options import BIT_MAX, BIT_MIN
 from dqss.quant import FakeQuantizer, QuantSpec, fake_quantize, range_to_qparams
 
 BITS = list(range(BIT_MIN, BIT_MAX + 1))

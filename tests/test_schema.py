@@ -12,7 +12,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from dqss.config import build_section
+from dqss.options import build_section
 from dqss.schema import COMMAND, SCHEMA_PATH, class_description, config_schema, dataclass_sections, render
 from dqss.workflow import JOB_KEYS, TRACKS, _config_class, check_top_level, track_config
 

@@ -63,7 +63,7 @@ def test_nan_stops_with_step_and_layer(setup):
 
 @pytest.mark.parametrize("bad", [dict(loss="hinge"), dict(mode="fast"), dict(iterations=0), dict(tau_end=0)])
 def test_bad_search_config(bad):
-    from dqss.config import build_section
+    from dqss.options import build_section
 
     with pytest.raises(ValueError, match=rf"^cls_ptq\.dqss\.{next(iter(bad))}"):
         build_section(SearchConfig, bad, "cls_ptq.dqss")

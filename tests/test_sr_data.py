@@ -220,7 +220,7 @@ def test_corrupt_image(sr_tree):
 
 
 def _data_section(**kwargs) -> SRDataConfig:
-    from dqss.config import build_section
+    from dqss.options import build_section
 
     return build_section(SRDataConfig, kwargs, "sr_ptq.data")
 

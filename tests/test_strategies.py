@@ -10,7 +10,7 @@ from torch import nn
 
 from baselines.aciq import optimal_clip
 from baselines.kl import kl_divergences, kl_threshold_bins, weight_hist, without_zero_spike
-from dqss.config import BIT_MAX, BIT_MIN
+from dqss.options import BIT_MAX, BIT_MIN
 from dqss.quant import QuantSpec
 from dqss.stats import ActStats, collect_act_stats, hist_bins, load_stats, save_stats
 from dqss.strategy import (STRATEGIES, LayerContext, Strategy, get_strategy, register_strategy,

@@ -25,7 +25,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..config import BIT_MAX, BIT_MIN, build_section, check_options, option
+from ..options import BIT_MAX, BIT_MIN, build_section, check_options, option
 from ..results import REFERENCE_METHODS, RESULTS_DIR, write_text
 from .readers import REQUIRED_COLUMNS, _read_metrics, check_one_setting
 from .style import (LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, SR_PSNR_DECIMALS, SR_SSIM_DECIMALS,
