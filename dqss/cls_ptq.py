@@ -13,15 +13,18 @@ from typing import ClassVar
 
 import torch
 
+from . import api
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input,
                              load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
-from .deploy_check import DeploySection, run_cls_deploy  # noqa: F401  (this track's deploy_check job)
+from .deploy import run_onnx
+from .deploy_check import DeploySection, check_job, test_subset
 from .layers import fold_batchnorm
 from .ptq_search import selection_summary
 from .recon import ReconSection, kl_task_loss
 from .results import DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, provenance, write_metrics
 from .search import SearchConfig
-from .track import calibrate, dqss_save, dqss_search, recon_candidates, reconstruct_job, uniform_grid
+from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
+                    uniform_grid)
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +125,32 @@ def run_reconstruct(cfg: ClsPTQConfig, *, backbone: str, method: str, seed: int,
                   seed=seed, metrics=values, prov=provenance(device, cfg.raw), per_image=images,
                   settings=cfg.row_settings(backbone, method),
                   extra={"reconstruction_seconds": round(result.seconds, 3)})
+
+
+def run_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
+    """The classification PTQ track's deployment check of one backbone (``table``: its CSV): top-1 of the
+    fake-quantized model and of ONNX Runtime on the test set, their agreement and largest logit difference."""
+    cpu = torch.device("cpu")  # ONNX Runtime's CPU execution provider against the PyTorch CPU model
+    prep = prepare(cfg, backbone, ckpt)
+    ex = example_input(prep)
+    folded = fold_batchnorm(prep.model, ex).to(cpu)
+    calib = load_calibration(cfg, folded, ex, stats, cpu)
+    batches = torch.split(calibration_tensors(prep, cfg, seed)[0], cfg.calibration.batch_size)
+    items = [prep.data.test[i] for i in test_subset(len(prep.data.test), cfg.deploy.test_items)]
+    x = torch.stack([torch.as_tensor(t[0]) for t in items])
+    labels = torch.as_tensor([int(t[1]) for t in items])
+    bs = cfg.eval_batch_size
+
+    def compare(qmodel, session, unoptimized):
+        fake, ort = api.outputs(qmodel, torch.split(x, bs)), run_onnx(session, x, bs)
+        ort_un = run_onnx(unoptimized, x, bs)
+        right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
+        return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
+                 "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
+                 "diff_items": right_ort - right_fake, "n_items": len(x),
+                 "agreement": round(api.agreement(fake, ort), 4),
+                 "max_abs_diff": round(float((fake - ort).abs().max()), 6),
+                 "ort_unoptimized": round(100 * int((ort_un.argmax(1) == labels).sum()) / len(x), 4),
+                 "agreement_unoptimized": round(api.agreement(fake, ort_un), 4)}]
+
+    check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m, compare)

@@ -28,7 +28,6 @@ COLUMNS = ["task", "dataset", "backbone", "method", "strategy", "w_bits", "a_bit
            "agreement_unoptimized", "int8_kernel", "int16_saturation", "emulated_layers", "quantized_layers",
            "integer_points", "unplaced_points", "integer_kernels", "float_kernels", "fp_bytes", "int8_bytes",
            "size_ratio"]
-AGREEMENT_TARGET = 99.5  # % top-1 agreement below which the report marks a row
 
 
 @dataclass
@@ -132,7 +131,7 @@ def placed(cfg, folded, calib, batches, placement: str, qmodel, a_bits: int) -> 
                     "unplaced_points": len(report.unplaced)}
 
 
-def _check_job(cfg, backbone: str, seed: int, folded, ex, calib, batches, assignments, table, export_target,
+def check_job(cfg, backbone: str, seed: int, folded, ex, calib, batches, assignments, table, export_target,
                compare) -> None:
     """Export FP and each model to check in each placement (integer-graph ones calibrated on ``batches``), compare
     each in ONNX Runtime (``compare(qmodel, session)`` -> the rows of its metric, without the shared columns), time
@@ -178,81 +177,7 @@ def _dynamic(cfg) -> dict:
     return {"dynamic_hw": cfg.task == "sr_ptq"}
 
 
-def run_cls_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
-    """The classification PTQ track's deployment check of one backbone (``table``: its CSV): top-1 of the
-    fake-quantized model and of ONNX Runtime on the test set, their agreement and largest logit difference."""
-    from .classification import calibration_tensors, example_input, prepare
-    from .deploy import run_onnx
-    from .layers import fold_batchnorm
-    from .track import load_calibration
-
-    cpu = torch.device("cpu")  # ONNX Runtime's CPU execution provider against the PyTorch CPU model
-    prep = prepare(cfg, backbone, ckpt)
-    ex = example_input(prep)
-    folded = fold_batchnorm(prep.model, ex).to(cpu)
-    calib = load_calibration(cfg, folded, ex, stats, cpu)
-    batches = torch.split(calibration_tensors(prep, cfg, seed)[0], cfg.calibration.batch_size)
-    items = [prep.data.test[i] for i in test_subset(len(prep.data.test), cfg.deploy.test_items)]
-    x = torch.stack([torch.as_tensor(t[0]) for t in items])
-    labels = torch.as_tensor([int(t[1]) for t in items])
-    bs = cfg.eval_batch_size
-
-    def compare(qmodel, session, unoptimized):
-        fake, ort = api.outputs(qmodel, torch.split(x, bs)), run_onnx(session, x, bs)
-        ort_un = run_onnx(unoptimized, x, bs)
-        right_fake, right_ort = int((fake.argmax(1) == labels).sum()), int((ort.argmax(1) == labels).sum())
-        return [{"dataset": cfg.dataset, "metric": "top1", "fake": round(100 * right_fake / len(x), 4),
-                 "ort": round(100 * right_ort / len(x), 4), "diff": round(100 * (right_ort - right_fake) / len(x), 4),
-                 "diff_items": right_ort - right_fake, "n_items": len(x),
-                 "agreement": round(api.agreement(fake, ort), 4),
-                 "max_abs_diff": round(float((fake - ort).abs().max()), 6),
-                 "ort_unoptimized": round(100 * int((ort_un.argmax(1) == labels).sum()) / len(x), 4),
-                 "agreement_unoptimized": round(api.agreement(fake, ort_un), 4)}]
-
-    _check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m, compare)
-
-
-def run_sr_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
-    """The SR PTQ track's deployment check of one backbone: PSNR (Y, border cropped, as the tables) of the
-    fake-quantized model and of ONNX Runtime on every test set, and the largest output difference.  The
-    basicsr network is exported; SRNet's padding to a size multiple stays in PyTorch around it."""
-    from tqdm.auto import tqdm
-
-    from .sr_data import load_sr_data
-    from .sr_metrics import mean_metrics, sr_metrics
-    from .sr_models import SRNet
-    from .sr_ptq import _folded, calibration_crops, super_resolve
-    from .track import load_calibration
-
-    cpu = torch.device("cpu")
-    folded, ex = _folded(cfg, backbone, ckpt, cpu)
-    calib = load_calibration(cfg, folded, ex, stats, cpu)
-    batches = torch.split(calibration_crops(cfg, backbone, seed)[0], cfg.calibration.batch_size)
-    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
-
-    def compare(qmodel, session, unoptimized):
-        """One pass over each test set: PSNR of the three models, and the largest raw output difference."""
-        models = {"fake": _Last(qmodel), "ort": _Last(SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)),
-                  "unoptimized": SRNet(OrtModule(unoptimized, 1), qmodel.scale, qmodel.pad_multiple)}
-        rows = []
-        for name, pairs in data.test_sets.items():
-            per_image, diff = {k: [] for k in models}, 0.0
-            with torch.no_grad():
-                for p in tqdm(pairs, desc=f"deploy {name}", leave=False):
-                    for k, m in models.items():
-                        per_image[k].append(sr_metrics(super_resolve(m, p.lr, cpu), p.hr, data.scale))
-                    diff = max(diff, float((models["fake"].last - models["ort"].last).abs().max()))
-            psnr = {k: mean_metrics(v)["psnr"] for k, v in per_image.items()}
-            rows.append({"dataset": name, "metric": "psnr", "fake": round(psnr["fake"], 4),
-                         "ort": round(psnr["ort"], 4), "diff": round(psnr["ort"] - psnr["fake"], 4),
-                         "n_items": len(pairs), "max_abs_diff": round(diff, 6),
-                         "ort_unoptimized": round(psnr["unoptimized"], 4)})
-        return rows
-
-    _check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m.net, compare)
-
-
-class _Last(torch.nn.Module):
+class LastOutput(torch.nn.Module):
     """A model that keeps its last output (the raw network output, beside the 8-bit image made of it)."""
 
     def __init__(self, model: torch.nn.Module):
@@ -264,7 +189,7 @@ class _Last(torch.nn.Module):
         return self.last
 
 
-# -- the tables --------------------------------------------------------------------------------------
+# -- the summary --------------------------------------------------------------------------------------
 def summarize_tables(paths: list, out) -> None:
     """Every deploy_check CSV in one table (``results/deploy/deploy.csv``), rows in a fixed order."""
     import pandas as pd
@@ -277,55 +202,3 @@ def summarize_tables(paths: list, out) -> None:
                             ascending=[True, True, False, False, True, False], kind="stable")
     write_frame(out, df)
     log.info("%d deployment rows from %d tables", len(df), len(paths))
-
-
-def deploy_tables(df) -> dict[str, tuple[str, str]]:
-    """``{stem: (markdown, latex)}``: one table per task of the deployment check.  A classification row whose
-    top-1 agreement is below :data:`AGREEMENT_TARGET` is marked ``(!)`` and named in a note under the table."""
-    from .report.paper import tex_text as _tex
-
-    out = {}
-    for task, g in df.groupby("task", sort=True):
-        lat = sorted(int(c.rsplit("_b", 1)[1]) for c in g.columns if c.startswith("latency_ratio_b"))
-        cls = (g["metric"] == "top1").all()
-        head = (["backbone", "method", "bits", "placement", "layout"]
-                + (["top-1 fake", "top-1 ORT", "Δ images", "agreement %", "max abs Δ logit", "top-1 ORT unoptimised"]
-                   if cls else ["test set", "PSNR fake", "PSNR ORT", "Δ PSNR", "max abs Δ pixel",
-                                "PSNR ORT unoptimised"])
-                + ["int8 kernel", "integer kernels", "size int8/FP"] + [f"latency int8/FP b{b}" for b in lat])
-        rows, low = [], []
-        for _, r in g.iterrows():
-            method = r["method"] if r["method"] == DQSS_METHOD else f"{r['strategy']} (best uniform)"
-            bits = f"W{r['w_bits']}A{r['a_bits']}" + (" (int8 grid)" if r["emulated_layers"] else "")
-            if cls:
-                mark = r["agreement"] < AGREEMENT_TARGET
-                if mark:
-                    low.append(f"{r['backbone']} {method} {bits} {r['placement']} {r['layout']}")
-                cells = [f"{r['fake']:.2f}", f"{r['ort']:.2f}", f"{int(r['diff_items']):+d}",
-                         f"{r['agreement']:.2f}" + (" (!)" if mark else ""),
-                         f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.2f}"]
-            else:
-                cells = [r["dataset"], f"{r['fake']:.3f}", f"{r['ort']:.3f}", f"{r['diff']:+.3f}",
-                         f"{r['max_abs_diff']:.4f}", f"{r['ort_unoptimized']:.3f}"]
-            kernel = str(r["int8_kernel"]) + (" (int16 saturation)" if bool(r["int16_saturation"]) else "")
-            rows.append([r["backbone"], method, bits, r["placement"], r["layout"], *cells, kernel,
-                         f"{int(r['integer_kernels'])}/{int(r['quantized_layers'])}", f"{r['size_ratio']:.3f}"]
-                        + [f"{r[f'latency_ratio_b{b}']:.2f}" for b in lat])
-        note = (f"(!) top-1 agreement below {AGREEMENT_TARGET:g} %: " + "; ".join(low) + ".") if low else ""
-        md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n"
-        md += "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
-        md += f"\n{note}\n" if note else ""
-        n_left = 5 + (not cls)
-        tex = ("\\begin{tabular}{" + "l" * n_left + "r" * (len(head) - n_left) + "}\n\\toprule\n"
-               + " & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n"
-               + "".join(" & ".join(_tex(c) for c in row) + " \\\\\n" for row in rows)
-               + "\\bottomrule\n\\end{tabular}\n" + (f"\n{_tex(note)}\n" if note else ""))
-        out[f"deploy_{task}"] = (md, tex)
-    return out
-
-
-def run_deploy(cfg, *, track: str, **kwargs) -> None:
-    """The rule's entry: the job of its ``track`` wildcard."""
-    if track != cfg.task:
-        raise ValueError(f"deploy_check for {track} was given the {cfg.task} settings")
-    {"cls_ptq": run_cls_deploy, "sr_ptq": run_sr_deploy}[track](cfg, **kwargs)

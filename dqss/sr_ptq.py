@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
 from .config import TrackConfig, given, track_key
-from .deploy_check import DeploySection
+from .deploy_check import DeploySection, LastOutput, OrtModule, check_job
 from .layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
@@ -30,8 +30,9 @@ from .recon import ReconSection, mse_task_loss
 from .search import SearchConfig
 from .sr_data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
 from .sr_metrics import mean_metrics, sr_metrics
-from .sr_models import PARTS, create_sr_backbone, parse_backbone
-from .track import calibrate, dqss_save, dqss_search, recon_candidates, reconstruct_job, uniform_grid
+from .sr_models import PARTS, SRNet, create_sr_backbone, parse_backbone
+from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
+                    uniform_grid)
 
 log = logging.getLogger(__name__)
 
@@ -406,3 +407,35 @@ def run_reconstruct(cfg: SRPTQConfig, *, backbone: str, method: str, seed: int, 
     log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, sets)
     save_png(crop_img, crop)
     _write(metrics, cfg, backbone, method, w, a, seed, sets, device, {"reconstruction_seconds": round(result.seconds, 3)})
+
+
+def run_deploy(cfg, *, backbone: str, seed: int, ckpt=None, stats, assignments, table, device) -> None:
+    """The SR PTQ track's deployment check of one backbone: PSNR (Y, border cropped, as the tables) of the
+    fake-quantized model and of ONNX Runtime on every test set, and the largest output difference.  The
+    basicsr network is exported; SRNet's padding to a size multiple stays in PyTorch around it."""
+    cpu = torch.device("cpu")
+    folded, ex = _folded(cfg, backbone, ckpt, cpu)
+    calib = load_calibration(cfg, folded, ex, stats, cpu)
+    batches = torch.split(calibration_crops(cfg, backbone, seed)[0], cfg.calibration.batch_size)
+    data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
+
+    def compare(qmodel, session, unoptimized):
+        """One pass over each test set: PSNR of the three models, and the largest raw output difference."""
+        models = {"fake": LastOutput(qmodel), "ort": LastOutput(SRNet(OrtModule(session, 1), qmodel.scale, qmodel.pad_multiple)),
+                  "unoptimized": SRNet(OrtModule(unoptimized, 1), qmodel.scale, qmodel.pad_multiple)}
+        rows = []
+        for name, pairs in data.test_sets.items():
+            per_image, diff = {k: [] for k in models}, 0.0
+            with torch.no_grad():
+                for p in tqdm(pairs, desc=f"deploy {name}", leave=False):
+                    for k, m in models.items():
+                        per_image[k].append(sr_metrics(super_resolve(m, p.lr, cpu), p.hr, data.scale))
+                    diff = max(diff, float((models["fake"].last - models["ort"].last).abs().max()))
+            psnr = {k: mean_metrics(v)["psnr"] for k, v in per_image.items()}
+            rows.append({"dataset": name, "metric": "psnr", "fake": round(psnr["fake"], 4),
+                         "ort": round(psnr["ort"], 4), "diff": round(psnr["ort"] - psnr["fake"], 4),
+                         "n_items": len(pairs), "max_abs_diff": round(diff, 6),
+                         "ort_unoptimized": round(psnr["unoptimized"], 4)})
+        return rows
+
+    check_job(cfg, backbone, seed, folded, ex, calib, batches, assignments, table, lambda m: m.net, compare)

@@ -312,6 +312,15 @@ def canonical(value):
     return value
 
 
+def track_job(track: str, job: str):
+    """The function of ``track``'s module that runs ``job`` (``run_<job>``): the entry of a rule shared by tracks."""
+    import importlib
+
+    if track not in TRACKS:
+        raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
+    return getattr(importlib.import_module(f"{__package__}.{track}"), f"run_{job}")
+
+
 def job_config(smk):
     """The config of a job, built from its rule's ``params.settings`` only."""
     track = smk.params.track
@@ -417,11 +426,15 @@ def run_job(smk, job, **extra) -> None:
     several files as their list."""
     device = setup(smk)
     kwargs = {k: int(v) if k in INT_WILDCARDS else v for k, v in smk.wildcards.items()}
+    cfg = job_config(smk)
+    track = kwargs.pop("track", cfg.task)  # a rule shared by tracks (deploy_check) runs its track's job
+    if track != cfg.task:
+        raise ValueError(f"{smk.rule} for {track} was given the {cfg.task} settings")
     for name, value in [*smk.input.items(), *smk.output.items()]:
         # a named input or output of several files (dqss_recon's reconstructions) is passed as the list
         kwargs[name] = value if isinstance(value, str) else (None if len(value) == 0 else
                                                              value[0] if len(value) == 1 else list(value))
-    job(job_config(smk), **kwargs, **extra, device=device)
+    job(cfg, **kwargs, **extra, device=device)
 
 
 def main(argv=None) -> int:

@@ -51,7 +51,7 @@ def _deploy_section(deploy_path, tdir: Path, written: list) -> list[str]:
     """The deployment check's tables (one per task) and what they show."""
     import pandas as pd
 
-    from ..deploy_check import deploy_tables
+    from .deploy import deploy_tables
 
     if not deploy_path:
         return []

@@ -1,4 +1,3 @@
-from dqss.deploy_check import run_deploy
-from dqss.workflow import run_job
+from dqss.workflow import run_job, track_job
 
-run_job(snakemake, run_deploy)
+run_job(snakemake, track_job(snakemake.wildcards.track, "deploy"))
