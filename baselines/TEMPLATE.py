@@ -2,7 +2,7 @@
 
 <Authors>, "<Paper title>" (<venue, year>).  Say which statistics it uses (weights:
 the tensor itself, one row per output channel; activations: the calibration
-statistics in ``dqss.stats.ActStats``: min/max, moments, magnitude histograms) and
+statistics in ``dqss.core.stats.ActStats``: min/max, moments, magnitude histograms) and
 anything it does differently from the paper.
 
 To add a baseline:
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dqss.strategy import Strategy, register_strategy, row_minmax
+from dqss.core.strategy import Strategy, register_strategy, row_minmax
 
 
 @register_strategy("template")  # the name used in the config, the tables and the CSV

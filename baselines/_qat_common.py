@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from dqss.quant import QuantSpec
+from dqss.core.quant import QuantSpec
 
 # A learned step or clip is clamped to at least EPS in the forward pass (and in the
 # gradient formulas), so a step driven to zero or below by SGD cannot divide by zero or

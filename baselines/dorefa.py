@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from baselines._qat_common import EPS, act_grid
-from dqss.qat import LearnedQuantizer
-from dqss.strategy import Strategy, register_strategy
+from dqss.core.qat import LearnedQuantizer
+from dqss.core.strategy import Strategy, register_strategy
 
 
 def round_ste(r: torch.Tensor) -> torch.Tensor:

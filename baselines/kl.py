@@ -49,8 +49,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dqss.stats import hist_bins
-from dqss.strategy import Strategy, register_strategy
+from dqss.core.stats import hist_bins
+from dqss.core.strategy import Strategy, register_strategy
 
 START_BIN = 128  # NVIDIA's first candidate (the int8 level count)
 TIE_TOL = 1e-10  # KL values this close to the minimum are ties; the largest threshold wins

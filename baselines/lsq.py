@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from baselines._qat_common import EPS, act_grid, elements_per_step, per_step, symmetric_grid, weight_rows
-from dqss.qat import LearnedQuantizer, grad_scale
-from dqss.strategy import Strategy, register_strategy
+from dqss.core.qat import LearnedQuantizer, grad_scale
+from dqss.core.strategy import Strategy, register_strategy
 
 
 class LSQQuantizer(LearnedQuantizer):

@@ -29,8 +29,8 @@ from torch import nn
 
 from baselines._qat_common import EPS, elements_per_step, per_step, symmetric_grid, weight_rows
 from baselines.lsq import LSQQuantizer
-from dqss.qat import LearnedQuantizer, grad_scale
-from dqss.strategy import Strategy, register_strategy
+from dqss.core.qat import LearnedQuantizer, grad_scale
+from dqss.core.strategy import Strategy, register_strategy
 
 
 class LSQPlusActQuantizer(LearnedQuantizer):

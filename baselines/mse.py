@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dqss.strategy import Strategy, quant_error, register_strategy, row_minmax, shrink_grid
+from dqss.core.strategy import Strategy, quant_error, register_strategy, row_minmax, shrink_grid
 
 
 REFINE_SPAN = 3  # a refinement round scans +-3 steps of the previous round ...

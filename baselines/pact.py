@@ -28,8 +28,8 @@ from torch import nn
 
 from baselines._qat_common import EPS, act_grid
 from baselines.dorefa import DoReFaWeightQuantizer, clip_quantize
-from dqss.qat import LearnedQuantizer
-from dqss.strategy import Strategy, register_strategy
+from dqss.core.qat import LearnedQuantizer
+from dqss.core.strategy import Strategy, register_strategy
 
 
 class PACTQuantizer(LearnedQuantizer):

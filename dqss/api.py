@@ -40,8 +40,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .layers import LAYER_TYPES, LayerPlan, QuantPolicy, fold_batchnorm
-from .stats import ActStats, check_stats, collect_act_stats, load_stats_file, save_stats
+from .core.layers import LAYER_TYPES, LayerPlan, QuantPolicy, fold_batchnorm
+from .core.stats import ActStats, check_stats, collect_act_stats, load_stats_file, save_stats
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +315,8 @@ def model_fingerprint(model: nn.Module) -> str:
 def strategies(kind: str | None = None) -> list[str]:
     """The registered strategy names, sorted (``kind``: ``"ptq"`` range strategies, the uniform baselines and
     DQSS's candidates; ``"qat"`` trained quantizers; None: both).  Every file in ``baselines/`` registers its
-    own (:func:`dqss.strategy.register_strategy`)."""
-    from .strategy import strategy_names
+    own (:func:`dqss.core.strategy.register_strategy`)."""
+    from .core.strategy import strategy_names
 
     if kind not in (None, "ptq", "qat"):
         raise ValueError(f"kind must be 'ptq', 'qat' or None (both), got {kind!r}")
@@ -325,7 +325,7 @@ def strategies(kind: str | None = None) -> list[str]:
 
 def _check_options(name: str, options, where: str) -> dict:
     """``options`` (None or a dict) of the registered strategy ``name``: known keys of the right types."""
-    from .strategy import STRATEGIES, options_problem
+    from .core.strategy import STRATEGIES, options_problem
 
     cls = STRATEGIES[name].Options
     valid = {f.name: f for f in dataclasses.fields(cls)}
@@ -363,7 +363,7 @@ def _per_strategy(options, where: str = "options") -> dict:
 
 def _strategy(strategy, options, where: str = "options"):
     """A strategy object: ``strategy`` itself, or the registered strategy of that name with ``options``."""
-    from .strategy import STRATEGIES, Strategy, get_strategy, load_baselines
+    from .core.strategy import STRATEGIES, Strategy, get_strategy, load_baselines
 
     if isinstance(strategy, Strategy):
         if options:
@@ -430,7 +430,7 @@ def calibrate(model: nn.Module, batches, policy: QuantPolicy | None = None, *, b
 
 def from_stats(model: nn.Module, stats, policy: QuantPolicy | None, example: torch.Tensor, *, device="cpu",
                strict: bool = True, folded: bool = False) -> Calibration:
-    """A :class:`Calibration` of statistics computed before (a dict of :class:`~dqss.stats.ActStats`, or the
+    """A :class:`Calibration` of statistics computed before (a dict of :class:`~dqss.core.stats.ActStats`, or the
     path of a ``stats.pt`` that :meth:`Calibration.save` wrote) for ``model`` under ``policy`` (None: calibrate's
     default), ``example`` one input.  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the suite's
     jobs).
@@ -445,7 +445,7 @@ def from_stats(model: nn.Module, stats, policy: QuantPolicy | None, example: tor
         stats, recorded = load_stats_file(path)
     elif isinstance(stats, Mapping):
         stats = dict(stats)
-        check_stats(stats, "from_stats takes a dict of layer name -> dqss.stats.ActStats (Calibration.stats) or the "
+        check_stats(stats, "from_stats takes a dict of layer name -> dqss.core.stats.ActStats (Calibration.stats) or the "
                     "path of a stats.pt", "statistics that no range can be computed from: calibrate again "
                     "(dqss.calibrate(model, batches))")
     else:
@@ -485,7 +485,7 @@ def quantize(model: nn.Module, calib: Calibration, strategy="minmax", *, w_bits:
              options: dict | None = None, device="cpu", folded: bool = False) -> nn.Module:
     """A uniform baseline: every planned layer quantized by one registered strategy (a name with its
     ``options``, a dict of the strategy's keyword options such as ``{"p": 2.0}``, or a
-    :class:`dqss.strategy.Strategy`).  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the
+    :class:`dqss.core.strategy.Strategy`).  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the
     suite's jobs)."""
     from .ptq import quantize_uniform
 
@@ -666,7 +666,7 @@ def _in_plan_order(assignment: dict, plan: dict) -> dict:
 def _assigned_strategy(name: str, options):
     """The registered strategy ``name`` an assignment names, or an error saying how to pass one that is not."""
     from .recon import reconstruction_names
-    from .strategy import STRATEGIES, load_baselines
+    from .core.strategy import STRATEGIES, load_baselines
 
     load_baselines()
     if name not in STRATEGIES and name in reconstruction_names():
@@ -688,7 +688,7 @@ def from_assignment(model: nn.Module, calib: Calibration, assignment, *, strateg
     Its layers are matched to the model's by name (in any order)."""
     from .ptq import quantize_from_assignment
     from .results import check_assignment, load_assignment
-    from .strategy import Strategy
+    from .core.strategy import Strategy
 
     _check_calibration(calib, "from_assignment")
     if isinstance(assignment, (str, Path)):
@@ -703,7 +703,7 @@ def from_assignment(model: nn.Module, calib: Calibration, assignment, *, strateg
         raise ValueError("the assignment has no layers; give the dict a search returned or an assignment.yaml file")
     given = strategies or {}
     if not isinstance(given, Mapping) or not all(isinstance(v, Strategy) for v in given.values()):
-        raise TypeError("strategies must be a dict of strategy objects by name (dqss.strategy.Strategy, e.g. "
+        raise TypeError("strategies must be a dict of strategy objects by name (dqss.core.strategy.Strategy, e.g. "
                         "dqss.recon.ReconstructedStrategy), for the names the assignment uses that are not registered")
     w, a = _assignment_bits(assignment)
     used = sorted({e[r] for e in layers for r in ("weight", "act")})
@@ -724,7 +724,7 @@ def _assignment_bits(assignment: dict) -> tuple[int, int]:
 def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batches, *, bits: int = 8,
                   strategy="mse", options: dict | None = None, device="cpu", folded: bool = False) -> nn.Module:
     """A copy of ``qmodel`` (from :func:`quantize` or :func:`from_assignment` of ``model``) in the integer-graph
-    placement (:mod:`dqss.placement`): the inputs and outputs of residual adds and concatenations and the inputs
+    placement (:mod:`dqss.core.placement`): the inputs and outputs of residual adds and concatenations and the inputs
     of pooling quantized too, so an int8 runtime keeps the network in integers.  A tensor a quantized layer reads
     takes that layer's input quantizer; the others get ``strategy``'s range on a ``bits`` activation grid from
     ``model``'s outputs on ``batches`` (calibration inputs).  ``folded``: ``model`` is already a BN-folded copy on
@@ -732,7 +732,7 @@ def integer_graph(model: nn.Module, qmodel: nn.Module, calib: Calibration, batch
     import copy
 
     from .options import BIT_MIN
-    from .placement import place_integer
+    from .core.placement import place_integer
 
     _check_calibration(calib, "integer_graph")
     _check_model(qmodel, "qmodel")

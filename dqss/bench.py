@@ -60,11 +60,11 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
     import timm
     import torch
 
-    from .layers import QuantPolicy, fold_batchnorm, plan_layers
-    from .mixed import arch_parameters, mixed_layers, set_mode
+    from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
+    from .core.mixed import arch_parameters, mixed_layers, set_mode
     from .ptq import quantize_mixed
-    from .stats import collect_act_stats
-    from .strategy import get_strategy
+    from .core.stats import collect_act_stats
+    from .core.strategy import get_strategy
 
     if not 1 <= n <= len(_CANDIDATES):
         raise ValueError(f"n must lie in 1..{len(_CANDIDATES)}")

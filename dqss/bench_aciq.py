@@ -4,7 +4,7 @@ For every non-negative activation (the unsigned grid: a ReLU's output) in calibr
 files, and for 4 and 8 bits, the quantization MSE of the clip of each one-sided prior of
 ``baselines/aciq.py`` (exponential = ``laplace``, half-normal = ``gaussian``) is divided by the MSE of
 the brute-force MSE-optimal clip.  The MSE is that of the suite's own quantizer
-(:func:`dqss.strategy.quant_error`) over the calibration histogram, i.e. at bin resolution.  Only
+(:func:`dqss.core.strategy.quant_error`) over the calibration histogram, i.e. at bin resolution.  Only
 calibration statistics are read, never a test set:
 
     python -m dqss.bench_aciq results/*/*/*/calib/seed0/stats.pt
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .quant import QuantSpec
-from .stats import ActStats, load_stats
-from .strategy import quant_error
+from .core.quant import QuantSpec
+from .core.stats import ActStats, load_stats
+from .core.strategy import quant_error
 
 BITS = (4, 8)  # the default; --bits for others
 OPTIMUM_GRID = 500  # clips from max/OPTIMUM_GRID to max, then refined around the best

@@ -2,7 +2,7 @@
 
 On a finished run of the embedded default (or any config's results), for every classification PTQ backbone,
 the DQSS assignment and the held-best uniform strategy of the first seed at each bit width are exported in
-every layout of :data:`dqss.deploy.LAYOUTS`, in each placement (:mod:`dqss.placement`: the papers' ``layers``
+every layout of :data:`dqss.deploy.LAYOUTS`, in each placement (:mod:`dqss.core.placement`: the papers' ``layers``
 and the ``integer`` graph), and run by ONNX Runtime on the test set:
 
     python -m dqss.bench_deploy config/config.yaml --runs 20     # after snakemake --cores all
@@ -47,7 +47,7 @@ def bench_backbone(cfg, backbone: str, layouts: list[str], runs: int, batches: l
     from .classification import calibration_tensors, example_input, prepare
     from .deploy import compare_latency, export_onnx, int8_kernel, integer_kernels, ort_session, run_onnx
     from .deploy_check import models_to_check, placed
-    from .layers import fold_batchnorm
+    from .core.layers import fold_batchnorm
     from .results import DQSS_METHOD, Layout
     from .track import load_calibration
 

@@ -30,9 +30,9 @@ def build(method: str, model, plans, stats, candidates, mode: str):
     import torch
 
     from .qat_train import quantize_qat
-    from .mixed import arch_parameters, set_mode
+    from .core.mixed import arch_parameters, set_mode
     from .qat_train import _param_groups
-    from .strategy import get_strategy
+    from .core.strategy import get_strategy
 
     names = candidates if method.startswith("dqss") else [method]
     strategies = {n: get_strategy(n) for n in names}
@@ -56,9 +56,9 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
     import torch.nn.functional as F
 
     from .bench import saved_tensor_mb
-    from .layers import QuantPolicy, plan_layers
+    from .core.layers import QuantPolicy, plan_layers
     from .models import register_models
-    from .stats import collect_act_stats
+    from .core.stats import collect_act_stats
 
     import timm
 

@@ -45,7 +45,7 @@ def _time(fn, device, repeats: int) -> float:
 def bench(cfg, backbones: list[str], bits: int, device, repeats: int, iterations: int | None = None) -> list[dict]:
     from .ptq import quantize_uniform
     from .recon import get_reconstruction, kl_task_loss, reconstruct
-    from .stats import collect_act_stats
+    from .core.stats import collect_act_stats
 
     rec = cfg.reconstruction
     if iterations is not None:

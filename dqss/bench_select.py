@@ -36,10 +36,10 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
     need (the cost does not depend on the weights or the images)."""
     import timm
 
-    from .layers import fold_batchnorm, plan_layers
+    from .core.layers import fold_batchnorm, plan_layers
     from .models import data_config, register_models
     from .ptq_search import split_calibration
-    from .stats import collect_act_stats
+    from .core.stats import collect_act_stats
 
     register_models()
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from .options import EVAL_BATCH_SIZE, check_options, option
 from .config import TrackConfig, eval_batch_size, track_key
 from .data import DataConfig, load_classification
 from .evaluate import classification_metrics, per_image, predict
-from .layers import QuantPolicy
+from .core.layers import QuantPolicy
 from .models import create_backbone, data_config, save_checkpoint
 from .results import FP_METHOD, atomic_write, provenance, write_csv, write_metrics
 from .train import TrainConfig, train_classifier

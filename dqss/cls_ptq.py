@@ -18,7 +18,7 @@ from .classification import (ClassificationConfig, calibration_tensors, evaluate
                              load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
 from .deploy import run_onnx
 from .deploy_check import DeploySection, check_job, test_subset
-from .layers import fold_batchnorm
+from .core.layers import fold_batchnorm
 from .ptq_search import selection_summary
 from .recon import ReconSection, kl_task_loss
 from .results import DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, provenance, write_metrics

@@ -16,12 +16,12 @@ from torch.utils.data import DataLoader
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input, load_fp_logits,
                              prepare)
 from .evaluate import predict
-from .layers import plan_layers
+from .core.layers import plan_layers
 from .ptq import export_assignment, save_assignment
 from .ptq_search import selection_summary
 from .qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
 from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
-from .stats import collect_act_stats
+from .core.stats import collect_act_stats
 
 log = logging.getLogger(__name__)
 

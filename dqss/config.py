@@ -65,7 +65,7 @@ def given(*values) -> bool:
 
 def check_names(names, key: str, kind: str) -> list[str]:
     """``names`` if every one is a registered strategy of ``kind``, else a ValueError listing them."""
-    from .strategy import strategy_names
+    from .core.strategy import strategy_names
 
     known = strategy_names(kind)
     bad = [s for s in names if s not in known]
@@ -87,7 +87,7 @@ def check_candidates(names, key: str, kind: str) -> list[str]:
 def parse_options(opts: dict | None, key: str, kind: str) -> dict[str, dict]:
     """``strategy_options`` (``key``: its full key): each strategy registered and its options valid, before any
     work."""
-    from .strategy import get_strategy
+    from .core.strategy import get_strategy
 
     opts = dict(opts or {})
     check_names(list(opts), key, kind)
@@ -219,7 +219,7 @@ class TrackConfig:
                     raise ValueError(f"{key}.{section}.{name}: '{value}' {why}; valid values are {list(allowed)}")
 
     def strategy(self, name: str):
-        from .strategy import get_strategy
+        from .core.strategy import get_strategy
 
         return get_strategy(name, self.strategy_options.get(name))
 

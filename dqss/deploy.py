@@ -1,13 +1,13 @@
 """Deployment check: a fake-quantized model exported to ONNX QDQ and run by ONNX Runtime (CPU).
 
 What the exported graph contains (:func:`export_onnx`, TorchScript exporter, opset 17, batch
-dimension dynamic).  Every :class:`~dqss.layers.QuantLayer` becomes
+dimension dynamic).  Every :class:`~dqss.core.layers.QuantLayer` becomes
 
 * its input activation: ``QuantizeLinear -> DequantizeLinear`` per tensor, with the suite's scale
   and zero point;
 * its weight: an 8-bit initializer holding the grid codes, then ``DequantizeLinear`` per output
   channel (axis 0) with the suite's scales, so the file stores one byte per weight;
-* its bias, where the layer rounds it to int32 (:meth:`~dqss.layers.QuantLayer.rounds_bias`, the
+* its bias, where the layer rounds it to int32 (:meth:`~dqss.core.layers.QuantLayer.rounds_bias`, the
   default ``quant.int32_bias``): an ``int32`` initializer of the codes ``round(b / (s_x s_w[c]))``
   and its ``DequantizeLinear``, the bias the simulation adds, bit for bit; else a float initializer;
 * then the float ``Conv`` / ``Gemm`` (``MatMul``) of the original layer.
@@ -25,7 +25,7 @@ exact too but change the model.
 
 In the papers' placement nothing else is quantized: adds, pools, activations and the layers the policy
 keeps in full precision stay float, as in the fake-quantized model.  In the integer-graph placement
-(:mod:`dqss.placement`) each module whose output is quantized (its ``dqss_point``) gets a
+(:mod:`dqss.core.placement`) each module whose output is quantized (its ``dqss_point``) gets a
 ``QuantizeLinear -> DequantizeLinear`` pair after it too (:class:`QDQ`).  Grids narrower than their 8-bit
 container (bit widths < 8, PACT's or DoReFa's symmetric ``-Q_P..Q_P``) are *emulated*: the
 weight codes already lie on the narrow grid; an activation gets a float ``Clip`` to the
@@ -74,9 +74,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import QuantLayer
-from .placement import POINT, attach, points_of
-from .quant import bias_codes, bias_step
+from .core.layers import QuantLayer
+from .core.placement import POINT, attach, points_of
+from .core.quant import bias_codes, bias_step
 
 DEFAULT_OPSET = 17
 # How the codes are stored: (activation container, weight container).  None keeps a grid's own container
@@ -233,7 +233,7 @@ def _grid_makers() -> list[tuple[type, object]]:
     from baselines.lsq import LSQQuantizer
     from baselines.lsq_plus import LSQPlusActQuantizer
     from baselines.pact import PACTQuantizer
-    from .quant import FakeQuantizer
+    from .core.quant import FakeQuantizer
     from .recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
     return [(FakeQuantizer, _buffer_grid), (AdaRoundQuantizer, _buffer_grid), (FrozenWeightQuantizer, _buffer_grid),
             (StepQuantizer, _step_grid), (LSQQuantizer, _lsq_grid), (LSQPlusActQuantizer, _lsq_plus_grid),
@@ -242,13 +242,13 @@ def _grid_makers() -> list[tuple[type, object]]:
 
 
 def resolve(quantizer: nn.Module) -> nn.Module:
-    """The quantizer a layer really applies: a pinned :class:`~dqss.mixed.MixedQuantizer`'s candidate."""
-    from .mixed import MixedQuantizer
+    """The quantizer a layer really applies: a pinned :class:`~dqss.core.mixed.MixedQuantizer`'s candidate."""
+    from .core.mixed import MixedQuantizer
     if isinstance(quantizer, MixedQuantizer):
         if quantizer.pinned is None:
             raise ValueError("an unpinned MixedQuantizer (a DQSS search's mixture) has no single grid to export; "
                              "build the discrete model from its assignment (dqss.ptq.quantize_from_assignment) "
-                             "or pin every layer (dqss.mixed.pin) first")
+                             "or pin every layer (dqss.core.mixed.pin) first")
         return resolve(quantizer.candidates[quantizer.pinned])
     return quantizer
 
@@ -356,7 +356,7 @@ def _act_qdq(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class QDQ(nn.Module):
-    """What an integer-graph point's quantizer (:mod:`dqss.placement`) becomes for export: the QDQ pair of its
+    """What an integer-graph point's quantizer (:mod:`dqss.core.placement`) becomes for export: the QDQ pair of its
     grid, in the activation container of ``layout``."""
 
     def __init__(self, name: str, quantizer: nn.Module, layout: str = DEFAULT_LAYOUT):
@@ -369,7 +369,7 @@ class QDQ(nn.Module):
 
 class QDQLayer(nn.Module):
     """What a QuantLayer becomes for export: integer weight codes, the activation's QDQ pair and, where the layer
-    rounds its bias to int32 (:meth:`~dqss.layers.QuantLayer.deployed_bias`), the int32 bias codes, each stored in
+    rounds its bias to int32 (:meth:`~dqss.core.layers.QuantLayer.deployed_bias`), the int32 bias codes, each stored in
     the containers of ``layout`` (:data:`LAYOUTS`)."""
 
     def __init__(self, name: str, qlayer: QuantLayer, layout: str = DEFAULT_LAYOUT):

@@ -43,7 +43,7 @@ class DeploySection:
     opset: int = option(17, ge=13, le=21)  # ONNX opset of the export
     # containers of the activation and weight codes (dqss.deploy.LAYOUTS); u8u8 runs exactly on every x86 CPU
     layouts: list[str] = option(factory=lambda: ["u8u8"], choices=["u8u8", "u8s8", "s8s8", "grid"], min_items=1)
-    # where the activation quantizers sit (dqss.placement): the papers' "layers" (the tables' models) and
+    # where the activation quantizers sit (dqss.core.placement): the papers' "layers" (the tables' models) and
     # "integer" (also the inputs and outputs of residual adds and concatenations and the inputs of pooling)
     placements: list[str] = option(factory=lambda: ["layers", "integer"], choices=["layers", "integer"], min_items=1)
     # the range strategy of an integer-graph tensor that no quantized layer reads (one a layer reads takes its quantizer)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .mixed import set_temperature
+from .core.mixed import set_temperature
 from .ptq import quantize_mixed
 from .search import SearchConfig, search
 from .select import Evaluator, argmax_assignment, measured_selection

@@ -31,13 +31,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .options import check_annealing, check_options, option
-from .layers import QuantLayer, swap_layers
-from .nonfinite import first_nonfinite_output
-from .mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
+from .core.layers import QuantLayer, swap_layers
+from .core.nonfinite import first_nonfinite_output
+from .core.mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
                     set_mode, set_temperature)
-from .qat import LearnedQuantizer
+from .core.qat import LearnedQuantizer
 from .select import RULES
-from .strategy import LayerContext
+from .core.strategy import LayerContext
 from .train import random_shift
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ One engine serves the three methods of ``baselines/adaround.py``, ``brecq.py`` a
   well: quantized-model input or FP-model input, element by element).
 
 Once reconstructed a quantizer is frozen (:class:`FrozenWeightQuantizer`, a
-:class:`~dqss.quant.FakeQuantizer` for activations); :func:`save_reconstruction` keeps the
+:class:`~dqss.core.quant.FakeQuantizer` for activations); :func:`save_reconstruction` keeps the
 integer weights and scales, from which :class:`ReconstructedStrategy` rebuilds the same quantizers,
 so a reconstructed method is also a DQSS candidate.
 """
@@ -52,10 +52,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .options import check_options, option
-from .layers import LayerPlan, QuantLayer, execution_order, swap_layers
-from .quant import FakeQuantizer, QuantSpec, _broadcast
-from .stats import ActStats
-from .strategy import LayerContext, Strategy
+from .core.layers import LayerPlan, QuantLayer, execution_order, swap_layers
+from .core.quant import FakeQuantizer, QuantSpec, _broadcast
+from .core.stats import ActStats
+from .core.strategy import LayerContext, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class ReconSection(ReconConfig):
     def check(self, key: str, strategies: list[str]) -> None:
         """Every method registered and not named like a range strategy; the two range strategies it uses
         registered PTQ strategies."""
-        from .strategy import strategy_names
+        from .core.strategy import strategy_names
 
         known = reconstruction_names()
         for m in self.methods:
@@ -266,7 +266,7 @@ def register_reconstruction(name: str):
 
 
 def reconstruction_names() -> list[str]:
-    from .strategy import load_baselines
+    from .core.strategy import load_baselines
 
     load_baselines()
     return sorted(RECONSTRUCTIONS)

@@ -10,8 +10,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .options import check_annealing, check_options, option
-from .nonfinite import first_nonfinite_output
-from .mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
+from .core.nonfinite import first_nonfinite_output
+from .core.mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
 from .select import PTQ_OBJECTIVES, RULES
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The argmax of the searched logits is not the best discrete assignment: the relax
 optimum lies inside the simplex (a blend of grids with independent rounding errors dithers), and
 the logit gradient ranks candidates by how their errors correlate, not by how good each is alone
 (see the README's "Which DQSS row is which").  Evaluating a discrete assignment costs one no-grad
-forward once the mixed layers are pinned (:func:`dqss.mixed.pin`), so the final choice is made on
+forward once the mixed layers are pinned (:func:`dqss.core.mixed.pin`), so the final choice is made on
 the discrete objective, with the gradient search as one proposal:
 
 1. start from the best on the search part S of {every uniform strategy, the argmax};
@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .mixed import mixed_layers, pin
-from .quant import FakeQuantizer
+from .core.mixed import mixed_layers, pin
+from .core.quant import FakeQuantizer
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
 from .config import TrackConfig, given, track_key
 from .deploy_check import DeploySection, LastOutput, OrtModule, check_job
-from .layers import QuantPolicy, fold_batchnorm, plan_layers
+from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from .ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
 from .recon import ReconSection, mse_task_loss

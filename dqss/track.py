@@ -12,11 +12,11 @@ from typing import Callable
 import torch
 
 from . import api
-from .mixed import pinned
+from .core.mixed import pinned
 from .ptq import assignment_choice, export_assignment
 from .ptq_search import Outcome, write_history, write_selection
 from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
-from .stats import load_stats
+from .core.stats import load_stats
 
 log = logging.getLogger(__name__)
 

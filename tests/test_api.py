@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dqss
-from dqss.layers import QuantLayer, QuantPolicy
+from dqss.core.layers import QuantLayer, QuantPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_timm_model_search_and_from_assignment(tmp_path):
     got = {n: (m.weight_quant.strategy, m.act_quant.strategy) for n, m in _quant_layers(q).items()}
     assert got == chosen
     # the same model as the search's own pinned choice
-    from dqss.mixed import pinned
+    from dqss.core.mixed import pinned
     from dqss.ptq import assignment_choice
 
     with pinned(found.outcome.qmodel, assignment_choice(found.assignment, found.plans, found.strategies)) as ref:

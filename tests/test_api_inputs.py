@@ -14,8 +14,8 @@ from torch import nn
 
 import dqss
 from dqss import api
-from dqss.layers import QuantPolicy
-from dqss.stats import ActStats, load_stats, save_stats
+from dqss.core.layers import QuantPolicy
+from dqss.core.stats import ActStats, load_stats, save_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -336,7 +336,7 @@ def test_run_onnx_other_image_size_or_batch_size(q8, tmp_path):
 
 # -- 9. public names ----------------------------------------------------------------------------------------
 def test_strategies_lists_the_registry():
-    from dqss.strategy import strategy_names
+    from dqss.core.strategy import strategy_names
 
     assert dqss.strategies() == strategy_names()
     assert set(api.DEFAULT_CANDIDATES) <= set(dqss.strategies("ptq"))
@@ -438,7 +438,7 @@ def test_api_search_defaults_are_the_embedded_configs(model, calib, monkeypatch)
 def test_strategy_options_of_the_wrong_type_are_refused_by_the_strategy_itself():
     """The config's strategy_options reach the strategy without the API's checks: the type error names the option
     there too (it was "'<=' not supported between instances of 'str' and 'int'")."""
-    from dqss.strategy import get_strategy
+    from dqss.core.strategy import get_strategy
 
     with pytest.raises(ValueError, match=r"strategy 'mse': option p must be a number, got 'x'"):
         get_strategy("mse", {"p": "x"})
@@ -448,7 +448,7 @@ def test_strategy_options_of_the_wrong_type_are_refused_by_the_strategy_itself()
 def test_an_assignment_is_matched_to_the_plan_by_name():
     """The library's own reader (dqss.ptq) takes layers in any order, and names what is missing or extra."""
     from dqss.ptq import assignment_choice
-    from dqss.strategy import get_strategy
+    from dqss.core.strategy import get_strategy
 
     from types import SimpleNamespace
 

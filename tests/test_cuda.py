@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dqss.layers import QuantPolicy, fold_batchnorm, plan_layers
-from dqss.mixed import arch_parameters, mixed_layers
+from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
+from dqss.core.mixed import arch_parameters, mixed_layers
 from dqss.ptq import quantize_mixed, quantize_uniform
 from dqss.ptq_search import split_calibration
 from dqss.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, quantizer_parameters, train_qat
-from dqss.quant import QuantSpec
+from dqss.core.quant import QuantSpec
 from dqss.search import SearchConfig, search
 from dqss.select import Evaluator, measured_selection
 from dqss.sr_models import build_sr, parse_backbone
-from dqss.stats import ActStats, collect_act_stats
-from dqss.strategy import LayerContext, get_strategy, strategy_names
+from dqss.core.stats import ActStats, collect_act_stats
+from dqss.core.strategy import LayerContext, get_strategy, strategy_names
 from test_layers import _mixed_layer, _run
 
 pytestmark = pytest.mark.cuda

@@ -17,10 +17,10 @@ import yaml
 from dqss.cls_ptq import (ClsPTQConfig, prepare, run_calibrate, run_dqss, run_evaluate_fp, run_train,
                           run_uniform)
 from dqss.data import DATASETS, ClassificationData, DataConfig, digits, load_classification
-from dqss.layers import fold_batchnorm, plan_layers
+from dqss.core.layers import fold_batchnorm, plan_layers
 from dqss.models import (check_backbone, create_backbone, data_config, load_checkpoint,
                          save_checkpoint)
-from dqss.strategy import strategy_names
+from dqss.core.strategy import strategy_names
 from dqss.workflow import JOB_KEYS, job_settings, track_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -670,7 +670,7 @@ def test_nan_weights_are_refused_when_loaded(tmp_path):
 def test_calibration_names_the_first_layer_with_a_non_finite_output():
     from torch import nn
 
-    from dqss.stats import collect_act_stats
+    from dqss.core.stats import collect_act_stats
 
     class Blowup(nn.Module):
         def forward(self, x):

@@ -34,10 +34,10 @@ import torch
 from torch import nn
 
 from dqss import deploy
-from dqss.layers import QuantLayer, QuantPolicy, fold_batchnorm
+from dqss.core.layers import QuantLayer, QuantPolicy, fold_batchnorm
 from dqss.ptq import quantize_mixed, quantize_uniform
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ def test_frozen_reconstructed_weights_export_their_codes(tmp_path):
 
 
 def test_pinned_mixture_exports_its_candidate(tmp_path):
-    from dqss.mixed import mixed_layers
+    from dqss.core.mixed import mixed_layers
     torch.manual_seed(0)
     folded, uniform, example = build("conv")
     calib = images(32, seed=2)

@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from dqss.layers import QuantLayer, QuantPolicy, execution_order, fold_batchnorm, plan_layers
-from dqss.mixed import (MixedQuantizer, MixedQuantLayer, arch_parameters, mixed_layers, set_mode,
+from dqss.core.layers import QuantLayer, QuantPolicy, execution_order, fold_batchnorm, plan_layers
+from dqss.core.mixed import (MixedQuantizer, MixedQuantLayer, arch_parameters, mixed_layers, set_mode,
                         set_temperature)
 from dqss.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                       quantize_per_layer, quantize_uniform, save_assignment)
-from dqss.quant import FakeQuantizer, QuantSpec
-from dqss.stats import ActStats, collect_act_stats
-from dqss.strategy import LayerContext, get_strategy, strategy_names
+from dqss.core.quant import FakeQuantizer, QuantSpec
+from dqss.core.stats import ActStats, collect_act_stats
+from dqss.core.strategy import LayerContext, get_strategy, strategy_names
 
 PTQ = strategy_names("ptq")  # every registered PTQ strategy: a new baseline is tested for free
 
@@ -190,7 +190,7 @@ def test_int32_bias_gradient_and_mixture_pinned(small, images):
     pairs = m.bias_pairs()
     assert pairs.shape == (2, 2, m.layer.weight.shape[0]) and m.bias_pairs() is pairs  # cached: PTQ steps are fixed
     assert torch.equal(pairs[1, 1], u.deployed_bias())  # (act mse, weight mse)
-    from dqss.quant import mix_bias
+    from dqss.core.quant import mix_bias
     b = m.layer.bias.detach().clone().requires_grad_(True)
     pa, pw = m.act_quant.probs().detach().requires_grad_(True), m.weight_quant.probs().detach().requires_grad_(True)
     mixed_bias = mix_bias(pairs, b, pa, pw)

@@ -269,7 +269,7 @@ def test_a_checkout_path_with_a_space_runs_script_jobs(tmp_path):
 def test_every_baseline_module_registers_and_template_does_not():
     import baselines
     from dqss.recon import RECONSTRUCTIONS
-    from dqss.strategy import STRATEGIES, strategy_names
+    from dqss.core.strategy import STRATEGIES, strategy_names
 
     names = strategy_names()
     modules = {m.name for m in pkgutil.iter_modules(baselines.__path__)
@@ -292,7 +292,7 @@ def test_docstring_check_fails_without_one(monkeypatch):
     """The check above can fail: a class without a docstring in a module without one, inside the documented
     ``baselines`` package, has none."""
     import baselines
-    from dqss.strategy import Strategy
+    from dqss.core.strategy import Strategy
 
     module = types.ModuleType("baselines.undocumented")
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -307,7 +307,7 @@ def test_template_registers_when_imported(monkeypatch):
     """Copying TEMPLATE.py is all a new baseline needs: importing it registers the strategy."""
     import importlib
 
-    from dqss import strategy as registry
+    from dqss.core import strategy as registry
 
     monkeypatch.setattr(registry, "STRATEGIES", dict(registry.STRATEGIES))
     importlib.import_module("baselines.TEMPLATE")
@@ -369,7 +369,7 @@ def test_config_readme_names_every_config_key():
 
     from dqss.classification import CalibConfig
     from dqss.data import DataConfig
-    from dqss.layers import QuantPolicy
+    from dqss.core.layers import QuantPolicy
     from dqss.qat_train import DQSSQATConfig, QATRecipe
     from dqss.search import SearchConfig
     from dqss.sr_data import SRDataConfig

@@ -1,4 +1,4 @@
-"""dqss.placement: the integer-graph placement (residual adds, concatenations and pooling inputs quantized), its
+"""dqss.core.placement: the integer-graph placement (residual adds, concatenations and pooling inputs quantized), its
 simulation, its export and what ONNX Runtime makes of it."""
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from dqss import deploy, placement
-from dqss.quant import FakeQuantizer
-from dqss.strategy import get_strategy
-from dqss.layers import QuantPolicy
+from dqss import deploy
+from dqss.core import placement
+from dqss.core.quant import FakeQuantizer
+from dqss.core.strategy import get_strategy
+from dqss.core.layers import QuantPolicy
 from test_deploy import build, check_outputs, images
 
 SPEC8 = QuantPolicy().act_spec(8)  # the run's activation grid, its sign resolved per tensor
@@ -59,9 +60,9 @@ class Net(nn.Module):
 
 
 def quantized(w=8, a=8, strategy="minmax"):
-    from dqss.layers import fold_batchnorm
+    from dqss.core.layers import fold_batchnorm
     from dqss.ptq import quantize_uniform
-    from dqss.stats import collect_act_stats
+    from dqss.core.stats import collect_act_stats
 
     torch.manual_seed(0)
     model = Net().eval()
@@ -152,7 +153,7 @@ def test_a_sum_no_module_returns_is_reported_unplaced():
             return (self.a(x) + self.b(x)) + self.c(x)  # the inner sum feeds the outer add directly
 
     from dqss.ptq import quantize_uniform
-    from dqss.stats import collect_act_stats
+    from dqss.core.stats import collect_act_stats
 
     model, x = TwoSums().eval(), images(8, 8)
     plans = QuantPolicy(first_last_bits=None).layer_plans(model, 8, 8, x)

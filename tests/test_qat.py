@@ -8,13 +8,13 @@ import torch
 from torch import nn
 
 from dqss.qat_train import quantize_qat
-from dqss.layers import QuantLayer, QuantPolicy, plan_layers
-from dqss.mixed import MixedQuantizer, mixed_layers
-from dqss.qat import LearnedQuantizer
+from dqss.core.layers import QuantLayer, QuantPolicy, plan_layers
+from dqss.core.mixed import MixedQuantizer, mixed_layers
+from dqss.core.qat import LearnedQuantizer
 from dqss.qat_train import DQSSQATConfig, QATDiverged, QATRecipe, quantizer_parameters, train_qat
-from dqss.quant import QuantSpec
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy, strategy_names
+from dqss.core.quant import QuantSpec
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy, strategy_names
 
 
 class _Step(LearnedQuantizer):

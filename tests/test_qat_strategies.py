@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from dqss.layers import QuantLayer
-from dqss.mixed import MixedQuantizer
-from dqss.qat import LearnedQuantizer
-from dqss.quant import QuantSpec
-from dqss.stats import ActStats
-from dqss.strategy import LayerContext, Strategy, get_strategy, strategy_names
+from dqss.core.layers import QuantLayer
+from dqss.core.mixed import MixedQuantizer
+from dqss.core.qat import LearnedQuantizer
+from dqss.core.quant import QuantSpec
+from dqss.core.stats import ActStats
+from dqss.core.strategy import LayerContext, Strategy, get_strategy, strategy_names
 
 QAT = ("lsq", "lsq_plus", "pact", "dorefa")  # the methods whose papers are checked below
 # every registered QAT strategy (importing the registry loads baselines/): the generic tests run over

@@ -1,11 +1,11 @@
-"""Properties of the uniform fake quantizer (dqss/quant.py)."""
+"""Properties of the uniform fake quantizer (dqss/core/quant.py)."""
 import itertools
 
 import pytest
 import torch
 
 from dqss.options import BIT_MAX, BIT_MIN
-from dqss.quant import FakeQuantizer, QuantSpec, fake_quantize, range_to_qparams
+from dqss.core.quant import FakeQuantizer, QuantSpec, fake_quantize, range_to_qparams
 
 BITS = list(range(BIT_MIN, BIT_MAX + 1))
 

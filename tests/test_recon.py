@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dqss.layers import QuantPolicy, fold_batchnorm, plan_layers
+from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from dqss.ptq import quantize_per_layer, quantize_uniform
-from dqss.quant import QuantSpec
+from dqss.core.quant import QuantSpec
 from dqss.recon import (GAMMA, ZETA, AdaRoundQuantizer, FrozenWeightQuantizer, Pass, ReconConfig,
                         ReconstructedStrategy, StepQuantizer, _fisher_weights, _optimise, find_units,
                         get_reconstruction, kl_task_loss, load_reconstruction, lp_loss, reconstruct,
                         reconstruction_names, reconstruction_state, rounding_regularizer, save_reconstruction)
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy
 
 
 # -- tiny models --------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def test_adaround_init_forward_and_hard_rounding_match_the_formula():
 
 
 def _ctx(w):
-    from dqss.strategy import LayerContext
+    from dqss.core.strategy import LayerContext
 
     conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[2], bias=False)
     conv.weight.data = w.clone()
@@ -186,7 +186,7 @@ def test_step_quantizer_drops_elements_with_its_probability():
 
 
 def _stats_of(x):
-    from dqss.stats import ActStats
+    from dqss.core.stats import ActStats
 
     return ActStats.of([x], bins=256)
 

@@ -94,7 +94,7 @@ def test_bad_reconstruction_config(section, match):
 
 
 def test_a_method_named_like_a_strategy_is_refused(monkeypatch):
-    from dqss.strategy import STRATEGIES, load_baselines
+    from dqss.core.strategy import STRATEGIES, load_baselines
 
     load_baselines()
     monkeypatch.setitem(STRATEGIES, "adaround", STRATEGIES["minmax"])  # a range strategy of the same name

@@ -31,7 +31,7 @@ def test_parse_refuses_other_paths(path):
 def test_reserved_names():
     assert results.is_dqss("dqss_retrain") and not results.is_dqss("kl")
     assert results.is_uniform("aciq") and not results.is_uniform("fp32") and not results.is_uniform("dqss_argmax")
-    from dqss.strategy import register_strategy
+    from dqss.core.strategy import register_strategy
 
     for name in ("fp32", "bicubic", "dqss_argmax", "dqss_new"):
         with pytest.raises(ValueError, match="reserved method name"):

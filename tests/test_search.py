@@ -5,12 +5,12 @@ import pytest
 import timm
 import torch
 
-from dqss.layers import QuantPolicy, fold_batchnorm, plan_layers
-from dqss.mixed import arch_parameters, mixed_layers
+from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
+from dqss.core.mixed import arch_parameters, mixed_layers
 from dqss.ptq import quantize_mixed
 from dqss.search import SearchConfig, SearchDiverged, search
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -71,7 +71,7 @@ def test_bad_search_config(bad):
 
 def test_hard_relaxation_forward_is_the_argmax_model(setup):
     """Straight-through: the forward value is the discrete (argmax) model, the gradient the softmax's."""
-    from dqss.mixed import discretize, set_relaxation
+    from dqss.core.mixed import discretize, set_relaxation
 
     folded, plans, stats, strategies, x, teacher = setup
     q = quantize_mixed(folded, plans, stats, strategies)

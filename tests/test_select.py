@@ -12,8 +12,8 @@ import torch
 import yaml
 from torch import nn
 
-from dqss.layers import QuantPolicy, plan_layers
-from dqss.mixed import mixed_layers, pin
+from dqss.core.layers import QuantPolicy, plan_layers
+from dqss.core.mixed import mixed_layers, pin
 from dqss.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                       quantize_per_layer, save_assignment)
 from dqss.ptq_search import split_calibration
@@ -21,8 +21,8 @@ from dqss.select import Evaluator, item_losses, measured_selection, significant_
 from dqss.significance import bootstrap_interval, compare, mcnemar_exact, sign_flip_p
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.sr_ptq import SRQuantPolicy
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy, strategy_names
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy, strategy_names
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -360,7 +360,7 @@ def test_cls_objective_must_suit_the_track():
 def _timm_mixed(name="resnet18"):
     import timm
 
-    from dqss.layers import fold_batchnorm
+    from dqss.core.layers import fold_batchnorm
 
     torch.manual_seed(0)
     net = fold_batchnorm(timm.create_model(name, pretrained=False, num_classes=10).eval(), torch.rand(1, 3, 16, 16))

@@ -13,15 +13,15 @@ import pytest
 import torch
 import yaml
 
-from dqss.layers import fold_batchnorm
-from dqss.mixed import mixed_layers
+from dqss.core.layers import fold_batchnorm
+from dqss.core.mixed import mixed_layers
 from dqss.ptq import quantize_mixed, quantize_uniform
 from dqss.search import SearchConfig, search
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.sr_ptq import (SRPTQConfig, SRQuantPolicy, calibration_crops, run_calibrate, run_dqss, run_evaluate_fp,
                          run_train, run_uniform)
-from dqss.stats import collect_act_stats
-from dqss.strategy import get_strategy, strategy_names
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy, strategy_names
 from dqss.workflow import job_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -11,9 +11,9 @@ from torch import nn
 from baselines.aciq import optimal_clip
 from baselines.kl import kl_divergences, kl_threshold_bins, weight_hist, without_zero_spike
 from dqss.options import BIT_MAX, BIT_MIN
-from dqss.quant import QuantSpec
-from dqss.stats import ActStats, collect_act_stats, hist_bins, load_stats, save_stats
-from dqss.strategy import (STRATEGIES, LayerContext, Strategy, get_strategy, register_strategy,
+from dqss.core.quant import QuantSpec
+from dqss.core.stats import ActStats, collect_act_stats, hist_bins, load_stats, save_stats
+from dqss.core.strategy import (STRATEGIES, LayerContext, Strategy, get_strategy, register_strategy,
                            shrink_grid, strategy_names)
 
 SIX = ("minmax", "percentile", "mse", "kl", "aciq", "easyquant")  # the paper's strategies
@@ -966,11 +966,11 @@ def test_hist_bins_match_numpy_at_the_edges():
 
 
 def test_histogram_chunks_do_not_change_counts(monkeypatch):
-    import dqss.stats
+    import dqss.core.stats
 
     x = torch.from_numpy(_realistic("laplace", 10_000, seed=4))
     whole = ActStats.of([x], bins=256)
-    monkeypatch.setattr(dqss.stats, "_CHUNK", 77)
+    monkeypatch.setattr(dqss.core.stats, "_CHUNK", 77)
     chunked = ActStats.of([x], bins=256)
     assert torch.equal(whole.hist_pos, chunked.hist_pos) and torch.equal(whole.hist_neg, chunked.hist_neg)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .options import BIT_MAX, BIT_MIN
+from ..options import BIT_MAX, BIT_MIN
 
 ROLES = ("weight", "act")
 

@@ -7,7 +7,7 @@ quantizers W_j with beta = softmax(b):
 * efficient:  y = conv(sum_i alpha_i A_i(x), sum_j beta_j W_j(w))     (one conv)
 
 The two are equal because convolution is bilinear; the efficient form is simply a
-:class:`~dqss.layers.QuantLayer` whose two quantizers are :class:`MixedQuantizer`.
+:class:`~dqss.core.layers.QuantLayer` whose two quantizers are :class:`MixedQuantizer`.
 """
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ class MixedQuantLayer(QuantLayer):
             return self.compute(aq(x), wq(self.layer.weight), self.deployed_bias())
         weights = self.weight_candidates()
         beta = self.weight_quant.probs()
-        if self.mode == "efficient":  # with the bias sum_ij alpha_i beta_j b_ij (dqss.quant.int32_bias)
+        if self.mode == "efficient":  # with the bias sum_ij alpha_i beta_j b_ij (dqss.core.quant.int32_bias)
             w_mix = torch.tensordot(beta, weights, dims=1)
             return self.compute(self.act_quant(x), w_mix, self.deployed_bias())
         alpha = self.act_quant.probs()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .quant import FakeQuantizer, QuantSpec, range_to_qparams
-from .results import REFERENCE_METHODS, RESERVED_METHODS, is_dqss
+from ..results import REFERENCE_METHODS, RESERVED_METHODS, is_dqss
 from .stats import ActStats
 
 STRATEGIES: dict[str, type[Strategy]] = {}
@@ -42,7 +42,7 @@ class LayerContext:
 def options_problem(options_cls, options: dict) -> str | None:
     """What is wrong with the type of a given option of ``options_cls`` (``"p must be a number, got 'x'"``), or None;
     unknown keys and the options' limits are left to the dataclass and the strategy's own checks."""
-    from .options import check_value, type_hints, unpack_optional
+    from ..options import check_value, type_hints, unpack_optional
 
     try:
         hints = type_hints(options_cls)

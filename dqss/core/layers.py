@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .options import BIT_MAX, BIT_MIN, check_options, option
+from ..options import BIT_MAX, BIT_MIN, check_options, option
 from .quant import QuantSpec, int32_bias
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class QuantLayer(nn.Module):
     """A Conv2d or Linear whose input and weight pass through quantizers.
 
     With ``int32_bias`` (the default; ``quant.int32_bias``) and both inputs quantized, the bias is rounded to
-    int32 codes on the step ``s_x * s_w[c]``, as an integer runtime adds it (:func:`~dqss.quant.int32_bias`):
+    int32 codes on the step ``s_x * s_w[c]``, as an integer runtime adds it (:func:`~dqss.core.quant.int32_bias`):
     the simulated layer is the deployed one.  Every quantizer then needs a ``step_size(weight=None)`` method.
     """
 

@@ -12,7 +12,7 @@ a PACT clip) and implement their paper's forward and gradient rules in closed fo
 ``forward`` wraps the two in one autograd function, so one quantizer is a single fused
 node.  The same two methods let the DQSS mixture of QAT candidates recompute each
 candidate in the backward pass instead of keeping N outputs alive (see
-:class:`dqss.mixed.MixedQuantizer`): the memory of a mixed activation does not grow with
+:class:`dqss.core.mixed.MixedQuantizer`): the memory of a mixed activation does not grow with
 the number of candidates, and every candidate's parameters still get their own
 gradient (scaled by its mixture weight).
 

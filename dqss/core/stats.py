@@ -262,7 +262,7 @@ def collect_act_stats(model: nn.Module, layers: dict[str, nn.Module], batches,
                       bins: int = 2048, n_samples: int = 0, device: str | torch.device = "cpu",
                       desc: str = "calibration", outputs: bool = False) -> dict[str, ActStats]:
     """Two passes over ``batches`` recording every listed layer's input statistics (``outputs``: its output's,
-    for the integer graph's tensors, :mod:`dqss.placement`).
+    for the integer graph's tensors, :mod:`dqss.core.placement`).
 
     The first pass records the exact minimum, maximum, moments and zero count, the second
     the histograms over the range the first found, so ``batches`` must be re-iterable and
@@ -382,7 +382,7 @@ def save_stats(stats: dict[str, ActStats], path, fingerprint: str | None = None)
                 "the calibration inputs, then calibrate again")
     if fingerprint is not None and not isinstance(fingerprint, str):
         raise TypeError(f"fingerprint must be a string (dqss.api.model_fingerprint), got {type(fingerprint).__name__}")
-    from .results import atomic_write
+    from ..results import atomic_write
 
     payload = {"format": STATS_FILE, "fingerprint": fingerprint, "layers": {k: v.state() for k, v in stats.items()}}
     path = Path(path)
