@@ -5,9 +5,9 @@ Rectified-sigmoid rounding variables, the annealed regulariser (beta 20 -> 2 aft
 lambda 0.01), Adam, the layer's output reconstructed on the calibration set with its input taken
 from the already-quantized preceding layers.  Activations are not quantized during the weight
 reconstruction; their ranges come from a range strategy (``act_strategy``).  The engine and the
-formulas are in :mod:`dqss.recon`.
+formulas are in :mod:`dqss.algorithms.recon`.
 """
-from dqss.recon import Pass, Reconstruction, register_reconstruction
+from dqss.algorithms.recon import Pass, Reconstruction, register_reconstruction
 
 
 @register_reconstruction("adaround")

@@ -2,13 +2,13 @@
 
 Li et al., "BRECQ: Pushing the limit of post-training quantization by block reconstruction"
 (ICLR 2021).  The units are the backbone's blocks (residual blocks of ResNet/RegNet, inverted
-residuals of MobileNetV2, residual blocks of EDSR/MSRResNet; ``dqss.recon.BLOCK_TYPES``); the
+residuals of MobileNetV2, residual blocks of EDSR/MSRResNet; ``dqss.algorithms.recon.BLOCK_TYPES``); the
 loss weights each squared output error by ``(|g| + 1)^2`` with ``g`` the task loss's gradient at
 the block's output (the reference code's Fisher approximation).  A first pass learns the rounding
 with activations in FP; a second learns every activation step (LSQ-style) with the rounding frozen
 and activation quantization on, with the plain squared error, as the reference code does.
 """
-from dqss.recon import Pass, Reconstruction, register_reconstruction
+from dqss.algorithms.recon import Pass, Reconstruction, register_reconstruction
 
 
 @register_reconstruction("brecq")

@@ -487,7 +487,7 @@ def quantize(model: nn.Module, calib: Calibration, strategy="minmax", *, w_bits:
     ``options``, a dict of the strategy's keyword options such as ``{"p": 2.0}``, or a
     :class:`dqss.core.strategy.Strategy`).  ``folded``: ``model`` is already a BN-folded copy on ``device`` (the
     suite's jobs)."""
-    from .ptq import quantize_uniform
+    from .algorithms.ptq import quantize_uniform
 
     _check_calibration(calib, "quantize")
     strategy = _strategy(strategy, options)
@@ -497,7 +497,7 @@ def quantize(model: nn.Module, calib: Calibration, strategy="minmax", *, w_bits:
 
 @dataclass
 class SelectionSummary:
-    """How the final assignment of a search was chosen (:mod:`dqss.select`), typed; the selection's full record
+    """How the final assignment of a search was chosen (:mod:`dqss.algorithms.select`), typed; the selection's full record
     (every move tried, the search part's objectives) stays in ``SearchResult.outcome.record``.
 
     The gradient search's argmax is the *proposal*; the measured selection runs a coordinate descent on the
@@ -520,7 +520,7 @@ class SelectionSummary:
 
     @classmethod
     def of(cls, record: dict, changed_argmax: bool) -> SelectionSummary:
-        """From a selection record (``Outcome.record``; fields a version of :mod:`dqss.select` does not write
+        """From a selection record (``Outcome.record``; fields a version of :mod:`dqss.algorithms.select` does not write
         are None)."""
         rule = record.get("rule", "measured")
         stages = record.get("stages") or {}
@@ -555,19 +555,19 @@ class SearchResult:
 
     assignment: dict
     argmax: dict
-    outcome: object  # dqss.ptq_search.Outcome
+    outcome: object  # dqss.algorithms.ptq_search.Outcome
     plans: dict
     strategies: dict
     selection: SelectionSummary | None = None
 
 
 def search_config(config=None):
-    """The :class:`dqss.search.SearchConfig` :func:`search_assignment` runs: a SearchConfig as given, or the
+    """The :class:`dqss.algorithms.search.SearchConfig` :func:`search_assignment` runs: a SearchConfig as given, or the
     fields of the dict ``config`` over the suite's embedded defaults (``config/config.yaml``'s ``cls_ptq.dqss``:
     80 iterations, temperature 1.0 -> 0.05, one sweep), so that DQSS with the API's defaults is the DQSS of the
     suite's tables."""
     from .options import build_section, check_annealing
-    from .search import SearchConfig
+    from .algorithms.search import SearchConfig
 
     if not isinstance(config, SearchConfig):
         if config is not None and not isinstance(config, Mapping):
@@ -586,12 +586,12 @@ def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: i
                       folded: bool = False) -> SearchResult:
     """DQSS: search every layer's (weight, activation) strategy among ``candidates`` on ``inputs`` (a tensor, or
     batches) by the softmax relaxation, then choose the final assignment on the search part with the held
-    part (``hold_fraction``) as guard (``config.select``; see :class:`dqss.search.SearchConfig`).
+    part (``hold_fraction``) as guard (``config.select``; see :class:`dqss.algorithms.search.SearchConfig`).
     ``config``: a SearchConfig, or a dict of its fields over the suite's defaults (:func:`search_config`).
     ``options``: per strategy, ``{"mse": {"p": 2.0}}``.  ``objective``: kl (classification logits) or mse_y
     (SR).  ``extra``: more candidate strategy objects by name."""
-    from .ptq import export_assignment
-    from .ptq_search import search_and_select
+    from .algorithms.ptq import export_assignment
+    from .algorithms.ptq_search import search_and_select
 
     _check_calibration(calib, "search_assignment")
     cfg = search_config(config)
@@ -665,7 +665,7 @@ def _in_plan_order(assignment: dict, plan: dict) -> dict:
 
 def _assigned_strategy(name: str, options):
     """The registered strategy ``name`` an assignment names, or an error saying how to pass one that is not."""
-    from .recon import reconstruction_names
+    from .algorithms.recon import reconstruction_names
     from .core.strategy import STRATEGIES, load_baselines
 
     load_baselines()
@@ -673,7 +673,7 @@ def _assigned_strategy(name: str, options):
         raise ValueError(f"the assignment's strategy '{name}' is a reconstruction method: its quantizers were learned "
                          "for one model by its reconstruction job, not computed from statistics. Pass them: "
                          f"from_assignment(..., strategies={{'{name}': ReconstructedStrategy('{name}', "
-                         "load_reconstruction(path))}) (both from dqss.recon; path: the job's state file)")
+                         "load_reconstruction(path))}) (both from dqss.algorithms.recon; path: the job's state file)")
     if name not in STRATEGIES:
         raise KeyError(f"the assignment uses strategy '{name}', which is not registered (registered: "
                        f"{sorted(STRATEGIES)}); pass a strategy object for it: strategies={{'{name}': obj}}")
@@ -686,7 +686,7 @@ def from_assignment(model: nn.Module, calib: Calibration, assignment, *, strateg
     by its chosen weight and activation strategy, with the options the assignment records (``strategies``:
     strategy objects by name, e.g. reconstructed methods, for candidates that are not registered names).
     Its layers are matched to the model's by name (in any order)."""
-    from .ptq import quantize_from_assignment
+    from .algorithms.ptq import quantize_from_assignment
     from .results import check_assignment, load_assignment
     from .core.strategy import Strategy
 
@@ -704,7 +704,7 @@ def from_assignment(model: nn.Module, calib: Calibration, assignment, *, strateg
     given = strategies or {}
     if not isinstance(given, Mapping) or not all(isinstance(v, Strategy) for v in given.values()):
         raise TypeError("strategies must be a dict of strategy objects by name (dqss.core.strategy.Strategy, e.g. "
-                        "dqss.recon.ReconstructedStrategy), for the names the assignment uses that are not registered")
+                        "dqss.algorithms.recon.ReconstructedStrategy), for the names the assignment uses that are not registered")
     w, a = _assignment_bits(assignment)
     used = sorted({e[r] for e in layers for r in ("weight", "act")})
     recorded = _per_strategy(assignment.get("strategy_options"), "the assignment's strategy_options")

@@ -62,7 +62,7 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
 
     from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
     from .core.mixed import arch_parameters, mixed_layers, set_mode
-    from .ptq import quantize_mixed
+    from .algorithms.ptq import quantize_mixed
     from .core.stats import collect_act_stats
     from .core.strategy import get_strategy
 

@@ -7,10 +7,10 @@ config's tracks (default config/paper.yaml: six PTQ strategies, four QAT methods
 depend on the weights or the images, so neither data nor pretrained weights are needed.
 
 - ``fp_step``: one FP training step of the network (forward, cross-entropy, backward, SGD step).
-- ``search_step``: one step of :func:`dqss.search.search` on the BN-folded mixed model (every layer's
+- ``search_step``: one step of :func:`dqss.algorithms.search.search` on the BN-folded mixed model (every layer's
   weight and activation a softmax mixture of all candidates, the efficient convolution), batch ``--batch``.
   Target: at most 1.3x ``fp_step``.
-- ``selection_sweep``: one coordinate-descent sweep of :func:`dqss.select.measured_selection` over every
+- ``selection_sweep``: one coordinate-descent sweep of :func:`dqss.algorithms.select.measured_selection` over every
   (layer, role) on the search part of ``--calib`` images, guarded on the held part (the config's
   ``top_k``, ``block_cache`` and evaluation batch); reported against ``fp_step`` for scale (no target).
 - ``qat``: one DQSS-QAT step with every QAT candidate over one LSQ step (:mod:`dqss.bench_qat`, same
@@ -87,10 +87,10 @@ def run(config: str = "config/paper.yaml", backbone: str = "resnet50", batch: in
     from .bench_select import build_search_setup, evaluators
     from .cls_ptq import ClsPTQConfig
     from .cls_qat import ClsQATConfig
-    from .ptq import quantize_mixed
+    from .algorithms.ptq import quantize_mixed
     from .results import write_csv
-    from .search import search
-    from .select import argmax_assignment, measured_selection
+    from .algorithms.search import search
+    from .algorithms.select import argmax_assignment, measured_selection
     from .track import resolve_device
     from .workflow import load_yaml
 

@@ -1,7 +1,7 @@
 """QAT step benchmark: one DQSS-QAT training step with every candidate vs one step of each
 uniform QAT method (LSQ is the reference), side by side in one process.
 
-A step is what :func:`dqss.qat_train.train_qat` does per mini-batch: forward, cross-entropy,
+A step is what :func:`dqss.algorithms.qat_train.train_qat` does per mini-batch: forward, cross-entropy,
 one backward, then the optimiser steps (weights, quantizer parameters and, for DQSS, the
 logits).  All models are built first; then the methods are timed round-robin (one step of
 each per round) so that drift of the machine hits all of them alike; the table reports
@@ -29,9 +29,9 @@ DEFAULT_METHODS = ("lsq", "lsq_plus", "pact", "dorefa")
 def build(method: str, model, plans, stats, candidates, mode: str):
     import torch
 
-    from .qat_train import quantize_qat
+    from .algorithms.qat_train import quantize_qat
     from .core.mixed import arch_parameters, set_mode
-    from .qat_train import _param_groups
+    from .algorithms.qat_train import _param_groups
     from .core.strategy import get_strategy
 
     names = candidates if method.startswith("dqss") else [method]

@@ -43,8 +43,8 @@ def _time(fn, device, repeats: int) -> float:
 
 
 def bench(cfg, backbones: list[str], bits: int, device, repeats: int, iterations: int | None = None) -> list[dict]:
-    from .ptq import quantize_uniform
-    from .recon import get_reconstruction, kl_task_loss, reconstruct
+    from .algorithms.ptq import quantize_uniform
+    from .algorithms.recon import get_reconstruction, kl_task_loss, reconstruct
     from .core.stats import collect_act_stats
 
     rec = cfg.reconstruction

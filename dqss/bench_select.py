@@ -38,7 +38,7 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
 
     from .core.layers import fold_batchnorm, plan_layers
     from .models import data_config, register_models
-    from .ptq_search import split_calibration
+    from .algorithms.ptq_search import split_calibration
     from .core.stats import collect_act_stats
 
     register_models()
@@ -63,7 +63,7 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
 
 def evaluators(qmodel, setup: dict, cfg, device):
     """The selection's two evaluators (search and held part of the calibration), as the jobs build them."""
-    from .select import Evaluator
+    from .algorithms.select import Evaluator
 
     x, teacher, s_idx, h_idx = setup["x"], setup["teacher"], setup["s_idx"], setup["h_idx"]
     ev_s = Evaluator(qmodel, x[s_idx], teacher[s_idx], "kl", cfg.calibration.batch_size, device,
@@ -73,9 +73,9 @@ def evaluators(qmodel, setup: dict, cfg, device):
 
 
 def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: int = 0) -> dict:
-    from .ptq import quantize_mixed
-    from .search import search
-    from .select import argmax_assignment, measured_selection
+    from .algorithms.ptq import quantize_mixed
+    from .algorithms.search import search
+    from .algorithms.select import argmax_assignment, measured_selection
 
     setup = build_search_setup(cfg, backbone, bits, device, seed)
     folded, plans, stats, strategies = (setup[k] for k in ("folded", "plans", "stats", "strategies"))

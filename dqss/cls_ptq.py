@@ -19,10 +19,10 @@ from .classification import (ClassificationConfig, calibration_tensors, evaluate
 from .deploy import run_onnx
 from .deploy_check import DeploySection, check_job, test_subset
 from .core.layers import fold_batchnorm
-from .ptq_search import selection_summary
-from .recon import ReconSection, kl_task_loss
+from .algorithms.ptq_search import selection_summary
+from .algorithms.recon import ReconSection, kl_task_loss
 from .results import DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, provenance, write_metrics
-from .search import SearchConfig
+from .algorithms.search import SearchConfig
 from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
                     uniform_grid)
 
@@ -72,7 +72,7 @@ def run_uniform(cfg: ClsPTQConfig, *, backbone: str, seed: int, ckpt=None, stats
 def run_dqss(cfg: ClsPTQConfig, *, backbone: str, seed: int, w: int, a: int, ckpt=None, stats, fp, metrics,
              assignment, history, selection, argmax_metrics, argmax_assignment, device) -> None:
     """Search the per-layer strategies on the calibration's search part, choose the final assignment
-    (``dqss``: ``dqss.select``; ``dqss_argmax``: the logits' argmax), rebuild both discrete models from
+    (``dqss``: ``dqss.algorithms.select``; ``dqss_argmax``: the logits' argmax), rebuild both discrete models from
     their assignment files and evaluate them on the test set."""
     _search_job(cfg, backbone, seed, w, a, ckpt, stats, fp, history, selection, device,
                 {DQSS_ARGMAX: ("argmax", argmax_metrics, argmax_assignment), DQSS_METHOD: ("selected", metrics, assignment)})

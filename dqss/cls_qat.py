@@ -17,9 +17,9 @@ from .classification import (ClassificationConfig, calibration_tensors, evaluate
                              prepare)
 from .evaluate import predict
 from .core.layers import plan_layers
-from .ptq import export_assignment, save_assignment
-from .ptq_search import selection_summary
-from .qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
+from .algorithms.ptq import export_assignment, save_assignment
+from .algorithms.ptq_search import selection_summary
+from .algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
 from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
 from .core.stats import collect_act_stats
 
@@ -61,13 +61,13 @@ def _test_top1(prep, cfg, device):
 
 
 def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dict):
-    """The DQSS-QAT freeze point's choice: ``dqss.select`` on the seed's calibration draw.
+    """The DQSS-QAT freeze point's choice: ``dqss.algorithms.select`` on the seed's calibration draw.
 
     'measured': the PTQ tracks' selection with the task loss (cross-entropy on the draw's labels) as the
     objective and BN statistics re-estimated on the search part for each evaluated assignment; the
     model's own BN statistics are restored afterwards.  ``record`` receives the selection record."""
-    from .ptq_search import split_calibration
-    from .select import Evaluator, argmax_assignment, measured_selection
+    from .algorithms.ptq_search import split_calibration
+    from .algorithms.select import Evaluator, argmax_assignment, measured_selection
 
     def select(model):
         if cfg.dqss.select == "argmax":
@@ -97,7 +97,7 @@ def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dic
 
 def _assignment_choice(cfg, plans, path) -> dict[str, tuple]:
     """The (weight, activation) strategies of a DQSS-QAT assignment file, checked against the plan."""
-    from .ptq import assignment_choice, load_assignment
+    from .algorithms.ptq import assignment_choice, load_assignment
 
     strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
     choice = assignment_choice(load_assignment(path), plans, strategies)

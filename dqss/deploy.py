@@ -234,7 +234,7 @@ def _grid_makers() -> list[tuple[type, object]]:
     from baselines.lsq_plus import LSQPlusActQuantizer
     from baselines.pact import PACTQuantizer
     from .core.quant import FakeQuantizer
-    from .recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
+    from .algorithms.recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
     return [(FakeQuantizer, _buffer_grid), (AdaRoundQuantizer, _buffer_grid), (FrozenWeightQuantizer, _buffer_grid),
             (StepQuantizer, _step_grid), (LSQQuantizer, _lsq_grid), (LSQPlusActQuantizer, _lsq_plus_grid),
             (PACTQuantizer, _clip_grid), (DoReFaActQuantizer, _clip_grid),
@@ -247,7 +247,7 @@ def resolve(quantizer: nn.Module) -> nn.Module:
     if isinstance(quantizer, MixedQuantizer):
         if quantizer.pinned is None:
             raise ValueError("an unpinned MixedQuantizer (a DQSS search's mixture) has no single grid to export; "
-                             "build the discrete model from its assignment (dqss.ptq.quantize_from_assignment) "
+                             "build the discrete model from its assignment (dqss.algorithms.ptq.quantize_from_assignment) "
                              "or pin every layer (dqss.core.mixed.pin) first")
         return resolve(quantizer.candidates[quantizer.pinned])
     return quantizer
@@ -273,7 +273,7 @@ def tensor_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> Gri
 
 def weight_codes(quantizer: nn.Module, weight: torch.Tensor, grid: Grid) -> torch.Tensor:
     """The integer codes of the quantized weight on ``grid``, checked against the quantizer's own output."""
-    from .recon import AdaRoundQuantizer, FrozenWeightQuantizer
+    from .algorithms.recon import AdaRoundQuantizer, FrozenWeightQuantizer
     q = resolve(quantizer)
     with torch.no_grad():
         if isinstance(q, FrozenWeightQuantizer):

@@ -20,7 +20,7 @@ from pathlib import Path
 # -- method names ---------------------------------------------------------------------------
 FP_METHOD = "fp32"  # the full-precision model, re-measured in the same run
 BICUBIC_METHOD = "bicubic"  # SR: bicubic upsampling, the floor of every SR table
-DQSS_METHOD = "dqss"  # DQSS with its default final choice (dqss.select)
+DQSS_METHOD = "dqss"  # DQSS with its default final choice (dqss.algorithms.select)
 DQSS_ARGMAX = "dqss_argmax"  # PTQ: the argmax of the same search's logits (the paper's rule)
 DQSS_NOFIX = "dqss_nofix"  # QAT: trained under the mixture to the end (no under-fitting fix)
 DQSS_RETRAIN = "dqss_retrain"  # QAT: dqss's frozen assignment retrained from the FP checkpoint
@@ -277,7 +277,7 @@ def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, 
 
 
 # -- assignment files -----------------------------------------------------------------------
-ASSIGNMENT_FORMAT = "dqss-assignment/1"  # a DQSS job's per-layer choice (dqss.ptq.export_assignment)
+ASSIGNMENT_FORMAT = "dqss-assignment/1"  # a DQSS job's per-layer choice (dqss.algorithms.ptq.export_assignment)
 
 
 def save_assignment(assignment: dict, path) -> None:

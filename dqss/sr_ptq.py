@@ -24,10 +24,10 @@ from .options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, o
 from .config import TrackConfig, given, track_key
 from .deploy_check import DeploySection, LastOutput, OrtModule, check_job
 from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
-from .ptq_search import selection_summary
+from .algorithms.ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
-from .recon import ReconSection, mse_task_loss
-from .search import SearchConfig
+from .algorithms.recon import ReconSection, mse_task_loss
+from .algorithms.search import SearchConfig
 from .sr_data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
 from .sr_metrics import mean_metrics, sr_metrics
 from .sr_models import PARTS, SRNet, create_sr_backbone, parse_backbone
@@ -357,7 +357,7 @@ def run_dqss(cfg: SRPTQConfig, *, backbone: str, seed: int, w: int, a: int, ckpt
              assignment, history, selection, crop, argmax_metrics, argmax_assignment, argmax_crop,
              device) -> None:
     """Search per-layer strategies (L1 distillation to the FP output on the calibration crops' search part),
-    choose the final assignment (``dqss``: ``dqss.select``, by default MSE on Y of the 8-bit output;
+    choose the final assignment (``dqss``: ``dqss.algorithms.select``, by default MSE on Y of the 8-bit output;
     ``dqss_argmax``: the logits' argmax), rebuild both from their files and evaluate on every test set."""
     _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selection, device,
                 {DQSS_ARGMAX: ("argmax", argmax_metrics, argmax_assignment, argmax_crop),

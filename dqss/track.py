@@ -13,8 +13,8 @@ import torch
 
 from . import api
 from .core.mixed import pinned
-from .ptq import assignment_choice, export_assignment
-from .ptq_search import Outcome, write_history, write_selection
+from .algorithms.ptq import assignment_choice, export_assignment
+from .algorithms.ptq_search import Outcome, write_history, write_selection
 from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
 from .core.stats import load_stats
 
@@ -63,7 +63,7 @@ def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method
                     device, task_loss, state, history):
     """Reconstruct the W{w}A{a} model by ``method`` on the seed's calibration draw; its frozen quantizers
     (``state``, a DQSS candidate) and per-unit losses (``history``) are written; returns the result."""
-    from .recon import get_reconstruction, reconstruct, reconstruction_state, save_reconstruction
+    from .algorithms.recon import get_reconstruction, reconstruct, reconstruction_state, save_reconstruction
 
     plans = cfg.quant.layer_plans(folded, w, a, example)
     result = reconstruct(get_reconstruction(method), folded, plans, load_stats(stats), inputs, cfg.reconstruction,
@@ -80,7 +80,7 @@ def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method
 
 def recon_candidates(cfg, states: list[str]) -> dict:
     """The reconstructed methods as frozen DQSS candidates, from their jobs' files (in ``methods`` order)."""
-    from .recon import ReconstructedStrategy, load_reconstruction
+    from .algorithms.recon import ReconstructedStrategy, load_reconstruction
 
     states = [states] if isinstance(states, str) else list(states)  # one method: run_job passes a path
     methods = cfg.reconstruction.methods
@@ -110,7 +110,7 @@ def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, 
 
 def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
                 device, objective: str, labels=None, border: int = 0, extra: dict | None = None):
-    """The search on the calibration's search part and the final choice (``dqss.select``), by the public
+    """The search on the calibration's search part and the final choice (``dqss.algorithms.select``), by the public
     :func:`dqss.api.search_assignment`: the outcome, the layer plans and the candidate strategies (``extra``: more, e.g.
     reconstructed methods).  (The caller seeds torch before it builds the model.)"""
     calib = load_calibration(cfg, folded, example, stats, device)

@@ -76,7 +76,7 @@ def test_timm_model_search_and_from_assignment(tmp_path):
     assert got == chosen
     # the same model as the search's own pinned choice
     from dqss.core.mixed import pinned
-    from dqss.ptq import assignment_choice
+    from dqss.algorithms.ptq import assignment_choice
 
     with pinned(found.outcome.qmodel, assignment_choice(found.assignment, found.plans, found.strategies)) as ref:
         assert torch.allclose(dqss.outputs(ref, [x[:8]]), dqss.outputs(q, [x[:8]]), atol=1e-5)

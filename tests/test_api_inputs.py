@@ -407,7 +407,7 @@ def test_selection_summary_reads_the_guard_fields_when_present():
 
 # -- 10. the API's search defaults are the suite's --------------------------------------------------------
 def test_api_search_defaults_are_the_embedded_configs(model, calib, monkeypatch):
-    from dqss import ptq_search
+    from dqss.algorithms import ptq_search
     from dqss.workflow import track_config
 
     suite = track_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), "cls_ptq")
@@ -446,8 +446,8 @@ def test_strategy_options_of_the_wrong_type_are_refused_by_the_strategy_itself()
 
 
 def test_an_assignment_is_matched_to_the_plan_by_name():
-    """The library's own reader (dqss.ptq) takes layers in any order, and names what is missing or extra."""
-    from dqss.ptq import assignment_choice
+    """The library's own reader (dqss.algorithms.ptq) takes layers in any order, and names what is missing or extra."""
+    from dqss.algorithms.ptq import assignment_choice
     from dqss.core.strategy import get_strategy
 
     from types import SimpleNamespace

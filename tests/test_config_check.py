@@ -202,8 +202,8 @@ def test_checker_and_workflow_refuse_with_the_same_message(tmp_path, capsys):
 
 def test_the_api_refuses_a_rising_temperature_too():
     """The API builds the dqss section directly (search_assignment(config=...)): the same refusal as the config's."""
-    from dqss.qat_train import DQSSQATConfig
-    from dqss.search import SearchConfig
+    from dqss.algorithms.qat_train import DQSSQATConfig
+    from dqss.algorithms.search import SearchConfig
 
     for cls in (SearchConfig, DQSSQATConfig):
         with pytest.raises(ValueError, match=r"^tau_start=0.01 is below tau_end=5.0"):

@@ -20,12 +20,12 @@ from torch import nn
 
 from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from dqss.core.mixed import arch_parameters, mixed_layers
-from dqss.ptq import quantize_mixed, quantize_uniform
-from dqss.ptq_search import split_calibration
-from dqss.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, quantizer_parameters, train_qat
+from dqss.algorithms.ptq import quantize_mixed, quantize_uniform
+from dqss.algorithms.ptq_search import split_calibration
+from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, quantizer_parameters, train_qat
 from dqss.core.quant import QuantSpec
-from dqss.search import SearchConfig, search
-from dqss.select import Evaluator, measured_selection
+from dqss.algorithms.search import SearchConfig, search
+from dqss.algorithms.select import Evaluator, measured_selection
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.core.stats import ActStats, collect_act_stats
 from dqss.core.strategy import LayerContext, get_strategy, strategy_names

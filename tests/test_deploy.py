@@ -35,7 +35,7 @@ from torch import nn
 
 from dqss import deploy
 from dqss.core.layers import QuantLayer, QuantPolicy, fold_batchnorm
-from dqss.ptq import quantize_mixed, quantize_uniform
+from dqss.algorithms.ptq import quantize_mixed, quantize_uniform
 from dqss.core.stats import collect_act_stats
 from dqss.core.strategy import get_strategy
 
@@ -454,7 +454,7 @@ def test_dorefa_8_bit_weights_do_not_fit_int8():
 
 
 def test_frozen_reconstructed_weights_export_their_codes(tmp_path):
-    from dqss.recon import AdaRoundQuantizer
+    from dqss.algorithms.recon import AdaRoundQuantizer
     _, qmodel, example = build("conv", 4, 4, policy=QuantPolicy(first_last_bits=None))
     g = torch.Generator().manual_seed(5)
     for m in deploy.quant_layers(qmodel).values():
@@ -494,7 +494,7 @@ def test_pinned_mixture_exports_its_candidate(tmp_path):
 
 # -- (g): errors ---------------------------------------------------------------------------------
 def test_step_quantizer_in_training_state_is_refused():
-    from dqss.recon import StepQuantizer
+    from dqss.algorithms.recon import StepQuantizer
     _, qmodel, _ = build("conv")
     m = next(iter(deploy.quant_layers(qmodel).values()))
     step = StepQuantizer(m.act_quant, learn=True)

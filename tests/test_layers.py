@@ -7,7 +7,7 @@ from torch import nn
 from dqss.core.layers import QuantLayer, QuantPolicy, execution_order, fold_batchnorm, plan_layers
 from dqss.core.mixed import (MixedQuantizer, MixedQuantLayer, arch_parameters, mixed_layers, set_mode,
                         set_temperature)
-from dqss.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
+from dqss.algorithms.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                       quantize_per_layer, quantize_uniform, save_assignment)
 from dqss.core.quant import FakeQuantizer, QuantSpec
 from dqss.core.stats import ActStats, collect_act_stats

@@ -268,7 +268,7 @@ def test_a_checkout_path_with_a_space_runs_script_jobs(tmp_path):
 
 def test_every_baseline_module_registers_and_template_does_not():
     import baselines
-    from dqss.recon import RECONSTRUCTIONS
+    from dqss.algorithms.recon import RECONSTRUCTIONS
     from dqss.core.strategy import STRATEGIES, strategy_names
 
     names = strategy_names()
@@ -370,8 +370,8 @@ def test_config_readme_names_every_config_key():
     from dqss.classification import CalibConfig
     from dqss.data import DataConfig
     from dqss.core.layers import QuantPolicy
-    from dqss.qat_train import DQSSQATConfig, QATRecipe
-    from dqss.search import SearchConfig
+    from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe
+    from dqss.algorithms.search import SearchConfig
     from dqss.sr_data import SRDataConfig
     from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
     from dqss.train import TrainConfig

@@ -61,7 +61,7 @@ class Net(nn.Module):
 
 def quantized(w=8, a=8, strategy="minmax"):
     from dqss.core.layers import fold_batchnorm
-    from dqss.ptq import quantize_uniform
+    from dqss.algorithms.ptq import quantize_uniform
     from dqss.core.stats import collect_act_stats
 
     torch.manual_seed(0)
@@ -152,7 +152,7 @@ def test_a_sum_no_module_returns_is_reported_unplaced():
         def forward(self, x):
             return (self.a(x) + self.b(x)) + self.c(x)  # the inner sum feeds the outer add directly
 
-    from dqss.ptq import quantize_uniform
+    from dqss.algorithms.ptq import quantize_uniform
     from dqss.core.stats import collect_act_stats
 
     model, x = TwoSums().eval(), images(8, 8)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from dqss.qat_train import quantize_qat
+from dqss.algorithms.qat_train import quantize_qat
 from dqss.core.layers import QuantLayer, QuantPolicy, plan_layers
 from dqss.core.mixed import MixedQuantizer, mixed_layers
 from dqss.core.qat import LearnedQuantizer
-from dqss.qat_train import DQSSQATConfig, QATDiverged, QATRecipe, quantizer_parameters, train_qat
+from dqss.algorithms.qat_train import DQSSQATConfig, QATDiverged, QATRecipe, quantizer_parameters, train_qat
 from dqss.core.quant import QuantSpec
 from dqss.core.stats import collect_act_stats
 from dqss.core.strategy import get_strategy, strategy_names

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
-from dqss.ptq import quantize_per_layer, quantize_uniform
+from dqss.algorithms.ptq import quantize_per_layer, quantize_uniform
 from dqss.core.quant import QuantSpec
-from dqss.recon import (GAMMA, ZETA, AdaRoundQuantizer, FrozenWeightQuantizer, Pass, ReconConfig,
+from dqss.algorithms.recon import (GAMMA, ZETA, AdaRoundQuantizer, FrozenWeightQuantizer, Pass, ReconConfig,
                         ReconstructedStrategy, StepQuantizer, _fisher_weights, _optimise, find_units,
                         get_reconstruction, kl_task_loss, load_reconstruction, lp_loss, reconstruct,
                         reconstruction_names, reconstruction_state, rounding_regularizer, save_reconstruction)
@@ -21,7 +21,7 @@ from dqss.core.strategy import get_strategy
 
 
 # -- tiny models --------------------------------------------------------------------------------
-class BasicBlock(nn.Module):  # the class name makes it a block (dqss.recon.BLOCK_TYPES)
+class BasicBlock(nn.Module):  # the class name makes it a block (dqss.algorithms.recon.BLOCK_TYPES)
     def __init__(self, c):
         super().__init__()
         self.conv1 = nn.Conv2d(c, c, 3, padding=1)
@@ -280,7 +280,7 @@ def test_block_reconstruction_lowers_the_output_error(method):
 
 def test_rounding_ends_binary():
     model, x, plans, stats = _setup(bits=3)
-    from dqss.recon import build
+    from dqss.algorithms.recon import build
 
     cfg = _cfg(iterations=1500, reg_weight=0.05)
     qmodel = build(model, plans, stats, cfg, get_strategy, learn_acts=False)
@@ -291,7 +291,7 @@ def test_rounding_ends_binary():
     start = layer.weight_quant.h().detach()
     assert ((start > 0) & (start < 1)).float().mean() > 0.9  # fractional parts to begin with
     ps = Pass(learn_weights=True, learn_acts=False, loss="mse", act_quant=False)
-    from dqss.recon import set_act_quant
+    from dqss.algorithms.recon import set_act_quant
 
     set_act_quant(qmodel, False)
     _optimise(layer, [layer], xin, None, target, None, ps, cfg, torch.Generator().manual_seed(0), "cpu")
@@ -333,7 +333,7 @@ def test_nonfinite_loss_fails_clearly():
 
 def test_cached_unit_output_is_not_changed_by_an_inplace_activation():
     """The reconstruction target of a conv followed by timm's ReLU(inplace=True) is the conv's output."""
-    from dqss.recon import _cache
+    from dqss.algorithms.recon import _cache
 
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).eval()

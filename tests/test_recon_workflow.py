@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dqss.recon import load_reconstruction
+from dqss.algorithms.recon import load_reconstruction
 from dqss.results import DQSS_RECON
 from dqss.workflow import job_settings, track_config
 from test_workflow import ROOT, job_counts, snakemake

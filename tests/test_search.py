@@ -7,8 +7,8 @@ import torch
 
 from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from dqss.core.mixed import arch_parameters, mixed_layers
-from dqss.ptq import quantize_mixed
-from dqss.search import SearchConfig, SearchDiverged, search
+from dqss.algorithms.ptq import quantize_mixed
+from dqss.algorithms.search import SearchConfig, SearchDiverged, search
 from dqss.core.stats import collect_act_stats
 from dqss.core.strategy import get_strategy
 

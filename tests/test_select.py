@@ -14,10 +14,10 @@ from torch import nn
 
 from dqss.core.layers import QuantPolicy, plan_layers
 from dqss.core.mixed import mixed_layers, pin
-from dqss.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
+from dqss.algorithms.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                       quantize_per_layer, save_assignment)
-from dqss.ptq_search import split_calibration
-from dqss.select import Evaluator, item_losses, measured_selection, significant_decrease, uniform
+from dqss.algorithms.ptq_search import split_calibration
+from dqss.algorithms.select import Evaluator, item_losses, measured_selection, significant_decrease, uniform
 from dqss.significance import bootstrap_interval, compare, mcnemar_exact, sign_flip_p
 from dqss.sr_models import build_sr, parse_backbone
 from dqss.sr_ptq import SRQuantPolicy
@@ -205,7 +205,7 @@ def test_guard_overturns_the_search_only_on_a_significant_held_difference(n_held
     """Item: the guard replaced the search's assignment by a uniform strategy on a 25-image held part whose
     difference was noise.  Now a lower held stage replaces the descent's result only when the paired test
     says so; a small gap on 25 items keeps the search's result and says the held part is too small."""
-    from dqss.select import held_guard
+    from dqss.algorithms.select import held_guard
 
     stages, objective, held_losses = _guard_case(n_held, gap)
     guard = held_guard(stages, objective, list(stages), "sweep 1", held_losses, 2.0, n_held)
@@ -328,7 +328,7 @@ def test_compare_pairs_images_and_pools_seeds():
     ("cls_ptq", ("calibration", "hold_fraction"), 0, r"hold_fraction must be a number in \(0, 1\)"),
     ("sr_ptq", ("calibration", "hold_fraction"), -0.1,
      r"sr_ptq.calibration.hold_fraction must be a number in \(0, 1\)"),
-    ("cls_ptq", ("dqss", "select"), "best", r"dqss.select: unknown 'best'; valid values are \['measured', 'argmax'\]"),
+    ("cls_ptq", ("dqss", "select"), "best", r"dqss.algorithms.select: unknown 'best'; valid values are \['measured', 'argmax'\]"),
     ("sr_ptq", ("dqss", "objective"), "psnr", r"dqss.objective: unknown 'psnr'; valid values are"),
     ("cls_ptq", ("dqss", "sweeps"), 0, r"dqss.sweeps must be an integer in 1..20"),
     ("sr_ptq", ("dqss", "accept_z"), -1, r"dqss.accept_z must be a number in \[0, 10\]"),
@@ -391,7 +391,7 @@ def test_block_cache_equals_the_full_forward():
 
 
 def test_block_chain_refuses_a_residual_model():
-    from dqss.select import block_chain
+    from dqss.algorithms.select import block_chain
 
     net = build_sr(parse_backbone("edsr_tiny_x2")).eval()
     assert block_chain(net, torch.rand(1, 3, 8, 8)) is None

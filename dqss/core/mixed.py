@@ -320,7 +320,7 @@ def sample_paths(model: nn.Module, generator: torch.Generator | None) -> None:
 @contextmanager
 def pinned(model: nn.Module, assignment: dict[str, tuple[str, str]]):
     """``model`` pinned to ``assignment`` inside the block (the discrete model, equal to the one
-    :func:`dqss.ptq.quantize_per_layer` builds for it), the mixture again after."""
+    :func:`dqss.algorithms.ptq.quantize_per_layer` builds for it), the mixture again after."""
     pin(model, assignment)
     try:
         yield model

@@ -2,7 +2,7 @@
 
 Input is the tidy long table written by :func:`dqss.results.gather` (``results/metrics.csv``)
 and, optionally, the per-layer assignment files of DQSS searches
-(:func:`dqss.ptq.export_assignment` / :func:`dqss.ptq.save_assignment`), the QAT jobs' training
+(:func:`dqss.algorithms.ptq.export_assignment` / :func:`dqss.algorithms.ptq.save_assignment`), the QAT jobs' training
 curves, the SR jobs' output crops, the jobs' per-image values and the DQSS jobs' selection records.
 
 The package, by purpose (no module imports this one, :mod:`.style` imports none of the others, and

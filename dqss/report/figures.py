@@ -100,7 +100,7 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         raise ValueError(f"plot_assignment_map draws one backbone per figure; got {backbones}")
     for a in assignments:
         if not isinstance(a.get("layers"), list):
-            raise ValueError("an assignment lacks its 'layers' list; expected dqss.ptq.export_assignment output")
+            raise ValueError("an assignment lacks its 'layers' list; expected dqss.algorithms.ptq.export_assignment output")
     rows_in = _assignment_rows(assignments)
     layers: list[str] = []
     for a in rows_in:

@@ -1,6 +1,6 @@
 """The report's view of the DQSS selection: discretization-gap tables and the softmax-vs-measured figure.
 
-Both read the ``selection.json`` record each PTQ DQSS job writes (:func:`dqss.ptq_search.write_selection`).
+Both read the ``selection.json`` record each PTQ DQSS job writes (:func:`dqss.algorithms.ptq_search.write_selection`).
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ rule cls_qat_uniform:
 
 rule cls_qat_dqss:
     """DQSS-QAT: strategies, quantizers and weights trained in one pass (with or without the fix); the frozen
-    assignment is chosen by dqss.select."""
+    assignment is chosen by dqss.algorithms.select."""
     input:
         ckpt=qat_checkpoint,
         fp=QAT.fp("logits.pt", CLS_QAT.train.seed if CLS_QAT else 0),

@@ -51,11 +51,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .options import check_options, option
-from .core.layers import LayerPlan, QuantLayer, execution_order, swap_layers
-from .core.quant import FakeQuantizer, QuantSpec, _broadcast
-from .core.stats import ActStats
-from .core.strategy import LayerContext, Strategy
+from ..options import check_options, option
+from ..core.layers import LayerPlan, QuantLayer, execution_order, swap_layers
+from ..core.quant import FakeQuantizer, QuantSpec, _broadcast
+from ..core.stats import ActStats
+from ..core.strategy import LayerContext, Strategy
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class ReconSection(ReconConfig):
     def check(self, key: str, strategies: list[str]) -> None:
         """Every method registered and not named like a range strategy; the two range strategies it uses
         registered PTQ strategies."""
-        from .core.strategy import strategy_names
+        from ..core.strategy import strategy_names
 
         known = reconstruction_names()
         for m in self.methods:
@@ -266,7 +266,7 @@ def register_reconstruction(name: str):
 
 
 def reconstruction_names() -> list[str]:
-    from .core.strategy import load_baselines
+    from ..core.strategy import load_baselines
 
     load_baselines()
     return sorted(RECONSTRUCTIONS)
@@ -523,7 +523,7 @@ def reconstruction_state(qmodel: nn.Module, plans: dict[str, LayerPlan], meta: d
 
 
 def save_reconstruction(state: dict, path) -> None:
-    from .results import atomic_write
+    from ..results import atomic_write
 
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .options import check_annealing, check_options, option
-from .core.nonfinite import first_nonfinite_output
-from .core.mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
+from ..options import check_annealing, check_options, option
+from ..core.nonfinite import first_nonfinite_output
+from ..core.mixed import MODES, RELAXATIONS, arch_parameters, mixed_layers, set_mode, set_relaxation, set_temperature
 from .select import PTQ_OBJECTIVES, RULES
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class SearchConfig:
     # (straight-through) for the last ``1 - soft_fraction`` of the iterations
     relaxation: str = option("soft", choices=RELAXATIONS)
     soft_fraction: float = option(0.5, ge=0, le=1)  # relaxation hard: part of the iterations run soft first
-    # the final assignment (dqss.select): 'measured' = coordinate descent on the discrete objective of the
+    # the final assignment (dqss.algorithms.select): 'measured' = coordinate descent on the discrete objective of the
     # calibration's search part, guarded on its held part; 'argmax' = the logits' argmax (the paper's rule)
     select: str = option("measured", choices=RULES)
     # the selection objective; null = the track's (kl for classification, mse_y for SR)

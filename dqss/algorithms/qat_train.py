@@ -30,15 +30,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .options import check_annealing, check_options, option
-from .core.layers import QuantLayer, swap_layers
-from .core.nonfinite import first_nonfinite_output
-from .core.mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
+from ..options import check_annealing, check_options, option
+from ..core.layers import QuantLayer, swap_layers
+from ..core.nonfinite import first_nonfinite_output
+from ..core.mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameters, discretize, mixed_layers, sample_paths,
                     set_mode, set_temperature)
-from .core.qat import LearnedQuantizer
+from ..core.qat import LearnedQuantizer
 from .select import RULES
-from .core.strategy import LayerContext
-from .train import random_shift
+from ..core.strategy import LayerContext
+from ..train import random_shift
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core.mixed import mixed_layers, pin
-from .core.quant import FakeQuantizer
+from ..core.mixed import mixed_layers, pin
+from ..core.quant import FakeQuantizer
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """DQSS-PTQ from the calibration draw to the final assignments: one path for every PTQ track.
 
 The seed's calibration draw is split into a search part S and a held part H.  The gradient search
-(:func:`dqss.search.search`) trains the logits on S; its argmax is the paper's assignment
-(``dqss_argmax``); the measured selection (:mod:`dqss.select`) gives ``dqss``.  Classification and
+(:func:`dqss.algorithms.search.search`) trains the logits on S; its argmax is the paper's assignment
+(``dqss_argmax``); the measured selection (:mod:`dqss.algorithms.select`) gives ``dqss``.  Classification and
 super-resolution differ only in the selection objective and its defaults.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .core.mixed import set_temperature
+from ..core.mixed import set_temperature
 from .ptq import quantize_mixed
 from .search import SearchConfig, search
 from .select import Evaluator, argmax_assignment, measured_selection
@@ -101,7 +101,7 @@ def selection_summary(record: dict) -> dict:
 
 def write_history(history: list[dict], path) -> None:
     """The search's loss per step (``search.csv``)."""
-    from .results import write_csv
+    from ..results import write_csv
 
     write_csv(path, [{"step": h["step"], "loss": h["loss"], "tau": h["tau"]} for h in history])
 
@@ -110,6 +110,6 @@ def write_selection(outcome: Outcome, path, meta: dict, test: dict | None = None
     """The selection record: ``meta`` (task, dataset, backbone, w_bits, a_bits, seed), every stage's objective
     on both calibration parts, the moves, the split sizes; ``test`` adds test-set metrics of stages that have
     no row of their own (the mixture)."""
-    from .results import write_json
+    from ..results import write_json
 
     write_json(path, {**meta, **outcome.record, "test": test or {}})

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .core.layers import LayerPlan, QuantLayer, swap_layers
-from .core.mixed import MixedQuantizer, MixedQuantLayer, mixed_layers
-from .results import ASSIGNMENT_FORMAT, load_assignment, save_assignment  # noqa: F401  (the file format's owner)
-from .core.stats import ActStats
-from .core.strategy import LayerContext, Strategy
+from ..core.layers import LayerPlan, QuantLayer, swap_layers
+from ..core.mixed import MixedQuantizer, MixedQuantLayer, mixed_layers
+from ..results import ASSIGNMENT_FORMAT, load_assignment, save_assignment  # noqa: F401  (the file format's owner)
+from ..core.stats import ActStats
+from ..core.strategy import LayerContext, Strategy
 
 log = logging.getLogger(__name__)
 
