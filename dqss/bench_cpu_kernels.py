@@ -36,7 +36,7 @@ def scaled(section: dict, track: str, fraction: float) -> dict:
     train = s.setdefault("train", {})
     key = "iterations" if track == "sr_ptq" else "epochs"
     from .sr_ptq import SRTrainConfig
-    from .train import TrainConfig
+    from .cls.train import TrainConfig
 
     default = getattr(SRTrainConfig if key == "iterations" else TrainConfig, key)
     train[key] = max(1, round(train.get(key, default) * fraction))

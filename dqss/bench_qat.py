@@ -57,7 +57,7 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
 
     from .bench import saved_tensor_mb
     from .core.layers import QuantPolicy, plan_layers
-    from .models import register_models
+    from .cls.models import register_models
     from .core.stats import collect_act_stats
 
     import timm

@@ -37,7 +37,7 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
     import timm
 
     from .core.layers import fold_batchnorm, plan_layers
-    from .models import data_config, register_models
+    from .cls.models import data_config, register_models
     from .algorithms.ptq_search import split_calibration
     from .core.stats import collect_act_stats
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input, load_fp_logits,
                              prepare)
-from .evaluate import predict
+from .cls.evaluate import predict
 from .core.layers import plan_layers
 from .algorithms.ptq import export_assignment, save_assignment
 from .algorithms.ptq_search import selection_summary

@@ -33,10 +33,10 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
     import timm
 
     from .classification import input_size
-    from .evaluate import predict
-    from .models import data_config, register_models
-    from .data import load_classification
-    from .train import train_classifier
+    from .cls.evaluate import predict
+    from .cls.models import data_config, register_models
+    from .cls.data import load_classification
+    from .cls.train import train_classifier
 
     register_models()
     rows = []
@@ -65,7 +65,7 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
     from .sr_metrics import sr_metrics
     from .sr_models import build_sr, parse_backbone
     from .sr_ptq import super_resolve
-    from .train import fit_sr
+    from .cls.train import fit_sr
 
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
     val = data.train[::4]

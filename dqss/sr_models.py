@@ -248,7 +248,7 @@ def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, 
     except RuntimeError as exc:
         raise RuntimeError(f"{key}: {path} does not fit this architecture ({str(exc)[:400]}); check the "
                            "backbone's preset, scale and options") from exc
-    from .models import check_finite
+    from .cls.models import check_finite
 
     return check_finite(model, f"{key} ({path})")
 

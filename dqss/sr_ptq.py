@@ -268,9 +268,9 @@ def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
 
 def run_train(cfg: SRPTQConfig, *, backbone: str, ckpt, history, device) -> None:
     """Train the FP network (weights: train) with L1 on random crops of the training images."""
-    from .models import save_checkpoint
+    from .cls.models import save_checkpoint
     from .sr_models import build_sr
-    from .train import fit_sr
+    from .cls.train import fit_sr
 
     if cfg.weight_source(backbone) != "train":
         raise ValueError(f"{TASK}.backbones.{backbone}.weights is not 'train': nothing to train")

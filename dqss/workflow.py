@@ -222,7 +222,7 @@ def track_config(config: dict, track: str):
     Everything that can be known before a job runs is checked here: unknown backbones, strategies
     or bit widths, and the data folders and weight files the config names (so that a typo stops the
     workflow before hours of training, with the key to fix)."""
-    from .models import check_backbone, require_weight_file
+    from .cls.models import check_backbone, require_weight_file
 
     config_class = _config_class(track)
     section = config.get(track)
@@ -247,7 +247,7 @@ def track_config(config: dict, track: str):
 
 def check_cls_inputs(cfg, track: str) -> None:
     """The classification data are where the config says, and hold enough images to calibrate on."""
-    from .data import check_data_root, train_size
+    from .cls.data import check_data_root, train_size
 
     check_data_root(cfg.data, f"{track}.data")
     n = train_size(cfg.data)

@@ -114,7 +114,7 @@ def test_every_sr_preset_passes_the_strict_survey(name):
 def test_paper_backbones_pass_the_strict_survey(name):
     import timm
 
-    import dqss.cifar_models  # noqa: F401  (registers the CIFAR backbones with timm)
+    import dqss.cls.cifar_models  # noqa: F401  (registers the CIFAR backbones with timm)
 
     model = timm.create_model(name, num_classes=10).eval()
     calib = dqss.calibrate(model, [torch.rand(2, 3, 32, 32)], bins=64, samples=0)

@@ -1,4 +1,4 @@
-"""CIFAR backbones registered with timm (dqss.cifar_models) and CIFAR-10 data (dqss.data.cifar10).
+"""CIFAR backbones registered with timm (dqss.cls.cifar_models) and CIFAR-10 data (dqss.cls.data.cifar10).
 
 Offline and on the CPU: the CIFAR-10 set is a few random images written to tmp_path in the exact
 format of the python archive (Python 2 pickles of dicts with byte-string keys, b"data" a uint8
@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from dqss.data import CIFAR10_LAYOUT, DataConfig, load_classification
-from dqss.models import check_backbone, create_backbone, data_config, register_models
-from dqss.train import TrainConfig, train_classifier
+from dqss.cls.data import CIFAR10_LAYOUT, DataConfig, load_classification
+from dqss.cls.models import check_backbone, create_backbone, data_config, register_models
+from dqss.cls.train import TrainConfig, train_classifier
 
 register_models()
 import timm  # noqa: E402
@@ -59,11 +59,11 @@ def test_registered_names_are_ours():
 
 
 def test_lazy_registration_in_fresh_process():
-    """timm alone does not know the names; dqss.models registers them where backbones are checked/built."""
+    """timm alone does not know the names; dqss.cls.models registers them where backbones are checked/built."""
     code = ("import timm\n"
             f"names = {NAMES!r}\n"
             "assert not any(timm.is_model(n) for n in names), 'registered before dqss was imported'\n"
-            "from dqss.models import check_backbone\n"
+            "from dqss.cls.models import check_backbone\n"
             "check_backbone('resnet20')\n"
             "assert all(timm.is_model(n) for n in names)\n"
             "assert timm.create_model('mobilenetv2_050_cifar').num_classes == 10\n"
@@ -176,7 +176,7 @@ def test_local_weight_file_round_trip(tmp_path, name):
         assert torch.equal(loaded(x), model(x))
         other, _ = _trained_state(name, seed=6)
         assert not torch.allclose(other(x), model(x))  # the equality above is not vacuous
-    # timm's own path, as dqss.models uses it
+    # timm's own path, as dqss.cls.models uses it
     direct = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path), "num_classes": 10})
     with torch.no_grad():
         assert torch.equal(direct.eval()(x), model(x))

@@ -16,9 +16,9 @@ import yaml
 
 from dqss.cls_ptq import (ClsPTQConfig, prepare, run_calibrate, run_dqss, run_evaluate_fp, run_train,
                           run_uniform)
-from dqss.data import DATASETS, ClassificationData, DataConfig, digits, load_classification
+from dqss.cls.data import DATASETS, ClassificationData, DataConfig, digits, load_classification
 from dqss.core.layers import fold_batchnorm, plan_layers
-from dqss.models import (check_backbone, create_backbone, data_config, load_checkpoint,
+from dqss.cls.models import (check_backbone, create_backbone, data_config, load_checkpoint,
                          save_checkpoint)
 from dqss.core.strategy import strategy_names
 from dqss.workflow import JOB_KEYS, job_settings, track_config
@@ -68,7 +68,7 @@ def test_digits_split_is_deterministic(digits_split):
 
 
 def _reference_digits(size, mean, std):
-    """All 1,797 images, preprocessed independently of dqss.data."""
+    """All 1,797 images, preprocessed independently of dqss.cls.data."""
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
@@ -629,7 +629,7 @@ def test_run_train_refuses_non_train_weights(chain, tmp_path):
 def test_digits_size_constant_matches_scikit_learn():
     from sklearn.datasets import load_digits
 
-    from dqss.data import DIGITS_SIZE, train_size
+    from dqss.cls.data import DIGITS_SIZE, train_size
 
     assert DIGITS_SIZE == len(load_digits().target)
     cfg = DataConfig(name="digits")
@@ -649,7 +649,7 @@ def test_corrupt_image_is_named_in_one_line(tmp_path, tiny_dcfg):
     assert e.value.__cause__ is None and e.value.__suppress_context__  # no PIL traceback chained
     from torch.utils.data import DataLoader
 
-    from dqss.evaluate import predict
+    from dqss.cls.evaluate import predict
 
     with pytest.raises(ValueError) as e:  # from a worker process, as in evaluation with data.workers > 0
         predict(torch.nn.Flatten(), DataLoader(data.test, batch_size=4, num_workers=1), "cpu")

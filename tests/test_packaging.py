@@ -368,13 +368,13 @@ def test_config_readme_names_every_config_key():
     from dataclasses import fields
 
     from dqss.classification import CalibConfig
-    from dqss.data import DataConfig
+    from dqss.cls.data import DataConfig
     from dqss.core.layers import QuantPolicy
     from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe
     from dqss.algorithms.search import SearchConfig
     from dqss.sr_data import SRDataConfig
     from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
-    from dqss.train import TrainConfig
+    from dqss.cls.train import TrainConfig
 
     text = (ROOT / "config/README.md").read_text()
     documented = set(re.findall(r"[A-Za-z_]\w*", " ".join(re.findall(r"`([^`]*)`", text))))

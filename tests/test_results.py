@@ -141,7 +141,8 @@ def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
     """Item: model.pt and the FP logits, which later jobs trust, were written in place."""
     import torch
 
-    from dqss import classification, models
+    from dqss import classification
+    from dqss.cls import models
 
     monkeypatch.setattr(torch, "save", _interrupted(torch.save))
     net = torch.nn.Linear(2, 2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dqss.models import save_checkpoint
+from dqss.cls.models import save_checkpoint
 from dqss.sr_metrics import mean_metrics, sr_metrics
 from dqss.sr_models import (SR_PRESETS, SRNet, build_sr, create_sr_backbone, download_weights, import_basicsr,
                             load_sr_weights, parse_backbone)

@@ -38,7 +38,7 @@ from ..core.mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameter
 from ..core.qat import LearnedQuantizer
 from .select import RULES
 from ..core.strategy import LayerContext
-from ..train import random_shift
+from ..cls.train import random_shift
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 
 All share a CIFAR-10 pretrained cfg (10 classes, 3x32x32, CIFAR mean/std) without a hub id or url:
 weights come from a local file, ``timm.create_model(name, pretrained=True,
-pretrained_cfg_overlay={"file": path, "num_classes": 10})`` (see dqss.models.create_backbone).
+pretrained_cfg_overlay={"file": path, "num_classes": 10})`` (see dqss.cls.models.create_backbone).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ _MODULE = __name__.split(".")[-1]  # the module name timm's registry files these
 for _name in MODEL_NAMES:
     if timm.is_model(_name) and not is_model_in_modules(_name, [_MODULE]):
         raise RuntimeError(f"timm {timm.__version__} already has a model named '{_name}'; "
-                           "rename the CIFAR backbone in dqss/cifar_models.py")
+                           "rename the CIFAR backbone in dqss/cls/cifar_models.py")
 
 
 # -- ResNet for CIFAR ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from .options import SEED_MAX, check_options, option
+from ..options import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def _cifar10_class():
     :func:`read_cifar_pickle`.  Without download, integrity means "every expected file exists":
     torchvision's md5 check passes only the official files, and a copy written elsewhere in the same
     format is fine here.  With download the md5 check stays.  Built on first use, so importing this
-    module does not import torchvision; picklable as ``dqss.data.CIFAR10Files``.
+    module does not import torchvision; picklable as ``dqss.cls.data.CIFAR10Files``.
     """
     from torchvision.datasets import CIFAR10, VisionDataset
 

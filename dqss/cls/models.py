@@ -15,7 +15,7 @@ WEIGHT_SOURCES = ("train", "timm")  # or a path to a local file
 
 
 def register_models() -> None:
-    """Register the suite's own timm models (dqss.cifar_models: resnet20, mobilenetv2_*_cifar).
+    """Register the suite's own timm models (dqss.cls.cifar_models: resnet20, mobilenetv2_*_cifar).
 
     Idempotent and cheap after the first call; call it before ``timm.create_model`` on a suite name.
     """
@@ -95,7 +95,7 @@ def check_finite(model: nn.Module, source: str) -> nn.Module:
 
 def save_checkpoint(model: nn.Module, name: str, path, **meta) -> None:
     """The model's weights with its architecture name, atomically (an interrupted save leaves no model.pt)."""
-    from .results import atomic_write
+    from ..results import atomic_write
 
     state = {"arch": name, "state_dict": model.state_dict(), **meta}
     atomic_write(path, lambda tmp: torch.save(state, tmp))

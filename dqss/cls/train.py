@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .options import SEED_MAX, check_options, option
+from ..options import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def fit_sr(model, pairs, tc, scale: int, device, name: str = "model") -> list[di
     decay; the loss history (20 points)."""
     import numpy as np
 
-    from .sr_data import training_batch
+    from ..sr_data import training_batch
 
     g = np.random.default_rng(tc.seed)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
