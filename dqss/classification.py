@@ -15,7 +15,8 @@ from .config import TrackConfig, eval_batch_size, track_key
 from .cls.data import DataConfig, load_classification
 from .cls.evaluate import classification_metrics, per_image, predict
 from .core.layers import QuantPolicy
-from .cls.models import create_backbone, data_config, save_checkpoint
+from .cls.models import create_backbone, data_config
+from .weights import save_checkpoint
 from .results import FP_METHOD, atomic_write, provenance, write_csv, write_metrics
 from .cls.train import TrainConfig, train_classifier
 

@@ -61,11 +61,11 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
 def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
     """Validation PSNR (Y, crop_border = scale) of an SR backbone trained for each of ``iterations`` on
     all but every fourth training image, measured on those held images."""
-    from .sr_data import load_sr_data
-    from .sr_metrics import sr_metrics
-    from .sr_models import build_sr, parse_backbone
+    from .sr.data import load_sr_data
+    from .sr.metrics import sr_metrics
+    from .sr.models import build_sr, parse_backbone
     from .sr_ptq import super_resolve
-    from .cls.train import fit_sr
+    from .sr.train import fit_sr
 
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
     val = data.train[::4]

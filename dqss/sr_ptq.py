@@ -2,7 +2,7 @@
 
 The same quantizer core, strategies, mixed layers and search as the classification PTQ track;
 what differs is the data (LR/HR pairs, calibration crops from training images), the backbones
-(basicsr architectures, :mod:`dqss.sr_models`), the metrics (PSNR/SSIM on Y, :mod:`dqss.sr_metrics`)
+(basicsr architectures, :mod:`dqss.sr.models`), the metrics (PSNR/SSIM on Y, :mod:`dqss.sr.metrics`)
 and the search loss (L1 distillation to the FP network's output by default).
 
 One ``metrics.json`` per job holds the results of every test set (``results`` list); the
@@ -28,9 +28,9 @@ from .algorithms.ptq_search import selection_summary
 from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
 from .algorithms.recon import ReconSection, mse_task_loss
 from .algorithms.search import SearchConfig
-from .sr_data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
-from .sr_metrics import mean_metrics, sr_metrics
-from .sr_models import PARTS, SRNet, create_sr_backbone, parse_backbone
+from .sr.data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
+from .sr.metrics import mean_metrics, sr_metrics
+from .sr.models import PARTS, SRNet, create_sr_backbone, parse_backbone
 from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
                     uniform_grid)
 
@@ -76,7 +76,7 @@ class SRQuantPolicy(QuantPolicy):
 
     # weight and activation bits of the first and last quantized layer; null = the run's W/A like the others
     first_last_bits: int | None = option(None, ge=BIT_MIN, le=BIT_MAX)
-    # network parts kept at high precision (their layers' name patterns: dqss.sr_models.PARTS)
+    # network parts kept at high precision (their layers' name patterns: dqss.sr.models.PARTS)
     high_precision: list[str] = option(factory=lambda: ["head", "upsampler", "tail"], choices=PARTS)
     high_precision_bits: int | None = option(None, ge=BIT_MIN, le=BIT_MAX)  # bits of those parts; null = full precision
 
@@ -260,7 +260,7 @@ def _write(path, cfg, backbone, method, w, a, seed, results, device, extra=None)
 # -- jobs -----------------------------------------------------------------------------------
 def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
     """Fetch a backbone's ``{url, sha256}`` weights into ``weights`` and check them."""
-    from .sr_models import download_weights
+    from .sr.models import download_weights
 
     w = cfg.backbones[backbone]["weights"]
     download_weights(w["url"], w["sha256"], weights, f"{TASK}.backbones.{backbone}.weights")
@@ -268,9 +268,9 @@ def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
 
 def run_train(cfg: SRPTQConfig, *, backbone: str, ckpt, history, device) -> None:
     """Train the FP network (weights: train) with L1 on random crops of the training images."""
-    from .cls.models import save_checkpoint
-    from .sr_models import build_sr
-    from .cls.train import fit_sr
+    from .weights import save_checkpoint
+    from .sr.models import build_sr
+    from .sr.train import fit_sr
 
     if cfg.weight_source(backbone) != "train":
         raise ValueError(f"{TASK}.backbones.{backbone}.weights is not 'train': nothing to train")

@@ -222,7 +222,8 @@ def track_config(config: dict, track: str):
     Everything that can be known before a job runs is checked here: unknown backbones, strategies
     or bit widths, and the data folders and weight files the config names (so that a typo stops the
     workflow before hours of training, with the key to fix)."""
-    from .cls.models import check_backbone, require_weight_file
+    from .cls.models import WEIGHT_FIX, check_backbone
+    from .weights import require_weight_file
 
     config_class = _config_class(track)
     section = config.get(track)
@@ -240,7 +241,7 @@ def track_config(config: dict, track: str):
             raise ValueError(f"{key}: 'train' is only available on {list(TRAINABLE[track])} data in this track; "
                              "use 'timm' or a weight file")
         if weights not in ("train", "timm"):
-            require_weight_file(weights, key, name)
+            require_weight_file(weights, key, WEIGHT_FIX.format(name=name))
     check_cls_inputs(cfg, track)
     return cfg
 
@@ -258,14 +259,15 @@ def check_cls_inputs(cfg, track: str) -> None:
 
 def check_sr_inputs(cfg) -> None:
     """The SR folders and local weight files are where the config says."""
-    from .sr_data import check_folders
-    from .sr_models import require_weight_file
+    from .sr.data import check_folders
+    from .sr.models import WEIGHT_FIX
+    from .weights import require_weight_file
 
     if cfg.data.name == "folders":
         check_folders(cfg.data, sorted({cfg.scale(b) for b in cfg.backbones}))
     for name in cfg.backbones:
         if cfg.weight_source(name) == "file":
-            require_weight_file(str(cfg.backbones[name]["weights"]), f"sr_ptq.backbones.{name}.weights")
+            require_weight_file(str(cfg.backbones[name]["weights"]), f"sr_ptq.backbones.{name}.weights", WEIGHT_FIX)
 
 
 def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dict:

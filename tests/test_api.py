@@ -83,7 +83,7 @@ def test_timm_model_search_and_from_assignment(tmp_path):
 
 
 def test_basicsr_model_with_the_sr_policy():
-    from dqss.sr_models import build_sr, parse_backbone
+    from dqss.sr.models import build_sr, parse_backbone
     from dqss.sr_ptq import SRQuantPolicy
 
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def test_basicsr_model_with_the_sr_policy():
 
 @pytest.mark.parametrize("name", ["rcan_tiny_x4", "swinir_tiny_x2", "msrresnet_tiny_x4"])
 def test_every_sr_preset_passes_the_strict_survey(name):
-    from dqss.sr_models import build_sr, parse_backbone
+    from dqss.sr.models import build_sr, parse_backbone
     from dqss.sr_ptq import SRQuantPolicy
 
     net = build_sr(parse_backbone(name))

@@ -26,7 +26,7 @@ from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, qu
 from dqss.core.quant import QuantSpec
 from dqss.algorithms.search import SearchConfig, search
 from dqss.algorithms.select import Evaluator, measured_selection
-from dqss.sr_models import build_sr, parse_backbone
+from dqss.sr.models import build_sr, parse_backbone
 from dqss.core.stats import ActStats, collect_act_stats
 from dqss.core.strategy import LayerContext, get_strategy, strategy_names
 from test_layers import _mixed_layer, _run

@@ -18,8 +18,8 @@ from dqss.cls_ptq import (ClsPTQConfig, prepare, run_calibrate, run_dqss, run_ev
                           run_uniform)
 from dqss.cls.data import DATASETS, ClassificationData, DataConfig, digits, load_classification
 from dqss.core.layers import fold_batchnorm, plan_layers
-from dqss.cls.models import (check_backbone, create_backbone, data_config, load_checkpoint,
-                         save_checkpoint)
+from dqss.cls.models import check_backbone, create_backbone, data_config
+from dqss.weights import load_checkpoint, save_checkpoint
 from dqss.core.strategy import strategy_names
 from dqss.workflow import JOB_KEYS, job_settings, track_config
 

@@ -372,7 +372,7 @@ def test_config_readme_names_every_config_key():
     from dqss.core.layers import QuantPolicy
     from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe
     from dqss.algorithms.search import SearchConfig
-    from dqss.sr_data import SRDataConfig
+    from dqss.sr.data import SRDataConfig
     from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
     from dqss.cls.train import TrainConfig
 

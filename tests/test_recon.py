@@ -216,7 +216,7 @@ def test_blocks_of_timm_backbones(backbone, block, outside):
 
 
 def test_blocks_of_sr_backbones():
-    from dqss.sr_models import build_sr, parse_backbone
+    from dqss.sr.models import build_sr, parse_backbone
 
     for name in ("edsr_tiny_x2", "msrresnet_tiny_x2"):
         model = build_sr(parse_backbone(name)).eval()

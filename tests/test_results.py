@@ -142,11 +142,11 @@ def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
     import torch
 
     from dqss import classification
-    from dqss.cls import models
+    from dqss import weights
 
     monkeypatch.setattr(torch, "save", _interrupted(torch.save))
     net = torch.nn.Linear(2, 2)
-    _keeps_the_old_file(tmp_path / "fp32/model.pt", lambda: models.save_checkpoint(net, "lin", tmp_path / "fp32/model.pt"))
+    _keeps_the_old_file(tmp_path / "fp32/model.pt", lambda: weights.save_checkpoint(net, "lin", tmp_path / "fp32/model.pt"))
 
     class Prep:
         model = net

@@ -1,4 +1,4 @@
-"""Super-resolution data (dqss.sr_data): basicsr folder layout, embedded photos, crops, bicubic degradation.
+"""Super-resolution data (dqss.sr.data): basicsr folder layout, embedded photos, crops, bicubic degradation.
 
 Offline and on the CPU: the folder source reads a tiny basicsr-layout tree that the tests write to
 tmp_path with cv2 (``Set5/GTmod12`` HR, ``Set5/LRbicx{2,3}`` LR made by ``bicubic_downsample`` of the
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dqss.sr_data import (EMBEDDED_TEST_SETS, EMBEDDED_TRAIN, SRData, SRDataConfig, SRPair, bicubic_downsample,
+from dqss.sr.data import (EMBEDDED_TEST_SETS, EMBEDDED_TRAIN, SRData, SRDataConfig, SRPair, bicubic_downsample,
                           bicubic_upsample, detail_box, folder_pairs, load_sr_data, mod_crop, read_image,
                           to_tensor, to_uint8, training_batch)
 

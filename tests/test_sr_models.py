@@ -1,5 +1,5 @@
-"""SR backbones (dqss.sr_models): preset names, basicsr construction, SRNet padding, weight files,
-checked downloads; and PSNR/SSIM (dqss.sr_metrics) against an independent computation.
+"""SR backbones (dqss.sr.models): preset names, basicsr construction, SRNet padding, weight files,
+checked downloads; and PSNR/SSIM (dqss.sr.metrics) against an independent computation.
 
 Offline and on the CPU: the networks are the tiny presets, the weight files are written by the tests,
 downloads read ``file://`` URLs of files in tmp_path.
@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dqss.cls.models import save_checkpoint
-from dqss.sr_metrics import mean_metrics, sr_metrics
-from dqss.sr_models import (SR_PRESETS, SRNet, build_sr, create_sr_backbone, download_weights, import_basicsr,
+from dqss.weights import save_checkpoint
+from dqss.sr.metrics import mean_metrics, sr_metrics
+from dqss.sr.models import (SR_PRESETS, SRNet, build_sr, create_sr_backbone, download_weights, import_basicsr,
                             load_sr_weights, parse_backbone)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -421,7 +421,7 @@ def test_mean_metrics():
 def test_downloaded_weights_verified_before_every_use(tmp_path, edsr_pair, monkeypatch):
     """A file at weights_dir/<backbone>.pth may be put there by hand, swapped later, or older than a changed
     sha256: it is checked before each use (the hash cached by size, inode and mtime), never used unverified."""
-    from dqss import sr_models
+    from dqss.sr import models as sr_models
 
     a, b, _ = edsr_pair
     path = tmp_path / "pretrained" / "edsr_tiny_x2.pth"

@@ -17,7 +17,7 @@ from dqss.core.layers import fold_batchnorm
 from dqss.core.mixed import mixed_layers
 from dqss.algorithms.ptq import quantize_mixed, quantize_uniform
 from dqss.algorithms.search import SearchConfig, search
-from dqss.sr_models import build_sr, parse_backbone
+from dqss.sr.models import build_sr, parse_backbone
 from dqss.sr_ptq import (SRPTQConfig, SRQuantPolicy, calibration_crops, run_calibrate, run_dqss, run_evaluate_fp,
                          run_train, run_uniform)
 from dqss.core.stats import collect_act_stats

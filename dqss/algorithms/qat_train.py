@@ -38,7 +38,7 @@ from ..core.mixed import (MODES, MixedQuantizer, MixedQuantLayer, arch_parameter
 from ..core.qat import LearnedQuantizer
 from .select import RULES
 from ..core.strategy import LayerContext
-from ..cls.train import random_shift
+from ..core.training import random_shift
 
 log = logging.getLogger(__name__)
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from pathlib import Path
 
-import torch
 from torch import nn
+
+from ..weights import check_finite, load_checkpoint, require_weight_file
 
 log = logging.getLogger(__name__)
 
 WEIGHT_SOURCES = ("train", "timm")  # or a path to a local file
+# the remedy of a missing weight file (dqss.weights.require_weight_file)
+WEIGHT_FIX = "; set it to an existing .pth/.bin/.safetensors file for '{name}', or to 'timm' or 'train'"
 
 
 def register_models() -> None:
@@ -57,7 +59,7 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
                                "offline machine set HF_HUB_OFFLINE=1 with the weights in the Hugging Face "
                                "cache, or set the key to a local weight file") from exc
     else:
-        path = require_weight_file(weights, key, name)
+        path = require_weight_file(weights, key, WEIGHT_FIX.format(name=name))
         try:
             # the overlay's num_classes tells timm the file's classifier matches the model,
             # otherwise it silently drops it as a 1000-class head
@@ -67,53 +69,6 @@ def create_backbone(name: str, weights: str, num_classes: int | None, key: str,
             raise RuntimeError(f"{key}: cannot load weight file {path} into '{name}' ({exc}); is it the "
                                "state dict of that architecture?") from exc
     return check_finite(model, f"{key} ({checkpoint if weights == 'train' else weights})").eval()
-
-
-def require_weight_file(path, key: str, name: str) -> Path:
-    """``path`` if it is a file; else an error naming the config ``key`` (checked before any job, and on load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}: weight file {path} not found (relative paths are relative to the working "
-                                f"directory {Path.cwd()}); set it to an existing .pth/.bin/.safetensors file for "
-                                f"'{name}', or to 'timm' or 'train'")
-    return path
-
-
-def check_finite(model: nn.Module, source: str) -> nn.Module:
-    """``model``, if every floating-point tensor of its state is finite; else an error naming them.
-
-    A NaN weight would otherwise pass the FP evaluation (its logits compared with themselves) and
-    fail later, far from its cause."""
-    bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise ValueError(f"{source}: the weights hold NaN or inf in {', '.join(bad[:5])}{more}; the file is damaged "
-                         "or its training diverged: replace it (a checkpoint trained by the workflow: delete it and "
-                         "rerun to retrain)")
-    return model
-
-
-def save_checkpoint(model: nn.Module, name: str, path, **meta) -> None:
-    """The model's weights with its architecture name, atomically (an interrupted save leaves no model.pt)."""
-    from ..results import atomic_write
-
-    state = {"arch": name, "state_dict": model.state_dict(), **meta}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checkpoint(path, name: str) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise RuntimeError(f"checkpoint {path} is corrupt or not a checkpoint of this suite ({exc}); delete it "
-                           "and rerun the workflow to retrain") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise RuntimeError(f"checkpoint {path} holds no state_dict; delete it and rerun the workflow")
-    if ckpt.get("arch") != name:
-        raise RuntimeError(f"checkpoint {path} is for '{ckpt.get('arch')}', not '{name}'")
-    return ckpt
 
 
 def data_config(model: nn.Module, input_size: int | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Full-precision training of the embedded backbones, classification and SR (the paper uses pretrained weights)."""
+"""Full-precision training of the embedded classification backbones (the paper uses pretrained weights)."""
 from __future__ import annotations
 
 import logging
@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..core.training import random_shift, step
 from ..options import SEED_MAX, check_options, option
 
 log = logging.getLogger(__name__)
@@ -32,24 +33,6 @@ class TrainConfig:
 
     def __post_init__(self):
         check_options(self)
-
-
-def random_shift(x: torch.Tensor, pixels: int, g: torch.Generator) -> torch.Tensor:
-    if pixels == 0:
-        return x
-    padded = F.pad(x, [pixels] * 4, mode="replicate")
-    dx, dy = torch.randint(0, 2 * pixels + 1, (2,), generator=g).tolist()
-    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
-
-
-def step(opt, sched, loss, diverged: str) -> None:
-    """One optimiser and schedule step on ``loss``; a non-finite loss stops training with ``diverged``."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(diverged)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    sched.step()
 
 
 def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, workers: int = 0) -> list[dict]:
@@ -77,27 +60,4 @@ def train_classifier(model: nn.Module, data: Dataset, cfg: TrainConfig, device, 
         history.append({"epoch": epoch, "loss": running / seen})
         log.info("epoch %d loss %.4f", epoch, running / seen)
     bar.close()
-    return history
-
-
-def fit_sr(model, pairs, tc, scale: int, device, name: str = "model") -> list[dict]:
-    """SR training: L1 on random aligned crops of ``pairs`` (``tc``: an SR ``train:`` section), Adam with cosine
-    decay; the loss history (20 points)."""
-    import numpy as np
-
-    from ..sr_data import training_batch
-
-    g = np.random.default_rng(tc.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, tc.iterations, eta_min=tc.lr * 0.01)
-    history, running = [], []
-    every = max(1, tc.iterations // 20)
-    for it in tqdm(range(tc.iterations), desc=f"train {name}", leave=False):
-        lr, hr = training_batch(pairs, tc.batch_size, tc.patch, scale, g)
-        loss = F.l1_loss(model(lr.to(device)), hr.to(device))
-        step(opt, sched, loss, f"training {name} diverged at iteration {it}; lower sr_ptq.train.lr")
-        running.append(loss.item())
-        if (it + 1) % every == 0 or it + 1 == tc.iterations:
-            history.append({"iteration": it + 1, "loss": float(np.mean(running))})
-            running = []
     return history

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .options import check_options, option
+from ..options import check_options, option
 
 log = logging.getLogger(__name__)
 

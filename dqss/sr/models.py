@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..weights import check_finite, require_weight_file
+
 log = logging.getLogger(__name__)
+# the remedy of a missing weight file (dqss.weights.require_weight_file)
+WEIGHT_FIX = (". Put the official pretrained file there (basicsr layout: experiments/pretrained_models/<file>.pth), "
+              "give its url and sha256 to download it, or use weights: train on the embedded data")
 
 SCALES = (2, 3, 4)
 NAME_PATTERN = re.compile(r"^(?P<preset>[a-z0-9_]+?)_x(?P<scale>\d+)$")
@@ -220,20 +225,9 @@ def _state_dict_of(obj, path, key: str | None):
     return obj
 
 
-def require_weight_file(path, key: str) -> Path:
-    """``path`` if it is a file; else an error naming the config ``key`` (checked before any job, and on load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{key}: weight file {path} not found (relative paths are relative to the working "
-                                f"directory {Path.cwd()}). Put the official pretrained file there (basicsr layout: "
-                                "experiments/pretrained_models/<file>.pth), give its url and sha256 to download it, "
-                                "or use weights: train on the embedded data")
-    return path
-
-
 def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, arch: str | None = None) -> SRNet:
     """Load a weight file into ``model.net`` (strict); errors name the config ``key``."""
-    path = require_weight_file(path, key)
+    path = require_weight_file(path, key, WEIGHT_FIX)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -248,7 +242,6 @@ def load_sr_weights(model: SRNet, path, key: str, param_key: str | None = None, 
     except RuntimeError as exc:
         raise RuntimeError(f"{key}: {path} does not fit this architecture ({str(exc)[:400]}); check the "
                            "backbone's preset, scale and options") from exc
-    from .cls.models import check_finite
 
     return check_finite(model, f"{key} ({path})")
 
@@ -300,7 +293,7 @@ def check_sha256(path, sha256: str, key: str) -> None:
         pass
     if got is None:
         got = sha256_of(path)
-        from .results import write_json
+        from ..results import write_json
 
         try:
             write_json(cache, {**stamp, "sha256": got})
