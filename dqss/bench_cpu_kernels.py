@@ -35,7 +35,7 @@ def scaled(section: dict, track: str, fraction: float) -> dict:
         return s
     train = s.setdefault("train", {})
     key = "iterations" if track == "sr_ptq" else "epochs"
-    from .sr_ptq import SRTrainConfig
+    from .tracks.sr_ptq import SRTrainConfig
     from .cls.train import TrainConfig
 
     default = getattr(SRTrainConfig if key == "iterations" else TrainConfig, key)
@@ -58,7 +58,7 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
     out = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     t0 = time.perf_counter()
     if track == "sr_ptq":
-        from .sr_ptq import run_evaluate_fp, run_train
+        from .tracks.sr_ptq import run_evaluate_fp, run_train
 
         run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
         run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", fp=out / "fp.json",
@@ -67,7 +67,7 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
         results = json.loads((out / "fp.json").read_text())["results"]
         metric, value = "psnr", statistics.fmean(r["metrics"]["psnr"] for r in results)
     else:
-        from .classification import run_evaluate_fp, run_train
+        from .tracks.classification import run_evaluate_fp, run_train
 
         run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
         run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", metrics=out / "fp.json",

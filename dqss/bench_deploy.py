@@ -44,12 +44,12 @@ def _cpu_model() -> str:
 def bench_backbone(cfg, backbone: str, layouts: list[str], runs: int, batches: list[int], seed: int = 0,
                    reduced_range: bool = True, placements: tuple[str, ...] = ("layers", "integer")) -> list[dict]:
     from . import api
-    from .classification import calibration_tensors, example_input, prepare
+    from .tracks.classification import calibration_tensors, example_input, prepare
     from .deploy import compare_latency, export_onnx, int8_kernel, integer_kernels, ort_session, run_onnx
-    from .deploy_check import models_to_check, placed
+    from .tracks.deploy import models_to_check, placed
     from .core.layers import fold_batchnorm
     from .results import DQSS_METHOD, Layout
-    from .track import load_calibration
+    from .tracks.common import load_calibration
 
     layout = Layout(cfg.task, cfg.dataset)
     prep = prepare(cfg, backbone, layout.model(backbone=backbone))

@@ -85,13 +85,13 @@ def run(config: str = "config/paper.yaml", backbone: str = "resnet50", batch: in
 
     from .bench_qat import run as run_qat
     from .bench_select import build_search_setup, evaluators
-    from .cls_ptq import ClsPTQConfig
-    from .cls_qat import ClsQATConfig
+    from .tracks.cls_ptq import ClsPTQConfig
+    from .tracks.cls_qat import ClsQATConfig
     from .algorithms.ptq import quantize_mixed
     from .results import write_csv
     from .algorithms.search import search
     from .algorithms.select import argmax_assignment, measured_selection
-    from .track import resolve_device
+    from .tracks.common import resolve_device
     from .workflow import load_yaml
 
     dev = torch.device(resolve_device(device))

@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     import yaml
 
     from .results import write_csv
-    from .track import resolve_device
+    from .tracks.common import resolve_device
     from .workflow import track_config
 
     ap = argparse.ArgumentParser(prog="python -m dqss.bench_recon", description=__doc__.split("\n\n")[0])

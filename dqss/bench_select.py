@@ -108,7 +108,7 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
 
 
 def main(argv=None) -> int:
-    from .track import resolve_device
+    from .tracks.common import resolve_device
     from .results import write_csv
     from .workflow import load_yaml, track_config
 

@@ -56,7 +56,7 @@ layer).  Optimised, the integer kernels compute the same int32 sums (in ``u8u8``
 :func:`compare` checks ORT's output against the fake-quantized PyTorch model on the same
 inputs (top-1 agreement, largest logit difference), :func:`latency` times a session
 (median of ``runs``), :func:`compare_latency` times several sessions interleaved;
-:mod:`dqss.deploy_check` (the workflow's ``deploy_check`` job) does all of it for a track's models.
+:mod:`dqss.tracks.deploy` (the workflow's ``deploy_check`` job) does all of it for a track's models.
 """
 from __future__ import annotations
 

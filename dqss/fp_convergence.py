@@ -32,7 +32,7 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
     """Validation top-1 of ``backbone`` trained for each of ``epochs`` with the track's recipe."""
     import timm
 
-    from .classification import input_size
+    from .tracks.classification import input_size
     from .cls.evaluate import predict
     from .cls.models import data_config, register_models
     from .cls.data import load_classification
@@ -64,7 +64,7 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
     from .sr.data import load_sr_data
     from .sr.metrics import sr_metrics
     from .sr.models import build_sr, parse_backbone
-    from .sr_ptq import super_resolve
+    from .tracks.sr_ptq import super_resolve
     from .sr.train import fit_sr
 
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)

@@ -5,7 +5,7 @@
 A track's sections that are dataclasses (``data``, ``train``, ``calibration``, ``quant``, ``dqss``, ``qat``,
 SR's ``eval``) are read off the track config class's annotations; each field gives its JSON type (from its
 annotation), its default (the track's ``section_defaults`` over the dataclass's own), its allowed values
-(from :func:`dqss.config.option`, narrowed by the track's ``section_choices``) and its description (its
+(from :func:`dqss.tracks.config.option`, narrowed by the track's ``section_choices``) and its description (its
 comment).  The other keys, of a track and at the top level, are the small fragments below.
 
 Snakemake validates the config against this schema with ``set_default=False``: the defaults are
@@ -168,7 +168,7 @@ CLS_EVAL = {"type": "object", "additionalProperties": False, "description": "the
                                           "description": "images per forward pass"}}}
 
 def sr_backbones_schema() -> dict:
-    from .sr_ptq import SRTrainConfig
+    from .tracks.sr_ptq import SRTrainConfig
 
     weights = {"oneOf": [{"type": "string", "minLength": 1},
                          {"type": "object", "additionalProperties": False, "required": ["sha256", "url"],
@@ -196,7 +196,7 @@ def track_keys(track: str) -> dict[str, dict]:
     """The keys of a track section that are not dataclasses."""
     common = {"dataset": DATASET, "bits": bits_schema(), "strategy_options": strategy_options_schema()}
     if track == "sr_ptq":
-        from .sr_ptq import WEIGHTS_DIR
+        from .tracks.sr_ptq import WEIGHTS_DIR
 
         weights_dir = {"type": "string", "default": WEIGHTS_DIR,
                        "description": "where the downloaded pretrained weights ({url, sha256}) are stored"}

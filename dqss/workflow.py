@@ -4,7 +4,7 @@ Every rule passes its job, as ``params.settings``, exactly the keys of its track
 that the job reads (:data:`JOB_KEYS`, projected by :func:`job_settings`), and the job builds its
 config from them alone (:func:`job_config`).  Snakemake reruns a job when its params change, so
 editing a key reruns exactly the jobs that read it; a job that touches a key it was not given fails
-(:class:`dqss.config.NotGiven`).  The settings' hash is each result's ``config_hash``, and the
+(:class:`dqss.tracks.config.NotGiven`).  The settings' hash is each result's ``config_hash``, and the
 aggregate refuses a result whose hash is not the one the current config gives.
 """
 from __future__ import annotations
@@ -76,13 +76,13 @@ JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 
 def _config_class(track: str):
     if track == "cls_ptq":
-        from .cls_ptq import ClsPTQConfig
+        from .tracks.cls_ptq import ClsPTQConfig
         return ClsPTQConfig
     if track == "cls_qat":
-        from .cls_qat import ClsQATConfig
+        from .tracks.cls_qat import ClsQATConfig
         return ClsQATConfig
     if track == "sr_ptq":
-        from .sr_ptq import SRPTQConfig
+        from .tracks.sr_ptq import SRPTQConfig
         return SRPTQConfig
     raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
 
@@ -174,7 +174,7 @@ def require_a_track(config: dict) -> None:
 
 def check_top_level(config: dict) -> list[int]:
     """The keys outside the tracks: ``seeds`` (returned), ``device`` and ``cpu_kernels``."""
-    from .config import parse_seeds
+    from .tracks.config import parse_seeds
 
     require_a_track(config)
     device = str(config.get("device", "auto"))
@@ -320,7 +320,7 @@ def track_job(track: str, job: str):
 
     if track not in TRACKS:
         raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
-    return getattr(importlib.import_module(f"{__package__}.{track}"), f"run_{job}")
+    return getattr(importlib.import_module(f"{__package__}.tracks.{track}"), f"run_{job}")
 
 
 def job_config(smk):
@@ -402,7 +402,7 @@ def setup(smk):
     """
     import torch
 
-    from .track import resolve_device
+    from .tracks.common import resolve_device
 
     if smk.log:
         stream = open(smk.log[0], "a", buffering=1)

@@ -84,7 +84,7 @@ def test_timm_model_search_and_from_assignment(tmp_path):
 
 def test_basicsr_model_with_the_sr_policy():
     from dqss.sr.models import build_sr, parse_backbone
-    from dqss.sr_ptq import SRQuantPolicy
+    from dqss.tracks.sr_ptq import SRQuantPolicy
 
     torch.manual_seed(0)
     net = build_sr(parse_backbone("edsr_tiny_x2"))
@@ -103,7 +103,7 @@ def test_basicsr_model_with_the_sr_policy():
 @pytest.mark.parametrize("name", ["rcan_tiny_x4", "swinir_tiny_x2", "msrresnet_tiny_x4"])
 def test_every_sr_preset_passes_the_strict_survey(name):
     from dqss.sr.models import build_sr, parse_backbone
-    from dqss.sr_ptq import SRQuantPolicy
+    from dqss.tracks.sr_ptq import SRQuantPolicy
 
     net = build_sr(parse_backbone(name))
     calib = dqss.calibrate(net, [torch.rand(2, 3, 16, 16)], SRQuantPolicy(), bins=64, samples=0)

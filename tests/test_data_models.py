@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from dqss.cls_ptq import (ClsPTQConfig, prepare, run_calibrate, run_dqss, run_evaluate_fp, run_train,
+from dqss.tracks.cls_ptq import (ClsPTQConfig, prepare, run_calibrate, run_dqss, run_evaluate_fp, run_train,
                           run_uniform)
 from dqss.cls.data import DATASETS, ClassificationData, DataConfig, digits, load_classification
 from dqss.core.layers import fold_batchnorm, plan_layers
@@ -720,7 +720,7 @@ def test_duplicates_and_seed_ranges_in_sections():
 
 
 def test_dqss_needs_two_candidates():
-    from dqss.cls_qat import ClsQATConfig
+    from dqss.tracks.cls_qat import ClsQATConfig
 
     q = copy.deepcopy(CONFIG["cls_qat"])
     q["strategies"] = ["lsq"]

@@ -367,13 +367,13 @@ def test_config_readme_names_every_config_key():
     """config/README.md mentions (in backticks) every key of the schema and of the config dataclasses."""
     from dataclasses import fields
 
-    from dqss.classification import CalibConfig
+    from dqss.tracks.classification import CalibConfig
     from dqss.cls.data import DataConfig
     from dqss.core.layers import QuantPolicy
     from dqss.algorithms.qat_train import DQSSQATConfig, QATRecipe
     from dqss.algorithms.search import SearchConfig
     from dqss.sr.data import SRDataConfig
-    from dqss.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
+    from dqss.tracks.sr_ptq import SRCalibConfig, SREvalConfig, SRQuantPolicy, SRTrainConfig
     from dqss.cls.train import TrainConfig
 
     text = (ROOT / "config/README.md").read_text()

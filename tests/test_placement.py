@@ -184,7 +184,7 @@ def test_points_share_one_quantizer_with_their_reading_layers():
 def test_deploy_table_shows_the_placement_and_marks_low_agreement():
     import pandas as pd
 
-    from dqss.deploy_check import COLUMNS
+    from dqss.tracks.deploy import COLUMNS
     from dqss.report.deploy import deploy_tables
 
     base = {c: 0 for c in COLUMNS} | {"task": "cls_ptq", "dataset": "digits", "backbone": "resnet18", "method": "dqss",

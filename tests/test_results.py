@@ -141,7 +141,7 @@ def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
     """Item: model.pt and the FP logits, which later jobs trust, were written in place."""
     import torch
 
-    from dqss import classification
+    from dqss.tracks import classification
     from dqss import weights
 
     monkeypatch.setattr(torch, "save", _interrupted(torch.save))

@@ -459,7 +459,7 @@ def test_weights_with_nan_are_refused(tmp_path, edsr_pair):
 
 def test_download_job_runs_on_its_settings_only(tmp_path, weight_file):
     """The download rule's job gets only its backbone's entry (url, sha256): a changed sha256 reruns it."""
-    from dqss.sr_ptq import SRPTQConfig, run_download
+    from dqss.tracks.sr_ptq import SRPTQConfig, run_download
     from dqss.workflow import job_settings
 
     src, sha = weight_file

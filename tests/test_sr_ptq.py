@@ -18,7 +18,7 @@ from dqss.core.mixed import mixed_layers
 from dqss.algorithms.ptq import quantize_mixed, quantize_uniform
 from dqss.algorithms.search import SearchConfig, search
 from dqss.sr.models import build_sr, parse_backbone
-from dqss.sr_ptq import (SRPTQConfig, SRQuantPolicy, calibration_crops, run_calibrate, run_dqss, run_evaluate_fp,
+from dqss.tracks.sr_ptq import (SRPTQConfig, SRQuantPolicy, calibration_crops, run_calibrate, run_dqss, run_evaluate_fp,
                          run_train, run_uniform)
 from dqss.core.stats import collect_act_stats
 from dqss.core.strategy import get_strategy, strategy_names

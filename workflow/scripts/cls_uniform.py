@@ -1,4 +1,4 @@
-from dqss.cls_ptq import run_uniform
+from dqss.tracks.cls_ptq import run_uniform
 from dqss.workflow import run_job
 
 # one metrics file per (strategy, W, A) of params.jobs, in the order of the rule's outputs

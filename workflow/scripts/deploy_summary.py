@@ -1,7 +1,7 @@
 import logging
 import sys
 
-from dqss.deploy_check import summarize_tables
+from dqss.tracks.deploy import summarize_tables
 
 sys.stderr = open(snakemake.log[0], "w")
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)

@@ -1,4 +1,4 @@
-from dqss.sr_ptq import run_reconstruct
+from dqss.tracks.sr_ptq import run_reconstruct
 from dqss.workflow import run_job
 
 run_job(snakemake, run_reconstruct)

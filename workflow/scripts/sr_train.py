@@ -1,4 +1,4 @@
-from dqss.sr_ptq import run_train
+from dqss.tracks.sr_ptq import run_train
 from dqss.workflow import run_job
 
 run_job(snakemake, run_train)

@@ -1,4 +1,4 @@
-from dqss.sr_ptq import run_uniform
+from dqss.tracks.sr_ptq import run_uniform
 from dqss.workflow import run_job
 
 # a (metrics.json, crop.png) pair per (strategy, W, A) of params.jobs, in the order of the rule's outputs

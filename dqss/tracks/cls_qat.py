@@ -1,6 +1,6 @@
 """Classification QAT track: FP checkpoint -> every QAT method and DQSS-QAT, one recipe.
 
-The FP training and evaluation jobs are shared with the PTQ track (:mod:`dqss.classification`), run
+The FP training and evaluation jobs are shared with the PTQ track (:mod:`dqss.tracks.classification`), run
 with this track's config; this module adds the quantization-aware training jobs.
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader
 
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input, load_fp_logits,
                              prepare)
-from .cls.evaluate import predict
-from .core.layers import plan_layers
-from .algorithms.ptq import export_assignment, save_assignment
-from .algorithms.ptq_search import selection_summary
-from .algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
-from .results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
-from .core.stats import collect_act_stats
+from ..cls.evaluate import predict
+from ..core.layers import plan_layers
+from ..algorithms.ptq import export_assignment, save_assignment
+from ..algorithms.ptq_search import selection_summary
+from ..algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
+from ..results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
+from ..core.stats import collect_act_stats
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dic
     'measured': the PTQ tracks' selection with the task loss (cross-entropy on the draw's labels) as the
     objective and BN statistics re-estimated on the search part for each evaluated assignment; the
     model's own BN statistics are restored afterwards.  ``record`` receives the selection record."""
-    from .algorithms.ptq_search import split_calibration
-    from .algorithms.select import Evaluator, argmax_assignment, measured_selection
+    from ..algorithms.ptq_search import split_calibration
+    from ..algorithms.select import Evaluator, argmax_assignment, measured_selection
 
     def select(model):
         if cfg.dqss.select == "argmax":
@@ -97,7 +97,7 @@ def freeze_selection(cfg, prep, seed: int, names: list[str], device, record: dic
 
 def _assignment_choice(cfg, plans, path) -> dict[str, tuple]:
     """The (weight, activation) strategies of a DQSS-QAT assignment file, checked against the plan."""
-    from .algorithms.ptq import assignment_choice, load_assignment
+    from ..algorithms.ptq import assignment_choice, load_assignment
 
     strategies = {s: cfg.strategy(s) for s in cfg.dqss.candidates}
     choice = assignment_choice(load_assignment(path), plans, strategies)
@@ -153,7 +153,7 @@ def run_qat(cfg: ClsQATConfig, *, backbone: str, method: str, seed: int, w: int,
                       evaluate=evaluate, on_freeze=on_freeze if is_dqss else None,
                       workers=cfg.data.workers, desc=f"{method} W{w}A{a}", select=select if is_dqss else None)
     if is_dqss and selection is not None:
-        from .results import write_json
+        from ..results import write_json
 
         write_json(selection, {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w,
                                    "a_bits": a, "seed": seed, "method": method, **record})

@@ -20,18 +20,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
+from ..options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
 from .config import TrackConfig, given, track_key
-from .deploy_check import DeploySection, LastOutput, OrtModule, check_job
-from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
-from .algorithms.ptq_search import selection_summary
-from .results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
-from .algorithms.recon import ReconSection, mse_task_loss
-from .algorithms.search import SearchConfig
-from .sr.data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
-from .sr.metrics import mean_metrics, sr_metrics
-from .sr.models import PARTS, SRNet, create_sr_backbone, parse_backbone
-from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
+from .deploy import DeploySection, LastOutput, OrtModule, check_job
+from ..core.layers import QuantPolicy, fold_batchnorm, plan_layers
+from ..algorithms.ptq_search import selection_summary
+from ..results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
+from ..algorithms.recon import ReconSection, mse_task_loss
+from ..algorithms.search import SearchConfig
+from ..sr.data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
+from ..sr.metrics import mean_metrics, sr_metrics
+from ..sr.models import PARTS, SRNet, create_sr_backbone, parse_backbone
+from .common import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
                     uniform_grid)
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ def _write(path, cfg, backbone, method, w, a, seed, results, device, extra=None)
 # -- jobs -----------------------------------------------------------------------------------
 def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
     """Fetch a backbone's ``{url, sha256}`` weights into ``weights`` and check them."""
-    from .sr.models import download_weights
+    from ..sr.models import download_weights
 
     w = cfg.backbones[backbone]["weights"]
     download_weights(w["url"], w["sha256"], weights, f"{TASK}.backbones.{backbone}.weights")
@@ -268,9 +268,9 @@ def run_download(cfg: SRPTQConfig, *, backbone: str, weights) -> None:
 
 def run_train(cfg: SRPTQConfig, *, backbone: str, ckpt, history, device) -> None:
     """Train the FP network (weights: train) with L1 on random crops of the training images."""
-    from .weights import save_checkpoint
-    from .sr.models import build_sr
-    from .sr.train import fit_sr
+    from ..weights import save_checkpoint
+    from ..sr.models import build_sr
+    from ..sr.train import fit_sr
 
     if cfg.weight_source(backbone) != "train":
         raise ValueError(f"{TASK}.backbones.{backbone}.weights is not 'train': nothing to train")

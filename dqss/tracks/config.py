@@ -13,7 +13,7 @@ from __future__ import annotations
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from .options import (BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, build_section, check_annealing, check_distinct,
+from ..options import (BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, build_section, check_annealing, check_distinct,
                       check_seed, type_hints)
 
 class NotGiven:
@@ -65,7 +65,7 @@ def given(*values) -> bool:
 
 def check_names(names, key: str, kind: str) -> list[str]:
     """``names`` if every one is a registered strategy of ``kind``, else a ValueError listing them."""
-    from .core.strategy import strategy_names
+    from ..core.strategy import strategy_names
 
     known = strategy_names(kind)
     bad = [s for s in names if s not in known]
@@ -87,7 +87,7 @@ def check_candidates(names, key: str, kind: str) -> list[str]:
 def parse_options(opts: dict | None, key: str, kind: str) -> dict[str, dict]:
     """``strategy_options`` (``key``: its full key): each strategy registered and its options valid, before any
     work."""
-    from .core.strategy import get_strategy
+    from ..core.strategy import get_strategy
 
     opts = dict(opts or {})
     check_names(list(opts), key, kind)
@@ -219,7 +219,7 @@ class TrackConfig:
                     raise ValueError(f"{key}.{section}.{name}: '{value}' {why}; valid values are {list(allowed)}")
 
     def strategy(self, name: str):
-        from .core.strategy import get_strategy
+        from ..core.strategy import get_strategy
 
         return get_strategy(name, self.strategy_options.get(name))
 
@@ -228,7 +228,7 @@ class TrackConfig:
 
     def row_settings(self, backbone: str, method: str) -> dict:
         """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`)."""
-        from .results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
+        from ..results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
 
         weights = self.weights(backbone)
         out = {"weights": weights if weights in ("train", "timm", "url") else "file"}

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .options import EVAL_BATCH_SIZE, check_options, option
+from ..options import EVAL_BATCH_SIZE, check_options, option
 from .config import TrackConfig, eval_batch_size, track_key
-from .cls.data import DataConfig, load_classification
-from .cls.evaluate import classification_metrics, per_image, predict
-from .core.layers import QuantPolicy
-from .cls.models import create_backbone, data_config
-from .weights import save_checkpoint
-from .results import FP_METHOD, atomic_write, provenance, write_csv, write_metrics
-from .cls.train import TrainConfig, train_classifier
+from ..cls.data import DataConfig, load_classification
+from ..cls.evaluate import classification_metrics, per_image, predict
+from ..core.layers import QuantPolicy
+from ..cls.models import create_backbone, data_config
+from ..weights import save_checkpoint
+from ..results import FP_METHOD, atomic_write, provenance, write_csv, write_metrics
+from ..cls.train import TrainConfig, train_classifier
 
 TEN_CLASSES = ("digits", "cifar10")  # data whose number of classes the suite knows (num_classes not needed)
 
@@ -106,7 +106,7 @@ def run_train(cfg, *, backbone: str, ckpt, history, device) -> None:
     """Train the FP backbone (only for weights: train) with the track's ``train:`` recipe."""
     import timm
 
-    from .cls.models import register_models
+    from ..cls.models import register_models
 
     if cfg.weights(backbone) != "train":
         raise ValueError(f"{cfg.task}.backbones.{backbone}.weights is '{cfg.weights(backbone)}': nothing to train")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import api
-from .options import check_options, option
+from .. import api
+from ..options import check_options, option
 from .config import check_names
-from .results import DQSS_METHOD, load_assignment, provenance, write_frame
+from ..results import DQSS_METHOD, load_assignment, provenance, write_frame
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class DeploySection:
 
 def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> dict:
     """Median ms per call of the int8 and the FP session at each batch size (``ex`` repeated), and their ratio."""
-    from .deploy import compare_latency
+    from ..deploy import compare_latency
 
     out = {}
     for b in sec.batch_sizes:
@@ -71,7 +71,7 @@ def _latency_columns(sessions: dict, ex: torch.Tensor, sec: DeploySection) -> di
 
 
 def _kernels(path, info, threads: int) -> dict:
-    from .deploy import int8_kernel, integer_kernels
+    from ..deploy import int8_kernel, integer_kernels
 
     k = integer_kernels(path, threads)
     kernel = int8_kernel(info.layout)
@@ -114,7 +114,7 @@ class OrtModule(torch.nn.Module):
         self.session, self.batch_size = session, batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .deploy import run_onnx
+        from ..deploy import run_onnx
 
         return run_onnx(self.session, x.cpu(), self.batch_size)
 
@@ -140,7 +140,7 @@ def check_job(cfg, backbone: str, seed: int, folded, ex, calib, batches, assignm
 
     import pandas as pd
 
-    from .deploy import export_onnx, ort_session
+    from ..deploy import export_onnx, ort_session
 
     sec = cfg.deploy
     assignments = [assignments] if isinstance(assignments, (str, Path)) else list(assignments)

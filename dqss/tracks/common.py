@@ -11,12 +11,12 @@ from typing import Callable
 
 import torch
 
-from . import api
-from .core.mixed import pinned
-from .algorithms.ptq import assignment_choice, export_assignment
-from .algorithms.ptq_search import Outcome, write_history, write_selection
-from .results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
-from .core.stats import load_stats
+from .. import api
+from ..core.mixed import pinned
+from ..algorithms.ptq import assignment_choice, export_assignment
+from ..algorithms.ptq_search import Outcome, write_history, write_selection
+from ..results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
+from ..core.stats import load_stats
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method
                     device, task_loss, state, history):
     """Reconstruct the W{w}A{a} model by ``method`` on the seed's calibration draw; its frozen quantizers
     (``state``, a DQSS candidate) and per-unit losses (``history``) are written; returns the result."""
-    from .algorithms.recon import get_reconstruction, reconstruct, reconstruction_state, save_reconstruction
+    from ..algorithms.recon import get_reconstruction, reconstruct, reconstruction_state, save_reconstruction
 
     plans = cfg.quant.layer_plans(folded, w, a, example)
     result = reconstruct(get_reconstruction(method), folded, plans, load_stats(stats), inputs, cfg.reconstruction,
@@ -80,7 +80,7 @@ def reconstruct_job(cfg, folded, example, stats, inputs: torch.Tensor, *, method
 
 def recon_candidates(cfg, states: list[str]) -> dict:
     """The reconstructed methods as frozen DQSS candidates, from their jobs' files (in ``methods`` order)."""
-    from .algorithms.recon import ReconstructedStrategy, load_reconstruction
+    from ..algorithms.recon import ReconstructedStrategy, load_reconstruction
 
     states = [states] if isinstance(states, str) else list(states)  # one method: run_job passes a path
     methods = cfg.reconstruction.methods

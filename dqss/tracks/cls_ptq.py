@@ -3,7 +3,7 @@
 Each function reads its inputs from files, writes its outputs, and is called by a short shim in
 ``workflow/scripts`` with keyword arguments named like its rule's wildcards, inputs and outputs; tests
 call them directly.  The FP jobs (training, evaluation) are shared with the QAT track
-(:mod:`dqss.classification`).
+(:mod:`dqss.tracks.classification`).
 """
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from typing import ClassVar
 
 import torch
 
-from . import api
+from .. import api
 from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input,
                              load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
-from .deploy import run_onnx
-from .deploy_check import DeploySection, check_job, test_subset
-from .core.layers import fold_batchnorm
-from .algorithms.ptq_search import selection_summary
-from .algorithms.recon import ReconSection, kl_task_loss
-from .results import DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, provenance, write_metrics
-from .algorithms.search import SearchConfig
-from .track import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
+from ..deploy import run_onnx
+from .deploy import DeploySection, check_job, test_subset
+from ..core.layers import fold_batchnorm
+from ..algorithms.ptq_search import selection_summary
+from ..algorithms.recon import ReconSection, kl_task_loss
+from ..results import DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, provenance, write_metrics
+from ..algorithms.search import SearchConfig
+from .common import (calibrate, dqss_save, dqss_search, load_calibration, recon_candidates, reconstruct_job,
                     uniform_grid)
 
 log = logging.getLogger(__name__)
