@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from .results import RESULTS_DIR, Layout
-from .significance import ALPHA, mcnemar_exact
+from .report.significance import ALPHA, mcnemar_exact
 
 
 def _job(root: Path, task: str, dataset: str, backbone: str, method: str, w: int, a: int, seed: int,

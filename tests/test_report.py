@@ -355,7 +355,7 @@ def test_gather_refuses_a_result_of_other_settings(tmp_path):
 def _paired_case(extra_right: int):
     """One cell: minmax and mse uniform, dqss = mse plus ``extra_right`` images right, 2 seeds of 593 images;
     the DQSS job of each seed names mse as the held-chosen uniform strategy."""
-    from dqss.paired import PerImage
+    from dqss.report.paired import PerImage
 
     rng = np.random.default_rng(0)
     base = (rng.random(593) < 0.8).astype(int)

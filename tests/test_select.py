@@ -18,7 +18,7 @@ from dqss.algorithms.ptq import (export_assignment, load_assignment, quantize_fr
                       quantize_per_layer, save_assignment)
 from dqss.algorithms.ptq_search import split_calibration
 from dqss.algorithms.select import Evaluator, item_losses, measured_selection, significant_decrease, uniform
-from dqss.significance import bootstrap_interval, compare, mcnemar_exact, sign_flip_p
+from dqss.report.significance import bootstrap_interval, compare, mcnemar_exact, sign_flip_p
 from dqss.sr.models import build_sr, parse_backbone
 from dqss.tracks.sr_ptq import SRQuantPolicy
 from dqss.core.stats import collect_act_stats

@@ -94,7 +94,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     ``selection_paths`` (the DQSS jobs' selection.json) the discretization-gap tables and the figure of
     softmax weights against measured effects; ``deploy_path`` (``results/deploy/deploy.csv``) the table of
     the deployment check in ONNX Runtime."""
-    from ..paired import load_per_image
+    from .paired import load_per_image
 
     outdir = Path(outdir)
     tdir, fdir = outdir / "tables", outdir / "figures"

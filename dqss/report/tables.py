@@ -1,5 +1,5 @@
 """The report's tables: summary statistics over seeds, classification and SR layouts, and their
-Markdown and booktabs LaTeX rendering with bold and significance marks (:mod:`dqss.paired`)."""
+Markdown and booktabs LaTeX rendering with bold and significance marks (:mod:`dqss.report.paired`)."""
 from __future__ import annotations
 
 import logging
@@ -106,7 +106,7 @@ SIGNIFICANCE_TEXT = ("marks: H = against the uniform strategy chosen on the held
 
 def _marks_for_column(per_image, means: dict, **cell) -> dict | None:
     """The significance of one column's quantized rows, or None without per-image results."""
-    from ..paired import cell_marks
+    from .paired import cell_marks
 
     if per_image is None or not means:
         return None
@@ -198,7 +198,7 @@ def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]
     """One table per (dataset, W/A bits, metric) of a classification task.
 
     Rows are methods (FP reference first), columns backbones; a cell is "mean ± std" (std only
-    with more than one seed).  With ``per_image`` (:class:`dqss.paired.PerImage`) every quantized cell
+    with more than one seed).  With ``per_image`` (:class:`dqss.report.paired.PerImage`) every quantized cell
     carries its significance marks against the held-chosen and the oracle best uniform strategy, both
     shown as rows, and **bold** is the best method and every method not significantly worse than it;
     without, the best at the displayed precision is bold.  Keys are file stems

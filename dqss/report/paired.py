@@ -9,7 +9,7 @@ Each quantized row of a table is compared with two "best uniform" strategies of 
   beat.
 
 A mark reads ``H+`` (significantly better than H), ``H-`` (significantly worse) or ``H=`` (not
-significant), then the same for O; :mod:`dqss.significance` does the paired tests.
+significant), then the same for O; :mod:`dqss.report.significance` does the paired tests.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .results import DQSS_METHOD, is_uniform  # noqa: F401  (is_uniform: re-exported for the report)
+from ..results import DQSS_METHOD, is_uniform  # noqa: F401  (is_uniform: re-exported for the report)
 from .significance import compare
 
 
