@@ -25,7 +25,7 @@ default's calibration statistics (seed 0; resnet18, mobilenetv2_100, regnetx_002
 edsr_tiny_x2 and msrresnet_tiny_x2: 107 layers; calibration data only, never a test set), the
 MSE of each prior's clip on the unsigned grid, over the calibration histogram (bin
 resolution), divided by that of the brute-force MSE-optimal clip
-(``python -m dqss.bench_aciq .../calib/seed0/stats.pt --bits 2 3 4 5 6 7 8``):
+(``python -m dqss.bench.aciq .../calib/seed0/stats.pt --bits 2 3 4 5 6 7 8``):
 
     bits   geomean (median) of MSE / optimum    layers where it is closer
            half-normal      exponential         half-normal  exponential

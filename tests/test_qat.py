@@ -204,7 +204,7 @@ def test_config_errors():
 
 def test_bench_qat_runs_tiny(tmp_path):
     """The QAT step benchmark runs end to end on a tiny setting and reports LSQ as 1.0."""
-    from dqss.bench_qat import run
+    from dqss.bench.qat import run
 
     rows = run(tmp_path / "q.csv", batch=4, size=8, steps=1, warmup=1, device="cpu", modes=("efficient",))
     by = {r["method"]: r for r in rows}
@@ -218,7 +218,7 @@ def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
     the step it competes with, and the issue's targets on the search step and the DQSS-QAT step."""
     import pandas as pd
 
-    from dqss.bench_gpu import TARGETS, run
+    from dqss.bench.gpu import TARGETS, run
 
     out = tmp_path / "gpu.csv"
     from pathlib import Path

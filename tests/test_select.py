@@ -416,7 +416,7 @@ def test_compare_guard_marks_the_after_runs_dqss(tmp_path, capsys):
     """The before/after table of the guard: McNemar marks from the per-image outcomes of both runs."""
     import json as _json
 
-    from dqss.compare_guard import main
+    from dqss.bench.compare_guard import main
 
     def job(run, method, correct, extra=None):
         d = run / f"results/cls_ptq/digits/net/{method}/w4a4/seed0"

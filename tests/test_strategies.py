@@ -677,7 +677,7 @@ def test_aciq_one_sided_priors_on_relu_gaussian(bits):
 
 def test_aciq_defaults():
     """Two-sided: the paper's Laplace prior; one-sided: 'auto', half-normal up to 4 bits, exponential above
-    (the choice measured by dqss.bench_aciq, see baselines/aciq.py)."""
+    (the choice measured by dqss.bench.aciq, see baselines/aciq.py)."""
     strat = get_strategy("aciq")
     assert strat.options.prior == "laplace" and strat.options.one_sided_prior == "auto"
     _, st = _relu_stats(47)
@@ -692,7 +692,7 @@ def test_aciq_defaults():
 
 def test_bench_aciq_ratios(tmp_path, capsys):
     """The measurement behind the default: ratios to a brute-force optimum are >= 1 and per layer/bits/prior."""
-    from dqss import bench_aciq
+    from dqss.bench import aciq as bench_aciq
 
     _, relu = _relu_stats(48)
     exp = _stats([torch.empty(100_000).exponential_(generator=_gen(49))])

@@ -20,7 +20,7 @@ rule benchmark_mixed_conv:
     params:
         device=DEVICE,
     shell:
-        "python -m dqss.bench --out {output} --device {params.device} > {log} 2>&1"
+        "python -m dqss.bench.mixed --out {output} --device {params.device} > {log} 2>&1"
 
 
 rule benchmark_qat_step:
@@ -41,7 +41,7 @@ rule benchmark_qat_step:
     params:
         device=DEVICE,
     shell:
-        "python -m dqss.bench_qat --out {output} --device {params.device} > {log} 2>&1"
+        "python -m dqss.bench.qat --out {output} --device {params.device} > {log} 2>&1"
 
 
 rule benchmark_gpu:
@@ -63,4 +63,4 @@ rule benchmark_gpu:
     params:
         device=DEVICE,
     shell:
-        "python -m dqss.bench_gpu --config config/paper.yaml --out {output} --device {params.device} > {log} 2>&1"
+        "python -m dqss.bench.gpu --config config/paper.yaml --out {output} --device {params.device} > {log} 2>&1"

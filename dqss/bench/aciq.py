@@ -7,7 +7,7 @@ the brute-force MSE-optimal clip.  The MSE is that of the suite's own quantizer
 (:func:`dqss.core.strategy.quant_error`) over the calibration histogram, i.e. at bin resolution.  Only
 calibration statistics are read, never a test set:
 
-    python -m dqss.bench_aciq results/*/*/*/calib/seed0/stats.pt
+    python -m dqss.bench.aciq results/*/*/*/calib/seed0/stats.pt
 
 Writes one row per layer, bit width and prior to ``--out`` (default
 results/benchmarks/aciq_one_sided.csv) and prints the median and geometric mean of the ratio per
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .core.quant import QuantSpec
-from .core.stats import ActStats, load_stats
-from .core.strategy import quant_error
+from ..core.quant import QuantSpec
+from ..core.stats import ActStats, load_stats
+from ..core.strategy import quant_error
 
 BITS = (4, 8)  # the default; --bits for others
 OPTIMUM_GRID = 500  # clips from max/OPTIMUM_GRID to max, then refined around the best
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", type=int, nargs="+", default=list(BITS), help="bit widths (default: 4 8)")
     ap.add_argument("--out", default="results/benchmarks/aciq_one_sided.csv")
     args = ap.parse_args(argv)
-    from .results import write_csv
+    from ..results import write_csv
 
     rows = measure(args.stats, args.bits)
     if not rows:

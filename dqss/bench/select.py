@@ -6,7 +6,7 @@ bit width; the gradient search (``dqss.iterations`` steps) and the measured sele
 ``--repeats`` runs are reported with their ratio.  The cost does not depend on the weights, so the
 backbones are randomly initialised and the inputs random (no data or training needed):
 
-    python -m dqss.bench_select config/config.yaml --track cls_ptq --bits 4 --repeats 3 --device cpu
+    python -m dqss.bench.select config/config.yaml --track cls_ptq --bits 4 --repeats 3 --device cpu
 
 Results in results/bench_select.csv (medians, ratio, evaluations, moves tried).
 """
@@ -36,10 +36,10 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
     need (the cost does not depend on the weights or the images)."""
     import timm
 
-    from .core.layers import fold_batchnorm, plan_layers
-    from .cls.models import data_config, register_models
-    from .algorithms.ptq_search import split_calibration
-    from .core.stats import collect_act_stats
+    from ..core.layers import fold_batchnorm, plan_layers
+    from ..cls.models import data_config, register_models
+    from ..algorithms.ptq_search import split_calibration
+    from ..core.stats import collect_act_stats
 
     register_models()
     torch.manual_seed(seed)
@@ -63,7 +63,7 @@ def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: 
 
 def evaluators(qmodel, setup: dict, cfg, device):
     """The selection's two evaluators (search and held part of the calibration), as the jobs build them."""
-    from .algorithms.select import Evaluator
+    from ..algorithms.select import Evaluator
 
     x, teacher, s_idx, h_idx = setup["x"], setup["teacher"], setup["s_idx"], setup["h_idx"]
     ev_s = Evaluator(qmodel, x[s_idx], teacher[s_idx], "kl", cfg.calibration.batch_size, device,
@@ -73,9 +73,9 @@ def evaluators(qmodel, setup: dict, cfg, device):
 
 
 def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: int = 0) -> dict:
-    from .algorithms.ptq import quantize_mixed
-    from .algorithms.search import search
-    from .algorithms.select import argmax_assignment, measured_selection
+    from ..algorithms.ptq import quantize_mixed
+    from ..algorithms.search import search
+    from ..algorithms.select import argmax_assignment, measured_selection
 
     setup = build_search_setup(cfg, backbone, bits, device, seed)
     folded, plans, stats, strategies = (setup[k] for k in ("folded", "plans", "stats", "strategies"))
@@ -108,9 +108,9 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
 
 
 def main(argv=None) -> int:
-    from .tracks.common import resolve_device
-    from .results import write_csv
-    from .workflow import load_yaml, track_config
+    from ..tracks.common import resolve_device
+    from ..results import write_csv
+    from ..workflow import load_yaml, track_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")

@@ -8,7 +8,7 @@ slow spell of the machine hits both.  ``--fraction`` scales every training sched
 of the epochs or iterations) for a quicker speed measurement; at 1 the metrics are the workflow's own FP
 rows under each mode.
 
-    python -m dqss.bench_cpu_kernels config/config.yaml --fraction 1 --out results/bench_cpu_kernels.csv
+    python -m dqss.bench.cpu_kernels config/config.yaml --fraction 1 --out results/bench_cpu_kernels.csv
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def scaled(section: dict, track: str, fraction: float) -> dict:
         return s
     train = s.setdefault("train", {})
     key = "iterations" if track == "sr_ptq" else "epochs"
-    from .tracks.sr_ptq import SRTrainConfig
-    from .cls.train import TrainConfig
+    from ..tracks.sr_ptq import SRTrainConfig
+    from ..cls.train import TrainConfig
 
     default = getattr(SRTrainConfig if key == "iterations" else TrainConfig, key)
     train[key] = max(1, round(train.get(key, default) * fraction))
@@ -51,14 +51,14 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
     """Train and evaluate one FP backbone in this process; its seconds and test metric."""
     import torch
 
-    from .workflow import _config_class, load_yaml
+    from ..workflow import _config_class, load_yaml
 
     torch.set_num_threads(1)
     cfg = _config_class(track).from_dict(scaled(load_yaml(config_path)[track], track, fraction), track)
     out = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     t0 = time.perf_counter()
     if track == "sr_ptq":
-        from .tracks.sr_ptq import run_evaluate_fp, run_train
+        from ..tracks.sr_ptq import run_evaluate_fp, run_train
 
         run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
         run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", fp=out / "fp.json",
@@ -67,7 +67,7 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
         results = json.loads((out / "fp.json").read_text())["results"]
         metric, value = "psnr", statistics.fmean(r["metrics"]["psnr"] for r in results)
     else:
-        from .tracks.classification import run_evaluate_fp, run_train
+        from ..tracks.classification import run_evaluate_fp, run_train
 
         run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
         run_evaluate_fp(cfg, backbone=backbone, seed=0, ckpt=out / "model.pt", metrics=out / "fp.json",
@@ -78,11 +78,11 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
 
 
 def run_unit(config: str, track: str, backbone: str, mode: str, fraction: float) -> dict:
-    from .workflow import CPU_KERNEL_ENV
+    from ..workflow import CPU_KERNEL_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in CPU_KERNEL_ENV["avx2"]}
     env.update(CPU_KERNEL_ENV[mode])
-    cmd = [sys.executable, "-m", "dqss.bench_cpu_kernels", config, "--worker", track, backbone,
+    cmd = [sys.executable, "-m", "dqss.bench.cpu_kernels", config, "--worker", track, backbone,
            "--fraction", str(fraction)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -91,7 +91,7 @@ def run_unit(config: str, track: str, backbone: str, mode: str, fraction: float)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m dqss.bench_cpu_kernels", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dqss.bench.cpu_kernels", description=__doc__.split("\n\n")[0])
     ap.add_argument("config", nargs="?", default="config/config.yaml")
     ap.add_argument("--fraction", type=float, default=1.0, help="part of each training schedule (default 1)")
     ap.add_argument("--repeats", type=int, default=1)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.config, *args.worker, args.fraction)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from .workflow import load_yaml
+    from ..workflow import load_yaml
 
     config = load_yaml(args.config)
     units = [(t, b) for t in args.tracks if t in config for b in config[t]["backbones"]
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     total = {m: sum(s[f"{m}_s"] for s in summary) for m in MODES}
     summary.append({"track": "all", "backbone": "total", "native_s": round(total["native"], 1),
                     "avx2_s": round(total["avx2"], 1), "ratio": round(total["avx2"] / total["native"], 3)})
-    from .results import write_csv
+    from ..results import write_csv
 
     write_csv(args.out, summary)
     write_csv(args.out.with_name(args.out.stem + "_runs.csv"), rows)

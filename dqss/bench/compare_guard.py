@@ -1,6 +1,6 @@
 """The DQSS selection's guard before and after a change, from two finished runs of the same config.
 
-    python -m dqss.compare_guard BEFORE AFTER [--bits 4 4] [--task cls_ptq]   # the runs' working directories
+    python -m dqss.bench.compare_guard BEFORE AFTER [--bits 4 4] [--task cls_ptq]   # the runs' working directories
 
 For every (backbone, seed) of the classification PTQ track at one bit width: the top-1 of ``dqss`` in
 both runs, of ``dqss_argmax`` and of the held-chosen uniform strategy (the one each DQSS job recorded
@@ -16,8 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .results import RESULTS_DIR, Layout
-from .report.significance import ALPHA, mcnemar_exact
+from ..results import RESULTS_DIR, Layout
+from ..report.significance import ALPHA, mcnemar_exact
 
 
 def _job(root: Path, task: str, dataset: str, backbone: str, method: str, w: int, a: int, seed: int,

@@ -13,15 +13,15 @@ depend on the weights or the images, so neither data nor pretrained weights are 
 - ``selection_sweep``: one coordinate-descent sweep of :func:`dqss.algorithms.select.measured_selection` over every
   (layer, role) on the search part of ``--calib`` images, guarded on the held part (the config's
   ``top_k``, ``block_cache`` and evaluation batch); reported against ``fp_step`` for scale (no target).
-- ``qat``: one DQSS-QAT step with every QAT candidate over one LSQ step (:mod:`dqss.bench_qat`, same
+- ``qat``: one DQSS-QAT step with every QAT candidate over one LSQ step (:mod:`dqss.bench.qat`, same
   network and batch).  Target: at most 1.5x.
 ``--compile`` also times the search and QAT steps with the models wrapped in ``torch.compile``.
 
 Steps are timed with the device synchronised around each one; every figure is the median of ``--steps``
 timed steps after ``--warmup`` untimed ones.  The whole benchmark is one command::
 
-    python -m dqss.bench_gpu --device cuda                       # results/benchmarks/gpu.csv
-    python -m dqss.bench_gpu --device cpu --backbone resnet18 --size 32 --batch 8 --calib 32 --steps 2
+    python -m dqss.bench.gpu --device cuda                       # results/benchmarks/gpu.csv
+    python -m dqss.bench.gpu --device cpu --backbone resnet18 --size 32 --batch 8 --calib 32 --steps 2
 """
 from __future__ import annotations
 
@@ -83,16 +83,16 @@ def run(config: str = "config/paper.yaml", backbone: str = "resnet50", batch: in
         compile: bool = False, out: Path = Path("results/benchmarks/gpu.csv")) -> list[dict]:
     import copy
 
-    from .bench_qat import run as run_qat
-    from .bench_select import build_search_setup, evaluators
-    from .tracks.cls_ptq import ClsPTQConfig
-    from .tracks.cls_qat import ClsQATConfig
-    from .algorithms.ptq import quantize_mixed
-    from .results import write_csv
-    from .algorithms.search import search
-    from .algorithms.select import argmax_assignment, measured_selection
-    from .tracks.common import resolve_device
-    from .workflow import load_yaml
+    from .qat import run as run_qat
+    from .select import build_search_setup, evaluators
+    from ..tracks.cls_ptq import ClsPTQConfig
+    from ..tracks.cls_qat import ClsQATConfig
+    from ..algorithms.ptq import quantize_mixed
+    from ..results import write_csv
+    from ..algorithms.search import search
+    from ..algorithms.select import argmax_assignment, measured_selection
+    from ..tracks.common import resolve_device
+    from ..workflow import load_yaml
 
     dev = torch.device(resolve_device(device))
     raw = load_yaml(config)

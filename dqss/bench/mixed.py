@@ -10,7 +10,7 @@ freed memory stays with the process).  Frozen PTQ weights are quantized once per
 candidate and cached; ``weight_cache_mb`` reports that cache (the same in both modes).
 Usage::
 
-    python -m dqss.bench --out results/benchmarks/mixed_conv.csv
+    python -m dqss.bench.mixed --out results/benchmarks/mixed_conv.csv
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .results import write_csv
+from ..results import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,11 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
     import timm
     import torch
 
-    from .core.layers import QuantPolicy, fold_batchnorm, plan_layers
-    from .core.mixed import arch_parameters, mixed_layers, set_mode
-    from .algorithms.ptq import quantize_mixed
-    from .core.stats import collect_act_stats
-    from .core.strategy import get_strategy
+    from ..core.layers import QuantPolicy, fold_batchnorm, plan_layers
+    from ..core.mixed import arch_parameters, mixed_layers, set_mode
+    from ..algorithms.ptq import quantize_mixed
+    from ..core.stats import collect_act_stats
+    from ..core.strategy import get_strategy
 
     if not 1 <= n <= len(_CANDIDATES):
         raise ValueError(f"n must lie in 1..{len(_CANDIDATES)}")
@@ -127,7 +127,7 @@ def run_all(out: Path, ns=(1, 2, 4, 6, 8), modes=("efficient", "naive"), device:
     rows = []
     for mode in modes:
         for n in ns:
-            args = [sys.executable, "-m", "dqss.bench", "--one", str(n), mode, "--device", device,
+            args = [sys.executable, "-m", "dqss.bench.mixed", "--one", str(n), mode, "--device", device,
                     "--json-kw", json.dumps(kw)]
             res = subprocess.run(args, capture_output=True, text=True)
             if res.returncode != 0:

@@ -9,7 +9,7 @@ the median per method.  Memory: CUDA allocator peak per step on a GPU; on CPU th
 of the distinct tensors autograd saves for one step's backward, parameters apart.
 Usage::
 
-    python -m dqss.bench_qat --out results/benchmarks/qat_step.csv
+    python -m dqss.bench.qat --out results/benchmarks/qat_step.csv
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .results import write_csv
+from ..results import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,10 @@ DEFAULT_METHODS = ("lsq", "lsq_plus", "pact", "dorefa")
 def build(method: str, model, plans, stats, candidates, mode: str):
     import torch
 
-    from .algorithms.qat_train import quantize_qat
-    from .core.mixed import arch_parameters, set_mode
-    from .algorithms.qat_train import _param_groups
-    from .core.strategy import get_strategy
+    from ..algorithms.qat_train import quantize_qat
+    from ..core.mixed import arch_parameters, set_mode
+    from ..algorithms.qat_train import _param_groups
+    from ..core.strategy import get_strategy
 
     names = candidates if method.startswith("dqss") else [method]
     strategies = {n: get_strategy(n) for n in names}
@@ -55,10 +55,10 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
     import torch
     import torch.nn.functional as F
 
-    from .bench import saved_tensor_mb
-    from .core.layers import QuantPolicy, plan_layers
-    from .cls.models import register_models
-    from .core.stats import collect_act_stats
+    from .mixed import saved_tensor_mb
+    from ..core.layers import QuantPolicy, plan_layers
+    from ..cls.models import register_models
+    from ..core.stats import collect_act_stats
 
     import timm
 

@@ -6,7 +6,7 @@ validation part.  A schedule is converged when the longer one improves validatio
 ``--tolerance`` points (default 0.5); SR backbones hold out every fourth training image and use
 validation PSNR with ``--sr-tolerance`` dB (default 0.05).
 
-    python -m dqss.fp_convergence config/config.yaml --track cls_ptq --factor 2 --out results/fp_convergence.csv
+    python -m dqss.bench.fp_convergence config/config.yaml --track cls_ptq --factor 2 --out results/fp_convergence.csv
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
     """Validation top-1 of ``backbone`` trained for each of ``epochs`` with the track's recipe."""
     import timm
 
-    from .tracks.classification import input_size
-    from .cls.evaluate import predict
-    from .cls.models import data_config, register_models
-    from .cls.data import load_classification
-    from .cls.train import train_classifier
+    from ..tracks.classification import input_size
+    from ..cls.evaluate import predict
+    from ..cls.models import data_config, register_models
+    from ..cls.data import load_classification
+    from ..cls.train import train_classifier
 
     register_models()
     rows = []
@@ -61,11 +61,11 @@ def check(cfg, backbone: str, epochs: list[int], device) -> list[dict]:
 def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
     """Validation PSNR (Y, crop_border = scale) of an SR backbone trained for each of ``iterations`` on
     all but every fourth training image, measured on those held images."""
-    from .sr.data import load_sr_data
-    from .sr.metrics import sr_metrics
-    from .sr.models import build_sr, parse_backbone
-    from .tracks.sr_ptq import super_resolve
-    from .sr.train import fit_sr
+    from ..sr.data import load_sr_data
+    from ..sr.metrics import sr_metrics
+    from ..sr.models import build_sr, parse_backbone
+    from ..tracks.sr_ptq import super_resolve
+    from ..sr.train import fit_sr
 
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_test=False)
     val = data.train[::4]
@@ -89,8 +89,8 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from .results import write_csv
-    from .workflow import load_yaml, track_config
+    from ..results import write_csv
+    from ..workflow import load_yaml, track_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")

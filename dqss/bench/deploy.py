@@ -5,7 +5,7 @@ the DQSS assignment and the held-best uniform strategy of the first seed at each
 every layout of :data:`dqss.deploy.LAYOUTS`, in each placement (:mod:`dqss.core.placement`: the papers' ``layers``
 and the ``integer`` graph), and run by ONNX Runtime on the test set:
 
-    python -m dqss.bench_deploy config/config.yaml --runs 20     # after snakemake --cores all
+    python -m dqss.bench.deploy config/config.yaml --runs 20     # after snakemake --cores all
 
 One row per (backbone, method, bits, placement, layout): top-1 of the fake-quantized model and of ONNX Runtime, the
 images apart, the top-1 agreement, the kernel this CPU multiplies with (and whether its int16 sums saturate),
@@ -43,13 +43,13 @@ def _cpu_model() -> str:
 
 def bench_backbone(cfg, backbone: str, layouts: list[str], runs: int, batches: list[int], seed: int = 0,
                    reduced_range: bool = True, placements: tuple[str, ...] = ("layers", "integer")) -> list[dict]:
-    from . import api
-    from .tracks.classification import calibration_tensors, example_input, prepare
-    from .deploy import compare_latency, export_onnx, int8_kernel, integer_kernels, ort_session, run_onnx
-    from .tracks.deploy import models_to_check, placed
-    from .core.layers import fold_batchnorm
-    from .results import DQSS_METHOD, Layout
-    from .tracks.common import load_calibration
+    from .. import api
+    from ..tracks.classification import calibration_tensors, example_input, prepare
+    from ..deploy import compare_latency, export_onnx, int8_kernel, integer_kernels, ort_session, run_onnx
+    from ..tracks.deploy import models_to_check, placed
+    from ..core.layers import fold_batchnorm
+    from ..results import DQSS_METHOD, Layout
+    from ..tracks.common import load_calibration
 
     layout = Layout(cfg.task, cfg.dataset)
     prep = prepare(cfg, backbone, layout.model(backbone=backbone))
@@ -106,9 +106,9 @@ def main(argv=None) -> int:
     import pandas as pd
     import yaml
 
-    from .deploy import LAYOUTS, cpu_flags
-    from .results import write_frame
-    from .workflow import track_config
+    from ..deploy import LAYOUTS, cpu_flags
+    from ..results import write_frame
+    from ..workflow import track_config
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="the workflow's config file (its results must exist: run the workflow first)")

@@ -11,7 +11,7 @@ weights) at one bit width, on the config's calibration size of random inputs, th
 and reports the median of ``--repeats`` runs per (backbone, method), and its ratio to the calibration
 pass.  ``--iterations`` overrides the schedule (the cost grows linearly with it):
 
-    python -m dqss.bench_recon config/config.yaml --bits 4 --repeats 1 --device cpu
+    python -m dqss.bench.recon config/config.yaml --bits 4 --repeats 1 --device cpu
 
 Results in results/benchmarks/recon_time.csv.
 """
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from .bench_select import _sync, build_search_setup
+from .select import _sync, build_search_setup
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ def _time(fn, device, repeats: int) -> float:
 
 
 def bench(cfg, backbones: list[str], bits: int, device, repeats: int, iterations: int | None = None) -> list[dict]:
-    from .algorithms.ptq import quantize_uniform
-    from .algorithms.recon import get_reconstruction, kl_task_loss, reconstruct
-    from .core.stats import collect_act_stats
+    from ..algorithms.ptq import quantize_uniform
+    from ..algorithms.recon import get_reconstruction, kl_task_loss, reconstruct
+    from ..core.stats import collect_act_stats
 
     rec = cfg.reconstruction
     if iterations is not None:
@@ -85,11 +85,11 @@ def bench(cfg, backbones: list[str], bits: int, device, repeats: int, iterations
 def main(argv=None) -> int:
     import yaml
 
-    from .results import write_csv
-    from .tracks.common import resolve_device
-    from .workflow import track_config
+    from ..results import write_csv
+    from ..tracks.common import resolve_device
+    from ..workflow import track_config
 
-    ap = argparse.ArgumentParser(prog="python -m dqss.bench_recon", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m dqss.bench.recon", description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--backbones", nargs="*", help="default: the config's cls_ptq backbones")
     ap.add_argument("--bits", type=int, default=4)
