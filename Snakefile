@@ -55,23 +55,12 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-if CLS_PTQ:
-
-    include: "workflow/rules/cls_ptq.smk"
 
 
-if CLS_QAT:
+# each track the config has (dqss.tracks registers them, one module each): its rules file workflow/rules/<name>.smk
+for _track in CONFIGURED:
 
-    include: "workflow/rules/cls_qat.smk"
-
-
-if SR_PTQ:
-
-    include: "workflow/rules/sr_ptq.smk"
-
-    # the download needs the network, which cluster compute nodes often lack
-    localrules:
-        sr_download_weights,
+    include: _track.rules
 
 
 include: "workflow/rules/deploy.smk"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from dqss.core.quant import QuantSpec
+from dqss.plugin import Grid, QuantSpec, make_grid
 
 # A learned step or clip is clamped to at least EPS in the forward pass (and in the
 # gradient formulas), so a step driven to zero or below by SGD cannot divide by zero or
@@ -55,3 +55,10 @@ def elements_per_step(x: torch.Tensor, role: str, spec: QuantSpec) -> int:
     if spec.per_channel:
         return x.numel() // x.shape[spec.channel_axis]
     return x.numel()
+
+
+def clip_export_grid(step: torch.Tensor, spec: QuantSpec) -> Grid:
+    """The grid of a clipped activation (PACT, DoReFa): levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on ``step``,
+    zero point 0, per tensor."""
+    qmax = spec.qmax
+    return make_grid(step, torch.zeros(()), -qmax if spec.signed else 0, qmax, 0)

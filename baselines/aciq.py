@@ -51,7 +51,7 @@ import math
 
 import torch
 
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Strategy, register_strategy
 
 PRIORS = ("laplace", "gaussian")
 AUTO_GAUSSIAN_MAX_BITS = 4  # one_sided_prior 'auto': half-normal up to this bit width, exponential above

@@ -7,7 +7,7 @@ from the already-quantized preceding layers.  Activations are not quantized duri
 reconstruction; their ranges come from a range strategy (``act_strategy``).  The engine and the
 formulas are in :mod:`dqss.algorithms.recon`.
 """
-from dqss.algorithms.recon import Pass, Reconstruction, register_reconstruction
+from dqss.plugin import Pass, Reconstruction, register_reconstruction
 
 
 @register_reconstruction("adaround")

@@ -8,7 +8,7 @@ the block's output (the reference code's Fisher approximation).  A first pass le
 with activations in FP; a second learns every activation step (LSQ-style) with the rounding frozen
 and activation quantization on, with the plain squared error, as the reference code does.
 """
-from dqss.algorithms.recon import Pass, Reconstruction, register_reconstruction
+from dqss.plugin import Pass, Reconstruction, register_reconstruction
 
 
 @register_reconstruction("brecq")

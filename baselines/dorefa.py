@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from baselines._qat_common import EPS, act_grid
-from dqss.core.qat import LearnedQuantizer
-from dqss.core.strategy import Strategy, register_strategy
+from baselines._qat_common import EPS, act_grid, clip_export_grid
+from dqss.plugin import Grid, LearnedQuantizer, Strategy, make_grid, register_strategy
 
 
 def round_ste(r: torch.Tensor) -> torch.Tensor:
@@ -70,6 +69,18 @@ class DoReFaWeightQuantizer(LearnedQuantizer):
             m = weight.new_ones(weight.shape[self.spec.channel_axis] if self.spec.per_channel else ())
         return m.float() / n
 
+    def export_grid(self, weight: torch.Tensor | None = None) -> Grid:
+        """``(2k - n)/n * m`` as the odd codes ``-n..n`` on the step ``m / n`` (see :meth:`step_size`), zero point
+        0, per channel along the spec's axis when per-channel; it needs the layer's ``weight``."""
+        n = 2 ** self.spec.bits - 1
+        if n > 127:
+            raise ValueError(f"DoReFa {self.spec.bits}-bit weights take the odd codes -{n}..{n}, which do not fit "
+                             "int8; DoReFa weights export at 7 bits or fewer")
+        if weight is None:
+            raise ValueError("the DoReFa weight grid depends on the weight: call tensor_grid(quantizer, weight)")
+        s = self.step_size(weight)
+        return make_grid(s, torch.zeros(s.shape), -n, n, self.spec.channel_axis)
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         n = 2 ** self.spec.bits - 1
         t = torch.tanh(w)
@@ -98,6 +109,10 @@ class DoReFaActQuantizer(LearnedQuantizer):
 
     def step_size(self, weight=None):
         return torch.tensor(self.clip / self.spec.qmax)
+
+    def export_grid(self, weight=None) -> Grid:
+        """Levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``clip / Q_P``, per tensor."""
+        return clip_export_grid(self.step_size(), self.spec)
 
     def quantize(self, x):
         return clip_quantize(x, x.new_tensor(self.clip), self.spec.signed, self.spec.qmax)[0]

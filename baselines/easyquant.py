@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dqss.core.quant import fake_quantize, range_to_qparams
-from dqss.core.strategy import Strategy, register_strategy, row_minmax, shrink_grid
+from dqss.plugin import Strategy, fake_quantize, range_to_qparams, register_strategy, row_minmax, shrink_grid
 
 
 def sample_cosine(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

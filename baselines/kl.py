@@ -19,7 +19,7 @@ the threshold).  For every candidate ``i`` (a threshold at the upper edge of bin
 The threshold is the bin edge of the minimising candidate, capped at max|x|.  Because Q
 is constant on each group, KL reduces to per-group sums that prefix sums give in
 O(levels) per candidate, so all candidates are scored at once (``kl_threshold_bins``;
-``tests/test_strategies.py`` checks it against a direct float64 loop of the rule above).
+``tests/unit/test_strategies.py`` checks it against a direct float64 loop of the rule above).
 
 Deliberate departures from NVIDIA's code, each pinned by a test:
 
@@ -49,8 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dqss.core.stats import hist_bins
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Strategy, hist_bins, register_strategy
 
 START_BIN = 128  # NVIDIA's first candidate (the int8 level count)
 TIE_TOL = 1e-10  # KL values this close to the minimum are ties; the largest threshold wins

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from baselines._qat_common import EPS, act_grid, elements_per_step, per_step, symmetric_grid, weight_rows
-from dqss.core.qat import LearnedQuantizer, grad_scale
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Grid, LearnedQuantizer, Strategy, grad_scale, make_grid, register_strategy
 
 
 class LSQQuantizer(LearnedQuantizer):
@@ -40,6 +39,11 @@ class LSQQuantizer(LearnedQuantizer):
 
     def step_size(self, weight=None):
         return self.step.detach().clamp_min(EPS)
+
+    def export_grid(self, weight=None) -> Grid:
+        """``Q_N..Q_P`` on the learned step, zero point 0; per channel along the spec's axis when the step is."""
+        s = self.step_size()
+        return make_grid(s, torch.zeros(s.shape), self.spec.qmin, self.spec.qmax, self.spec.channel_axis)
 
     def quantize(self, x, s):
         s = self.channel_view(s.clamp_min(EPS), x)

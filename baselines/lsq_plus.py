@@ -29,8 +29,7 @@ from torch import nn
 
 from baselines._qat_common import EPS, elements_per_step, per_step, symmetric_grid, weight_rows
 from baselines.lsq import LSQQuantizer
-from dqss.core.qat import LearnedQuantizer, grad_scale
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Grid, LearnedQuantizer, Strategy, grad_scale, make_grid, register_strategy
 
 
 class LSQPlusActQuantizer(LearnedQuantizer):
@@ -45,6 +44,18 @@ class LSQPlusActQuantizer(LearnedQuantizer):
 
     def step_size(self, weight=None):
         return self.step.detach().clamp_min(EPS)
+
+    def export_grid(self, weight=None) -> Grid:
+        """``0..Q_P`` on the learned step with the zero point ``-offset / step``, per tensor; the offset must be a
+        whole number of steps (a QDQ zero point is an integer)."""
+        s = self.step_size()
+        z = -self.offset.detach() / s
+        zr = torch.round(z)
+        if (z - zr).abs() > 1e-4:
+            raise ValueError(f"LSQ+ activation offset {float(self.offset.detach()):.6g} is not a whole number of steps "
+                             f"({float(z):.4f} steps of {float(s):.6g}); a QDQ zero point is an integer, so this "
+                             "grid cannot be exported exactly")
+        return make_grid(s, zr, self.spec.qmin, self.spec.qmax, 0)
 
     def quantize(self, x, s, beta):
         s, beta = self.channel_view(s.clamp_min(EPS), x), self.channel_view(beta, x)

@@ -4,7 +4,7 @@ The default of most toolkits (e.g. Krishnamoorthi, "Quantizing deep convolutiona
 networks for efficient inference: a whitepaper", 2018).  Exact for weights; for
 activations the extremes of the calibration set.
 """
-from dqss.core.strategy import Strategy, register_strategy, row_minmax
+from dqss.plugin import Strategy, register_strategy, row_minmax
 
 
 @register_strategy("minmax")

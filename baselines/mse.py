@@ -8,13 +8,13 @@ calibration histogram) and the best factor wins; ``refine`` rounds of local sear
 around it (default 2: +-3 grid steps at a tenth of the step, then +-3 tenths at a
 hundredth) follow, because at 8 bit the error varies faster with the factor than the
 100-point grid resolves: the grid alone lands up to 17% above the brute-force optimum (a
-5000-factor scan), with the refinement within 0.2% (tests/test_strategies.py).
+5000-factor scan), with the refinement within 0.2% (tests/unit/test_strategies.py).
 """
 from dataclasses import dataclass
 
 import torch
 
-from dqss.core.strategy import Strategy, quant_error, register_strategy, row_minmax, shrink_grid
+from dqss.plugin import Strategy, quant_error, register_strategy, row_minmax, shrink_grid
 
 
 REFINE_SPAN = 3  # a refinement round scans +-3 steps of the previous round ...

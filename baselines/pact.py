@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from baselines._qat_common import EPS, act_grid
+from baselines._qat_common import EPS, act_grid, clip_export_grid
 from baselines.dorefa import DoReFaWeightQuantizer, clip_quantize
-from dqss.core.qat import LearnedQuantizer
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Grid, LearnedQuantizer, Strategy, register_strategy
 
 
 class PACTQuantizer(LearnedQuantizer):
@@ -44,6 +43,10 @@ class PACTQuantizer(LearnedQuantizer):
     def step_size(self, weight=None):
         """PACT's levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``alpha / Q_P``."""
         return self.alpha.detach().clamp_min(EPS) / self.spec.qmax
+
+    def export_grid(self, weight=None) -> Grid:
+        """Levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``alpha / Q_P``, per tensor."""
+        return clip_export_grid(self.step_size(), self.spec)
 
     def quantize(self, x, alpha):
         return clip_quantize(x, alpha.clamp_min(EPS).to(x.dtype), self.spec.signed, self.spec.qmax)[0]

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from dqss.core.strategy import Strategy, register_strategy
+from dqss.plugin import Strategy, register_strategy
 
 
 def inverted_cdf(x: torch.Tensor, q: float) -> torch.Tensor:

@@ -6,7 +6,7 @@ one pass with activation quantization on, and during the reconstruction every ac
 (the block's input included) is left in full precision with probability ``drop_prob`` (0.5).  The
 loss is the plain squared error of the block's output, as in the reference code.
 """
-from dqss.algorithms.recon import Pass, Reconstruction, register_reconstruction
+from dqss.plugin import Pass, Reconstruction, register_reconstruction
 
 
 @register_reconstruction("qdrop")

@@ -1,13 +1,14 @@
 """DQSS: differentiable quantization strategy search, and the benchmark suite's library.
 
-Modules are imported on demand (``import dqss`` stays light): ``quant`` (fake
-quantization), ``stats`` (shared calibration statistics), ``strategy`` (the registry
-that ``baselines/`` fills), ``layers`` (module swapping, BN folding), ``mixed`` and
-``search`` (DQSS), ``ptq`` (building quantized models), ``results`` (the results contract: method
-names, columns, the ``results/`` layout), ``track`` and ``classification`` (what the tracks' jobs share),
-``cls_ptq``, ``cls_qat``, ``sr_ptq`` (each track's jobs).  The public flow (:mod:`dqss.api`) is reachable
-from the package itself (``dqss.calibrate``, ...), and so are ``dqss.QuantPolicy`` and ``dqss.deploy``
-(ONNX export and ONNX Runtime); ``__all__`` lists them.
+Modules are imported on demand (``import dqss`` stays light).  The package is layered (docs/architecture.md):
+``options`` and ``results`` (leaves: config limits, the results contract), ``core`` (quantizer math, statistics,
+the strategy registry, layers, the DQSS mixture), ``algorithms`` (building, searching, selecting, QAT,
+reconstruction), ``cls`` and ``sr`` (data, models and metrics of each task), ``api``, ``deploy`` and ``plugin``
+(the public flow, ONNX export, the one module ``baselines/`` import), ``tracks`` (the workflow's jobs, one module
+per track), ``report`` (tables and figures from ``results/``), ``workflow``/``schema``/``reference`` (Snakemake
+glue) and ``bench`` (measurement CLIs).  The public flow (:mod:`dqss.api`) is reachable from the package itself
+(``dqss.calibrate``, ...), and so are ``dqss.QuantPolicy`` and ``dqss.deploy`` (ONNX export and ONNX Runtime);
+``__all__`` lists them.
 """
 
 __version__ = "0.1.0"
@@ -28,7 +29,7 @@ def __getattr__(name):
 
         return getattr(api, name)
     if name == "QuantPolicy":
-        from .layers import QuantPolicy
+        from .core.layers import QuantPolicy
 
         return QuantPolicy
     if name in _MODULES:

@@ -54,7 +54,7 @@ FUNCTIONAL = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2
 DEFAULT_CANDIDATES = ("minmax", "percentile", "mse", "kl", "aciq", "easyquant")
 # "DQSS with the API's defaults" is the DQSS of the suite's tables: the embedded config's dqss section
 # (config/config.yaml, cls_ptq.dqss) where it differs from SearchConfig's own defaults
-# (tests/test_api_inputs.py holds the two equal)
+# (tests/unit/test_api_inputs.py holds the two equal)
 SUITE_SEARCH_DEFAULTS = {"iterations": 80, "tau_end": 0.05, "sweeps": 1}
 
 
@@ -592,6 +592,7 @@ def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: i
     (SR).  ``extra``: more candidate strategy objects by name."""
     from .algorithms.ptq import export_assignment
     from .algorithms.ptq_search import search_and_select
+    from .results import assignment_meta
 
     _check_calibration(calib, "search_assignment")
     cfg = search_config(config)
@@ -620,11 +621,13 @@ def search_assignment(model: nn.Module, calib: Calibration, inputs, *, w_bits: i
     out = search_and_select(base, plan, calib.stats, cands, x, ids, cfg=cfg, hold_fraction=hold_fraction,
                             seed=seed, device=device, objective=objective, batch_size=batch_size, labels=labels,
                             border=border)
-    meta = {"w_bits": w_bits, "a_bits": a_bits, "seed": seed, "candidates": list(cands),
-            "strategy_options": {s: options.get(s) or {} for s in names},
-            "reference_uniform": out.record.get("held_best_uniform"), "calibration": out.split}
-    return SearchResult(export_assignment(out.qmodel, plan, {**meta, "select": cfg.select}, out.selected),
-                        export_assignment(out.qmodel, plan, {**meta, "select": "argmax"}, out.argmax),
+    used = {s: options[s] for s in names if s in options}  # the extra candidates come built: no options of theirs
+
+    def meta(select: str) -> dict:
+        return assignment_meta(w_bits=w_bits, a_bits=a_bits, seed=seed, candidates=cands, strategy_options=used,
+                               select=select, outcome=out)
+    return SearchResult(export_assignment(out.qmodel, plan, meta(cfg.select), out.selected),
+                        export_assignment(out.qmodel, plan, meta("argmax"), out.argmax),
                         out, plan, cands, SelectionSummary.of(out.record, out.selected != out.argmax))
 
 

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import copy
 import os
-import statistics
 import tempfile
 import time
 import warnings
@@ -77,6 +76,7 @@ from torch import nn
 from .core.layers import QuantLayer
 from .core.placement import POINT, attach, points_of
 from .core.quant import bias_codes, bias_step
+from .timing import medians, round_robin
 
 DEFAULT_OPSET = 17
 # How the codes are stored: (activation container, weight container).  None keeps a grid's own container
@@ -169,7 +169,10 @@ def _view(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def _grid(scale, zero, qmin, qmax, axis=0) -> Grid:
+def make_grid(scale, zero, qmin, qmax, axis=0) -> Grid:
+    """A :class:`Grid` from a quantizer's step ``scale`` (scalar or ``[C]``), its zero point ``zero`` (an integer
+    value, possibly held in a float tensor; a scalar is broadcast to the scale's shape), the code range
+    ``qmin..qmax`` and the channel ``axis``: what a quantizer's ``export_grid(weight=None)`` returns."""
     scale = torch.as_tensor(scale).detach().float().clone()
     zero = torch.as_tensor(zero).detach()
     if zero.is_floating_point():
@@ -183,62 +186,23 @@ def _grid(scale, zero, qmin, qmax, axis=0) -> Grid:
 
 def _buffer_grid(q, weight=None) -> Grid:
     """FakeQuantizer, AdaRoundQuantizer, FrozenWeightQuantizer: ``scale``/``zero_point`` buffers on ``spec``."""
-    return _grid(q.step_size(weight), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
+    return make_grid(q.step_size(weight), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
 
 
 def _step_grid(q, weight=None) -> Grid:
     if not q.enabled or q.drop_prob > 0:
         raise ValueError(f"StepQuantizer with enabled={q.enabled}, drop_prob={q.drop_prob} is a training state; "
                          "export needs enabled=True and drop_prob=0 (what evaluation uses)")
-    return _grid(q.step_size(), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
-
-
-def _lsq_grid(q, weight=None) -> Grid:
-    s = q.step_size()
-    return _grid(s, torch.zeros(s.shape), q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
-
-
-def _lsq_plus_grid(q, weight=None) -> Grid:
-    s = q.step_size()
-    z = -q.offset.detach() / s
-    zr = torch.round(z)
-    if (z - zr).abs() > 1e-4:
-        raise ValueError(f"LSQ+ activation offset {float(q.offset):.6g} is not a whole number of steps "
-                         f"({float(z):.4f} steps of {float(s):.6g}); a QDQ zero point is an integer, so this "
-                         "grid cannot be exported exactly")
-    return _grid(s, zr, q.spec.qmin, q.spec.qmax, 0)
-
-
-def _clip_grid(q, weight=None) -> Grid:
-    """PACT / DoReFa activations: levels ``0..Q_P`` (signed: ``-Q_P..Q_P``) on the step ``alpha / Q_P``."""
-    qmax = q.spec.qmax
-    return _grid(q.step_size(), torch.zeros(()), -qmax if q.spec.signed else 0, qmax, 0)
-
-
-def _dorefa_weight_grid(q, weight: torch.Tensor | None) -> Grid:
-    """DoReFa weights ``(2k - n)/n * m`` (``n = 2^b - 1``, ``m = max|w|`` with ``rescale``, else 1): odd codes
-    ``-n..n`` on the step ``m / n``."""
-    n = 2 ** q.spec.bits - 1
-    if n > 127:
-        raise ValueError(f"DoReFa {q.spec.bits}-bit weights take the odd codes -{n}..{n}, which do not fit int8; "
-                         "DoReFa weights export at 7 bits or fewer")
-    if weight is None:
-        raise ValueError("the DoReFa weight grid depends on the weight: call tensor_grid(quantizer, weight)")
-    s = q.step_size(weight)
-    return _grid(s, torch.zeros(s.shape), -n, n, q.spec.channel_axis)
+    return make_grid(q.step_size(), q.zero_point, q.spec.qmin, q.spec.qmax, q.spec.channel_axis)
 
 
 def _grid_makers() -> list[tuple[type, object]]:
-    from baselines.dorefa import DoReFaActQuantizer, DoReFaWeightQuantizer
-    from baselines.lsq import LSQQuantizer
-    from baselines.lsq_plus import LSQPlusActQuantizer
-    from baselines.pact import PACTQuantizer
+    """The grids of the core quantizers; every other quantizer (the QAT baselines' included) exports through its
+    own ``export_grid(weight=None)`` method."""
     from .core.quant import FakeQuantizer
     from .algorithms.recon import AdaRoundQuantizer, FrozenWeightQuantizer, StepQuantizer
     return [(FakeQuantizer, _buffer_grid), (AdaRoundQuantizer, _buffer_grid), (FrozenWeightQuantizer, _buffer_grid),
-            (StepQuantizer, _step_grid), (LSQQuantizer, _lsq_grid), (LSQPlusActQuantizer, _lsq_plus_grid),
-            (PACTQuantizer, _clip_grid), (DoReFaActQuantizer, _clip_grid),
-            (DoReFaWeightQuantizer, _dorefa_weight_grid)]
+            (StepQuantizer, _step_grid)]
 
 
 def resolve(quantizer: nn.Module) -> nn.Module:
@@ -256,8 +220,10 @@ def resolve(quantizer: nn.Module) -> nn.Module:
 def tensor_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> Grid:
     """The integer grid of ``quantizer`` with the scale it computes with (float32-equal to the suite's).
 
-    ``weight`` is needed only by quantizers whose grid depends on the tensor (DoReFa's weights).  A
-    quantizer class of its own is exported by giving it a method ``export_grid(weight=None) -> Grid``.
+    ``weight`` (the layer's weight, given for a weight quantizer) is needed only by quantizers whose grid depends
+    on the tensor (DoReFa's weights).  The core quantizers' grids are read here; every other quantizer class (the
+    QAT baselines', a user's) is exported by its own method ``export_grid(weight=None) -> Grid`` (build the grid
+    with :func:`make_grid`).
     """
     q = resolve(quantizer)
     if hasattr(q, "export_grid"):
@@ -268,7 +234,8 @@ def tensor_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> Gri
     known = ", ".join(c.__name__ for c, _ in _grid_makers())
     raise TypeError(f"cannot export quantizer {type(q).__module__}.{type(q).__qualname__}: dqss.deploy knows {known}; "
                     "to make it exportable give the class a method export_grid(weight=None) -> dqss.deploy.Grid "
-                    "(the scale, integer zero point, qmin, qmax and channel axis of the grid its forward rounds to)")
+                    "returning dqss.deploy.make_grid(scale, zero_point, qmin, qmax, axis) (the scale, integer zero "
+                    "point, code range and channel axis of the grid its forward rounds to)")
 
 
 def weight_codes(quantizer: nn.Module, weight: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -778,20 +745,13 @@ def latency(session, x: torch.Tensor, runs: int = 20, warmup: int = 3) -> float:
 
 def compare_latency(sessions: dict, x: torch.Tensor, runs: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median seconds per call of each session on the batch ``x``, the sessions timed in turn within
-    each round (a, b, a, b, ...) so that a ratio between them sees the same machine state."""
+    each round (a, b, a, b, ...; :func:`dqss.timing.round_robin`, the warm-up calls in rounds too) so that a
+    ratio between them sees the same machine state."""
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
     feeds = {k: {s.get_inputs()[0].name: x.detach().cpu().float().contiguous().numpy()} for k, s in sessions.items()}
-    for _ in range(warmup):
-        for k, s in sessions.items():
-            s.run(None, feeds[k])
-    times = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    calls = {k: (lambda s=s, feed=feeds[k]: s.run(None, feed)) for k, s in sessions.items()}
+    return medians(round_robin(calls, runs, warmup, interleave_warmup=True))
 
 
 def file_sizes(int8_path, fp_path) -> dict:

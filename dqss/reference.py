@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     if moved:
         print(f"{len(moved)} of {len(got)} values differ from {args.reference}:\n{describe(moved)}\n"
               "If the change is intended, refresh the reference with `python -m dqss.reference update` and show "
-              "this list in the commit message (README: Reference results).", file=sys.stderr)
+              "this list in the commit message (docs/running.md: Reference results).", file=sys.stderr)
         return 1
     print(f"{args.metrics}: all {len(got)} values equal {args.reference} within the stated tolerances")
     return 0

@@ -118,6 +118,7 @@ SETTINGS = {
     "candidates": "DQSS's candidate strategies, joined by '+'",
     "iterations": "PTQ DQSS search iterations",
     "loss": "PTQ DQSS search loss",
+    "recon_iterations": "reconstruction baselines (AdaRound, BRECQ, QDrop): Adam steps per reconstruction unit",
     "select": "DQSS's final choice: measured or argmax",
     "sweeps": "coordinate-descent sweeps of the measured selection, at most",
     "epochs": "QAT epochs",
@@ -278,6 +279,31 @@ def write_metrics(path, *, task: str, dataset: str, backbone: str, method: str, 
 
 # -- assignment files -----------------------------------------------------------------------
 ASSIGNMENT_FORMAT = "dqss-assignment/1"  # a DQSS job's per-layer choice (dqss.algorithms.ptq.export_assignment)
+
+
+def assignment_meta(*, w_bits: int, a_bits: int, seed: int, candidates, strategy_options: dict | None, select: str,
+                    job: dict | None = None, run: dict | None = None, outcome=None) -> dict:
+    """What an assignment file records besides its format tag and its layers, in the order the files list it:
+    the job that wrote it (``job``: task, dataset, backbone and, for PTQ, method; :func:`job_assignment` adds it
+    to an assignment made without), the bit widths and seed, what a run adds (``run``: QAT's method and freeze
+    step), the candidates and each one's options (``strategy_options``: by strategy name; none is ``{}``), the
+    final-choice rule (``select``: ``argmax`` or the selection's rule) and, after a PTQ search, what it measured
+    (``outcome``, a :class:`dqss.algorithms.ptq_search.Outcome`: the held part's best uniform strategy and the
+    calibration split).  The one builder of this metadata: :func:`dqss.api.search_assignment` and the jobs."""
+    candidates = list(candidates)
+    options = strategy_options or {}
+    meta = {**(job or {}), "w_bits": w_bits, "a_bits": a_bits, "seed": seed, **(run or {}), "candidates": candidates,
+            "strategy_options": {s: options.get(s) or {} for s in candidates}, "select": select}
+    if outcome is not None:
+        meta.update(reference_uniform=outcome.record.get("held_best_uniform"), calibration=outcome.split)
+    return meta
+
+
+def job_assignment(assignment: dict, job: dict) -> dict:
+    """``assignment`` (as :func:`dqss.api.search_assignment` exports it) with the ``job`` that writes it (task,
+    dataset, backbone, method) recorded first, after its format tag, as :func:`assignment_meta` orders them."""
+    head = {k: assignment[k] for k in ("format",) if k in assignment}
+    return {**head, **job, **{k: v for k, v in assignment.items() if k not in head and k not in job}}
 
 
 def save_assignment(assignment: dict, path) -> None:

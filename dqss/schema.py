@@ -24,13 +24,12 @@ import textwrap
 import tokenize
 import types
 import typing
-from pathlib import Path
 
 import yaml
 
 from .options import BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, SEED_MAX, type_hints, unpack_optional
+from .workflow import SCHEMA_PATH
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 COMMAND = "python -m dqss.schema --write"
 HEADER = (f"# Generated from the config dataclasses by dqss/schema.py; do not edit by hand.\n"
           f"# Regenerate: {COMMAND}  (or: python -m dqss.schema > workflow/schemas/config.schema.yaml)\n")
@@ -192,47 +191,64 @@ def sr_backbones_schema() -> dict:
                                            "description": "basicsr architecture options over the preset's"}}}}
 
 
+def cls_keys() -> dict[str, dict]:
+    """The other keys of a classification track (timm backbones)."""
+    return {"backbones": CLS_BACKBONES, "num_classes": NUM_CLASSES, "eval": CLS_EVAL}
+
+
+def sr_keys() -> dict[str, dict]:
+    """The other keys of a super-resolution track (basicsr backbones, downloaded weights)."""
+    from .tracks.sr_ptq import WEIGHTS_DIR
+
+    weights_dir = {"type": "string", "default": WEIGHTS_DIR,
+                   "description": "where the downloaded pretrained weights ({url, sha256}) are stored"}
+    return {"backbones": sr_backbones_schema(), "weights_dir": weights_dir}
+
+
+# a track's keys that are neither dataclass sections nor TRACK_KEYS, by its family (dqss.tracks.Track.family)
+FAMILY_KEYS = {"cls": cls_keys, "sr": sr_keys}
+
+
 def track_keys(track: str) -> dict[str, dict]:
     """The keys of a track section that are not dataclasses."""
-    common = {"dataset": DATASET, "bits": bits_schema(), "strategy_options": strategy_options_schema()}
-    if track == "sr_ptq":
-        from .tracks.sr_ptq import WEIGHTS_DIR
+    from .tracks import get_track
 
-        weights_dir = {"type": "string", "default": WEIGHTS_DIR,
-                       "description": "where the downloaded pretrained weights ({url, sha256}) are stored"}
-        return {**common, "strategies": strategies_schema("PTQ"), "backbones": sr_backbones_schema(),
-                "weights_dir": weights_dir}
-    kind = "QAT" if track == "cls_qat" else "PTQ"
-    return {**common, "strategies": strategies_schema(kind), "backbones": CLS_BACKBONES, "num_classes": NUM_CLASSES,
-            "eval": CLS_EVAL}
+    record = get_track(track)
+    if record.family not in FAMILY_KEYS:
+        raise ValueError(f"track {track}: family '{record.family}' has no schema of its keys; add it to "
+                         f"dqss.schema.FAMILY_KEYS (known: {list(FAMILY_KEYS)})")
+    common = {"dataset": DATASET, "bits": bits_schema(), "strategy_options": strategy_options_schema(),
+              "strategies": strategies_schema(record.config.kind.upper())}
+    return {**common, **FAMILY_KEYS[record.family]()}
 
 
-TRACK_DESCRIPTIONS = {
-    "cls_ptq": "classification PTQ: calibration, uniform strategies and the DQSS search (leave out to skip)",
-    "cls_qat": "classification QAT: one recipe for every QAT strategy and DQSS-QAT (leave out to skip)",
-    "sr_ptq": "super-resolution PTQ on basicsr backbones (leave out to skip)",
-}
-REQUIRED = ["backbones", "bits", "dataset", "strategies"]  # what Section.get(..., required=True) reads
+def required_keys() -> list[str]:
+    """The keys every track section must have: the required ones of TRACK_KEYS (Section.get(..., required=True))."""
+    from .tracks.config import TRACK_KEYS
+
+    return sorted(name for name, (_, required) in TRACK_KEYS.items() if required)
 
 
 def track_schema(track: str) -> dict:
-    from .workflow import _config_class
+    from .tracks import get_track
 
-    config_class = _config_class(track)
+    record = get_track(track)
+    config_class = record.config
     sections = {name: section_schema(cls, config_class.section_defaults.get(name),
                                      config_class.section_choices.get(name))
                 for name, cls in dataclass_sections(config_class).items()}
-    return {"type": "object", "additionalProperties": False, "required": REQUIRED,
-            "description": TRACK_DESCRIPTIONS[track], "properties": {**track_keys(track), **sections}}
+    return {"type": "object", "additionalProperties": False, "required": required_keys(),
+            "description": record.description, "properties": {**track_keys(track), **sections}}
 
 
 def paper_tables_schema() -> dict:
     """``paper_tables:``: a layout dataclass per track (dqss.report.paper); null or left out = its defaults."""
-    from .report.paper import PAPER_TABLE_CLASSES, PAPER_TABLES_DESCRIPTION
+    from .report.paper import PAPER_TABLES, PAPER_TABLES_DESCRIPTION
+    from .tracks import tracks
 
     return {"type": ["object", "null"], "additionalProperties": False, "description": PAPER_TABLES_DESCRIPTION,
-            "properties": {t: {**section_schema(cls), "type": ["object", "null"]}
-                           for t, cls in PAPER_TABLE_CLASSES.items()}}
+            "properties": {t.name: {**section_schema(PAPER_TABLES[t.table]), "type": ["object", "null"]}
+                           for t in tracks()}}
 
 
 # -- the whole config -----------------------------------------------------------------------
@@ -243,7 +259,9 @@ CPU_KERNELS_DESCRIPTION = (
 
 
 def config_schema() -> dict:
-    from .workflow import CPU_KERNELS, DEVICES, TRACKS
+    from .workflow import CPU_KERNELS, DEVICES, track_names
+
+    names = track_names()
 
     top = {
         "seeds": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -259,8 +277,8 @@ def config_schema() -> dict:
             "description": f"DQSS benchmark suite configuration (generated from the config dataclasses: {COMMAND}; "
                            "the library checks the values again)",
             "type": "object", "additionalProperties": False, "required": ["seeds"],
-            "anyOf": [{"required": [t]} for t in TRACKS],
-            "properties": {**top, **{t: track_schema(t) for t in TRACKS}, "paper_tables": paper_tables_schema()}}
+            "anyOf": [{"required": [t]} for t in names],
+            "properties": {**top, **{t: track_schema(t) for t in names}, "paper_tables": paper_tables_schema()}}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -1,8 +1,8 @@
 """Glue between Snakemake and the library: config checks, job settings and the script-shim set-up.
 
 Every rule passes its job, as ``params.settings``, exactly the keys of its track's config section
-that the job reads (:data:`JOB_KEYS`, projected by :func:`job_settings`), and the job builds its
-config from them alone (:func:`job_config`).  Snakemake reruns a job when its params change, so
+that the job reads (its track's ``job_keys``: :func:`job_keys`, projected by :func:`job_settings`), and the job
+builds its config from them alone (:func:`job_config`).  Snakemake reruns a job when its params change, so
 editing a key reruns exactly the jobs that read it; a job that touches a key it was not given fails
 (:class:`dqss.tracks.config.NotGiven`).  The settings' hash is each result's ``config_hash``, and the
 aggregate refuses a result whose hash is not the one the current config gives.
@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
-# where the workflow may train the FP backbone itself (weights: train)
-TRAINABLE = {"cls_ptq": ("digits",), "cls_qat": ("digits", "cifar10")}
+# the config's JSON schema, generated from the config dataclasses by dqss.schema
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 DEVICES = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 # ``cpu_kernels``: the kernel dispatch of every job on a CPU.  ATen's vectorised kernels, oneDNN's
 # convolutions and MKL's GEMMs each pick their code path by the CPU's instruction sets, and the paths
@@ -33,58 +32,41 @@ CPU_KERNEL_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": 
                   "native": {}}
 CPU_KERNELS = tuple(CPU_KERNEL_ENV)  # the top-level cpu_kernels: the first is the default
 
-# The keys of its track's section each job reads.  "backbones" is cut to the job's backbone,
-# "dqss" carries its resolved candidates (so it needs no "strategies"), "strategies" and
-# "strategy_options" are cut to the strategies the job runs, and SR's "eval" names its crop set.
-_MODEL = ("backbones", "data", "num_classes")
-_CLS_TRAIN = (*_MODEL, "train")
-_CLS_EVAL = (*_MODEL, "dataset", "eval")
-JOB_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
-    "cls_ptq": {
-        "train": _CLS_TRAIN,
-        "evaluate_fp": _CLS_EVAL,
-        "calibrate": (*_MODEL, "quant", "calibration"),
-        "uniform": (*_CLS_EVAL, "quant", "calibration", "strategies", "strategy_options"),
-        "dqss": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options"),
-        "reconstruct": (*_CLS_EVAL, "quant", "calibration", "reconstruction", "strategy_options"),
-        "dqss_recon": (*_CLS_EVAL, "quant", "calibration", "dqss", "reconstruction", "strategy_options"),
-        "deploy": (*_CLS_EVAL, "quant", "calibration", "dqss", "strategy_options", "deploy"),
-    },
-    "cls_qat": {
-        "train": _CLS_TRAIN,
-        "evaluate_fp": _CLS_EVAL,
-        "uniform": (*_CLS_EVAL, "quant", "calibration", "qat", "strategies", "strategy_options"),
-        "dqss": (*_CLS_EVAL, "quant", "calibration", "qat", "dqss", "strategy_options"),
-    },
-    "sr_ptq": {
-        "download": ("backbones",),
-        "train": ("backbones", "data", "train"),
-        "evaluate_fp": ("backbones", "data", "dataset", "eval"),
-        "calibrate": ("backbones", "data", "quant", "calibration"),
-        "uniform": ("backbones", "data", "dataset", "eval", "quant", "calibration", "strategies",
-                    "strategy_options"),
-        "dqss": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "strategy_options"),
-        "reconstruct": ("backbones", "data", "dataset", "eval", "quant", "calibration", "reconstruction",
-                        "strategy_options"),
-        "dqss_recon": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "reconstruction",
-                       "strategy_options"),
-        "deploy": ("backbones", "data", "dataset", "eval", "quant", "calibration", "dqss", "strategy_options",
-                   "deploy"),
-    },
-}
+
+def tracks():
+    """The registered tracks (:mod:`dqss.tracks`), sorted by name."""
+    from .tracks import tracks as registered
+
+    return registered()
 
 
-def _config_class(track: str):
-    if track == "cls_ptq":
-        from .tracks.cls_ptq import ClsPTQConfig
-        return ClsPTQConfig
-    if track == "cls_qat":
-        from .tracks.cls_qat import ClsQATConfig
-        return ClsQATConfig
-    if track == "sr_ptq":
-        from .tracks.sr_ptq import SRPTQConfig
-        return SRPTQConfig
-    raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
+def track_names() -> list[str]:
+    return [t.name for t in tracks()]
+
+
+def __getattr__(name: str):
+    """The registry's views under their former names, computed on use (the registry imports the track modules,
+    and torch with them; importing this module stays light): ``TRACKS``, ``TRAINABLE``, ``JOB_KEYS``."""
+    if name == "TRACKS":
+        return tuple(track_names())
+    if name == "TRAINABLE":
+        return {t.name: t.trainable for t in tracks() if t.trainable}
+    if name == "JOB_KEYS":
+        return {t.name: dict(t.job_keys) for t in tracks()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def job_keys(track: str, job: str) -> tuple[str, ...]:
+    """The keys of ``track``'s section that ``job`` reads (its :class:`dqss.tracks.Track` record's ``job_keys``):
+    "backbones" is cut to the job's backbone, "dqss" carries its resolved candidates (so it needs no "strategies"),
+    "strategies" and "strategy_options" are cut to the strategies the job runs."""
+    from .tracks import get_track
+
+    keys = get_track(track).job_keys
+    if job not in keys:
+        raise ValueError(f"track {track} has no job '{job}'; its jobs are {list(keys)} (dqss.tracks.{track}: "
+                         "TRACK.job_keys)")
+    return tuple(keys[job])
 
 
 class Checked(NamedTuple):
@@ -105,16 +87,14 @@ def check_config(config) -> Checked:
     require_a_track(config)  # before the schema, whose message for this would print the whole config
     check_schema(config)
     seeds = check_top_level(config)
-    tracks = {track: track_config(config, track) for track in TRACKS}
-    return Checked(seeds, tracks, paper_layouts(config))
+    configs = {t.name: track_config(config, t.name) for t in tracks()}
+    return Checked(seeds, configs, paper_layouts(config, {t.name: t.table for t in tracks()}))
 
 
 @functools.cache
 def _schema_validator():
     import jsonschema
     import yaml
-
-    from .schema import SCHEMA_PATH
 
     return jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8")))
 
@@ -168,8 +148,9 @@ def _as_in_a_file(value):
 
 
 def require_a_track(config: dict) -> None:
-    if not any(t in config for t in TRACKS):
-        raise ValueError(f"the config has none of the tracks {list(TRACKS)}; is it the right file?")
+    names = track_names()
+    if not any(t in config for t in names):
+        raise ValueError(f"the config has none of the tracks {names}; is it the right file?")
 
 
 def check_top_level(config: dict) -> list[int]:
@@ -221,59 +202,22 @@ def track_config(config: dict, track: str):
 
     Everything that can be known before a job runs is checked here: unknown backbones, strategies
     or bit widths, and the data folders and weight files the config names (so that a typo stops the
-    workflow before hours of training, with the key to fix)."""
-    from .cls.models import WEIGHT_FIX, check_backbone
-    from .weights import require_weight_file
+    workflow before hours of training, with the key to fix): the config class's ``check_inputs``."""
+    from .tracks import get_track
 
-    config_class = _config_class(track)
+    record = get_track(track)
     section = config.get(track)
     if section is None:
         return None
-    cfg = config_class.from_dict(section, track)
-    if track == "sr_ptq":
-        check_sr_inputs(cfg)
-        return cfg
-    for name, spec in cfg.backbones.items():
-        check_backbone(name)
-        weights = str(spec.get("weights", "train"))
-        key = f"{track}.backbones.{name}.weights"
-        if weights == "train" and cfg.data.name not in TRAINABLE[track]:
-            raise ValueError(f"{key}: 'train' is only available on {list(TRAINABLE[track])} data in this track; "
-                             "use 'timm' or a weight file")
-        if weights not in ("train", "timm"):
-            require_weight_file(weights, key, WEIGHT_FIX.format(name=name))
-    check_cls_inputs(cfg, track)
+    cfg = record.config.from_dict(section, track)
+    cfg.check_inputs(record.trainable)
     return cfg
-
-
-def check_cls_inputs(cfg, track: str) -> None:
-    """The classification data are where the config says, and hold enough images to calibrate on."""
-    from .cls.data import check_data_root, train_size
-
-    check_data_root(cfg.data, f"{track}.data")
-    n = train_size(cfg.data)
-    if n is not None and cfg.calibration.size > n:
-        raise ValueError(f"{track}.calibration.size={cfg.calibration.size} exceeds the {n} training images of "
-                         f"'{cfg.data.name}' the calibration draws from; lower it to at most {n}")
-
-
-def check_sr_inputs(cfg) -> None:
-    """The SR folders and local weight files are where the config says."""
-    from .sr.data import check_folders
-    from .sr.models import WEIGHT_FIX
-    from .weights import require_weight_file
-
-    if cfg.data.name == "folders":
-        check_folders(cfg.data, sorted({cfg.scale(b) for b in cfg.backbones}))
-    for name in cfg.backbones:
-        if cfg.weight_source(name) == "file":
-            require_weight_file(str(cfg.backbones[name]["weights"]), f"sr_ptq.backbones.{name}.weights", WEIGHT_FIX)
 
 
 def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dict:
     """The keys of ``cfg``'s section that ``job`` reads, for ``backbone`` (and a QAT ``method``)."""
     raw = cfg.raw
-    keys = JOB_KEYS[cfg.task][job]
+    keys = job_keys(cfg.task, job)
     runs = None  # the strategies this job runs or searches over
     if job in ("dqss", "deploy"):  # deploy_check rebuilds the DQSS model and the best uniform among the candidates
         runs = list(cfg.dqss.candidates)
@@ -297,10 +241,8 @@ def job_settings(cfg, job: str, backbone: str, method: str | None = None) -> dic
         elif k == "strategy_options":
             opts = raw.get("strategy_options") or {}
             out[k] = {s: opts[s] for s in runs if s in opts}
-        elif k == "eval" and cfg.task == "sr_ptq":  # the crop's test set resolved: the sets' order is free
-            out[k] = {**(raw.get("eval") or {}), "crop_set": cfg.crop_set()}
         else:
-            out[k] = raw.get(k)
+            out[k] = cfg.setting(k)  # as written, or as the track resolves it (SR's eval: its crop's test set)
     return canonical(out)
 
 
@@ -318,15 +260,17 @@ def track_job(track: str, job: str):
     """The function of ``track``'s module that runs ``job`` (``run_<job>``): the entry of a rule shared by tracks."""
     import importlib
 
-    if track not in TRACKS:
-        raise ValueError(f"unknown track '{track}'; valid tracks are {list(TRACKS)}")
-    return getattr(importlib.import_module(f"{__package__}.tracks.{track}"), f"run_{job}")
+    from .tracks import get_track
+
+    return getattr(importlib.import_module(get_track(track).config.__module__), f"run_{job}")
 
 
 def job_config(smk):
     """The config of a job, built from its rule's ``params.settings`` only."""
+    from .tracks import get_track
+
     track = smk.params.track
-    return _config_class(track).from_dict(smk.params.settings, track, partial=True)
+    return get_track(track).config.from_dict(smk.params.settings, track, partial=True)
 
 
 def load_yaml(path) -> object:
@@ -391,7 +335,7 @@ def check_config_file(path) -> dict:
 
 
 def valid_backbones_pattern(config: dict) -> str:
-    names = sorted({b for t in TRACKS if t in config for b in config[t]["backbones"]})
+    names = sorted({b for t in track_names() if t in config for b in config[t]["backbones"]})
     return "|".join(re.escape(n) for n in names)
 
 

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 
 
-def _context(model: nn.Module, plan: LayerPlan, stats: dict[str, ActStats]) -> LayerContext:
+def layer_context(model: nn.Module, plan: LayerPlan, stats: dict[str, ActStats]) -> LayerContext:
+    """What a strategy sees of the planned layer ``plan`` of ``model``: its module and its calibration samples."""
     st = stats.get(plan.name)
     if st is None:
         raise KeyError(f"no calibration statistics for layer '{plan.name}'; the statistics file was computed "
@@ -44,7 +45,7 @@ def quantize_per_layer(model: nn.Module, plans: dict[str, LayerPlan], stats: dic
     qmodel = copy.deepcopy(model).eval()
     new = {}
     for name, plan in tqdm(plans.items(), desc="quantizers", leave=False):
-        ctx = _context(qmodel, plan, stats)
+        ctx = layer_context(qmodel, plan, stats)
         w_strat, a_strat = choice[name]
         wq = w_strat.build_weight_quantizer(plan.w_spec, ctx)
         aq = a_strat.build_act_quantizer(plan.a_spec, stats[name], ctx)
@@ -58,7 +59,7 @@ def quantize_mixed(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[st
     qmodel = copy.deepcopy(model).eval().requires_grad_(False)
     new = {}
     for name, plan in tqdm(plans.items(), desc="candidates", leave=False):
-        ctx = _context(qmodel, plan, stats)
+        ctx = layer_context(qmodel, plan, stats)
         pairs = {s: _quantizers(strat, plan, stats[name], ctx) for s, strat in strategies.items()}
         wq = MixedQuantizer({s: p[0] for s, p in pairs.items()})
         aq = MixedQuantizer({s: p[1] for s, p in pairs.items()})

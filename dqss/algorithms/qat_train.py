@@ -117,7 +117,9 @@ def quantizer_parameters(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
-def _param_groups(model: nn.Module):
+def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """The three parameter groups :func:`train_qat` gives their own optimisers: the network weights (those
+    that train), the quantizers' learnable parameters, and the DQSS strategy logits."""
     quant = quantizer_parameters(model)
     arch = arch_parameters(model)
     special = {id(p) for p in quant + arch}
@@ -134,6 +136,28 @@ def _first_nonfinite_layer(model: nn.Module, x: torch.Tensor) -> str:
             if bad:
                 return f"{name} ({role} quantizer parameters)"
     return first_nonfinite_output(model, x, layers)
+
+
+def qat_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, opts: list[torch.optim.Optimizer],
+             label_smoothing: float = 0.0, where: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step of :func:`train_qat` on the mini-batch ``(x, y)``: forward, cross-entropy, a check that
+    the loss is finite (:class:`QATDiverged` naming the first non-finite layer otherwise; ``where``: the
+    (epoch, step) it names), every optimiser's gradients zeroed, one backward, then every optimiser steps, in
+    ``opts``' order (weights, quantizer parameters, then the DQSS logits while searching).  The learning-rate
+    schedules step after it.  Returns the model's output and the loss."""
+    out = model(x)
+    loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+    if not torch.isfinite(loss):
+        layer = _first_nonfinite_layer(model, x)
+        at = f" at epoch {where[0]}, step {where[1]}" if where is not None else ""
+        raise QATDiverged(f"QAT diverged: non-finite loss{at}; first non-finite layer: {layer}. Lower qat.lr, "
+                          "qat.quant_lr or dqss.arch_lr")
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in opts:
+        o.step()
+    return out, loss
 
 
 def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: int,
@@ -155,7 +179,7 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
     if len(loader) == 0:
         raise ValueError(f"qat.batch_size={recipe.batch_size} exceeds the {len(data)} training images")
     model.to(device).train()
-    weights, quant, arch = _param_groups(model)
+    weights, quant, arch = param_groups(model)
     searching = bool(arch)
     if searching and search is None:
         raise ValueError("the model has mixed layers but no DQSS search configuration was given")
@@ -198,21 +222,8 @@ def train_qat(model: nn.Module, data: Dataset, recipe: QATRecipe, device, seed: 
                     sample_paths(model, paths)
             x = random_shift(x, recipe.shift, g).to(device)
             y = y.to(device)
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=recipe.label_smoothing)
-            if not torch.isfinite(loss):
-                layer = _first_nonfinite_layer(model, x)
-                raise QATDiverged(f"QAT diverged: non-finite loss at epoch {epoch}, step {step}; first non-finite "
-                                  f"layer: {layer}. Lower qat.lr, qat.quant_lr or dqss.arch_lr")
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            if searching:
-                opt_arch.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-            if searching:
-                opt_arch.step()
+            out, loss = qat_step(model, x, y, opts + [opt_arch] if searching else opts, recipe.label_smoothing,
+                                 where=(epoch, step))
             for s in scheds:
                 s.step()
             running += loss.item() * len(y)

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 
 from ..options import check_options, option
 from ..core.layers import LayerPlan, QuantLayer, execution_order, swap_layers
-from ..core.quant import FakeQuantizer, QuantSpec, _broadcast
+from ..core.quant import FakeQuantizer, QuantSpec, broadcast_along
 from ..core.stats import ActStats
 from ..core.strategy import LayerContext, Strategy
 
@@ -85,7 +85,7 @@ class AdaRoundQuantizer(nn.Module):
         self.strategy = base.strategy
         w = weight.detach().float()
         ax = self.spec.channel_axis
-        s = _broadcast(base.scale, w, ax)
+        s = broadcast_along(base.scale, w, ax)
         self.register_buffer("scale", base.scale.clone())
         self.register_buffer("zero_point", base.zero_point.clone())
         self.register_buffer("w_floor", torch.floor(w / s))
@@ -101,13 +101,13 @@ class AdaRoundQuantizer(nn.Module):
 
     def integers(self) -> torch.Tensor:
         """The grid codes of the hard rounding (up where ``V >= 0``)."""
-        z = _broadcast(self.zero_point, self.w_floor, self.spec.channel_axis)
+        z = broadcast_along(self.zero_point, self.w_floor, self.spec.channel_axis)
         return torch.clamp(self.w_floor + (self.v.detach() >= 0).float() + z, self.spec.qmin, self.spec.qmax)
 
     def forward(self, _w: torch.Tensor | None = None) -> torch.Tensor:
         ax = self.spec.channel_axis
-        s = _broadcast(self.scale, self.w_floor, ax)
-        z = _broadcast(self.zero_point, self.w_floor, ax)
+        s = broadcast_along(self.scale, self.w_floor, ax)
+        z = broadcast_along(self.zero_point, self.w_floor, ax)
         r = self.h() if self.soft else (self.v >= 0).float()
         return (torch.clamp(self.w_floor + r + z, self.spec.qmin, self.spec.qmax) - z) * s
 
@@ -136,7 +136,7 @@ class FrozenWeightQuantizer(nn.Module):
     def forward(self, w: torch.Tensor | None = None) -> torch.Tensor:
         ax = self.spec.channel_axis
         q = self.codes.float()
-        out = (q - _broadcast(self.zero_point, q, ax)) * _broadcast(self.scale, q, ax)
+        out = (q - broadcast_along(self.zero_point, q, ax)) * broadcast_along(self.scale, q, ax)
         return out if w is None else out.to(w.dtype)
 
     def extra_repr(self) -> str:
@@ -337,7 +337,7 @@ class _Capture:
 
 
 @torch.no_grad()
-def _cache(model: nn.Module, unit: str, inputs: torch.Tensor, batch_size: int, device
+def unit_io(model: nn.Module, unit: str, inputs: torch.Tensor, batch_size: int, device
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The unit's inputs and outputs over ``inputs``, from one pass of ``model``."""
     cap = _Capture(model.get_submodule(unit))
@@ -352,7 +352,7 @@ def _cache(model: nn.Module, unit: str, inputs: torch.Tensor, batch_size: int, d
     return torch.cat(ins), torch.cat(outs)
 
 
-def _fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss) -> torch.Tensor:
+def fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss) -> torch.Tensor:
     """``(|dL/dy| + 1)^2`` at the unit's output ``y``, the unit at nearest rounding (BRECQ)."""
     cap = _Capture(qmodel.get_submodule(unit), grad=True)
     grads = []
@@ -388,13 +388,13 @@ def build(model: nn.Module, plans: dict[str, LayerPlan], stats: dict[str, ActSta
           strategy: Callable[[str], Strategy], learn_acts: bool) -> nn.Module:
     """A copy of ``model`` whose planned layers carry an :class:`AdaRoundQuantizer` (grid of ``weight_init``)
     and a :class:`StepQuantizer` (range of ``act_strategy``)."""
-    from .ptq import _context
+    from .ptq import layer_context
 
     qmodel = copy.deepcopy(model).eval().requires_grad_(False)
     w_strat, a_strat = strategy(cfg.weight_init), strategy(cfg.act_strategy)
     new = {}
     for name, plan in plans.items():
-        ctx = _context(qmodel, plan, stats)
+        ctx = layer_context(qmodel, plan, stats)
         wq = AdaRoundQuantizer(w_strat.build_weight_quantizer(plan.w_spec, ctx), ctx.module.weight)
         aq = StepQuantizer(a_strat.build_act_quantizer(plan.a_spec, stats[name], ctx), learn_acts)
         new[name] = QuantLayer(ctx.module, wq, aq, plan.int32_bias)
@@ -436,12 +436,12 @@ def reconstruct(method: type[Reconstruction], model: nn.Module, plans: dict[str,
             for m in layers:  # the unit starts from nearest rounding for its caches and Fisher
                 if isinstance(m.weight_quant, AdaRoundQuantizer):
                     m.weight_quant.soft = False
-            q_in, _ = _cache(qmodel, unit, inputs, batch_size, device)
-            fp_in, target = _cache(fp, unit, inputs, batch_size, device)  # one FP pass: QDrop's inputs, the target
+            q_in, _ = unit_io(qmodel, unit, inputs, batch_size, device)
+            fp_in, target = unit_io(fp, unit, inputs, batch_size, device)  # one FP pass: QDrop's inputs, the target
             fp_in = fp_in if ps.drop else None
-            fisher = (_fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss)
+            fisher = (fisher_weights(qmodel, unit, inputs, teacher, batch_size, device, task_loss)
                       if ps.loss == "fisher" else None)
-            loss = _optimise(qmodel.get_submodule(unit), layers, q_in, fp_in, target, fisher, ps, cfg, gen, device)
+            loss = optimise_unit(qmodel.get_submodule(unit), layers, q_in, fp_in, target, fisher, ps, cfg, gen, device)
             history.append({"pass": k + 1, "unit": unit, "layers": len(names), "loss": loss})
     for name in plans:
         m = qmodel.get_submodule(name)
@@ -452,7 +452,9 @@ def reconstruct(method: type[Reconstruction], model: nn.Module, plans: dict[str,
     return Result(qmodel, time.perf_counter() - t0, units, history)
 
 
-def _optimise(unit_module, layers, q_in, fp_in, target, fisher, ps: Pass, cfg: ReconConfig, gen, device) -> float:
+def optimise_unit(unit_module, layers, q_in, fp_in, target, fisher, ps: Pass, cfg: ReconConfig, gen, device) -> float:
+    """One pass ``ps`` of reconstruction over one unit: its rounding (AdaRound) and activation steps learned
+    (Adam, ``cfg.iterations`` steps) so that its output on the cached inputs matches ``target``; the last loss."""
     wqs = [m.weight_quant for m in layers if isinstance(m.weight_quant, AdaRoundQuantizer)]
     aqs = [m.act_quant for m in layers if isinstance(m.act_quant, StepQuantizer)]
     groups = []

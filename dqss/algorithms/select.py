@@ -3,7 +3,7 @@
 The argmax of the searched logits is not the best discrete assignment: the relaxed objective's
 optimum lies inside the simplex (a blend of grids with independent rounding errors dithers), and
 the logit gradient ranks candidates by how their errors correlate, not by how good each is alone
-(see the README's "Which DQSS row is which").  Evaluating a discrete assignment costs one no-grad
+(see docs/method.md, "Which DQSS row is which").  Evaluating a discrete assignment costs one no-grad
 forward once the mixed layers are pinned (:func:`dqss.core.mixed.pin`), so the final choice is made on
 the discrete objective, with the gradient search as one proposal:
 

@@ -34,7 +34,9 @@ def scaled(section: dict, track: str, fraction: float) -> dict:
     if fraction == 1:
         return s
     train = s.setdefault("train", {})
-    key = "iterations" if track == "sr_ptq" else "epochs"
+    from ..tracks import get_track
+
+    key = "iterations" if get_track(track).family == "sr" else "epochs"
     from ..tracks.sr_ptq import SRTrainConfig
     from ..cls.train import TrainConfig
 
@@ -51,13 +53,15 @@ def worker(config_path: str, track: str, backbone: str, fraction: float) -> dict
     """Train and evaluate one FP backbone in this process; its seconds and test metric."""
     import torch
 
-    from ..workflow import _config_class, load_yaml
+    from ..tracks import get_track
+    from ..workflow import load_yaml
 
     torch.set_num_threads(1)
-    cfg = _config_class(track).from_dict(scaled(load_yaml(config_path)[track], track, fraction), track)
+    record = get_track(track)
+    cfg = record.config.from_dict(scaled(load_yaml(config_path)[track], track, fraction), track)
     out = Path(tempfile.mkdtemp(prefix="bench_cpu_"))
     t0 = time.perf_counter()
-    if track == "sr_ptq":
+    if record.family == "sr":
         from ..tracks.sr_ptq import run_evaluate_fp, run_train
 
         run_train(cfg, backbone=backbone, ckpt=out / "model.pt", history=out / "train.csv", device="cpu")
@@ -95,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("config", nargs="?", default="config/config.yaml")
     ap.add_argument("--fraction", type=float, default=1.0, help="part of each training schedule (default 1)")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--tracks", nargs="*", default=["cls_ptq", "cls_qat", "sr_ptq"])
+    ap.add_argument("--tracks", nargs="*", help="default: every registered track (dqss.tracks)")
     ap.add_argument("--out", type=Path, default=Path("results/bench_cpu_kernels.csv"))
     ap.add_argument("--worker", nargs=2, metavar=("TRACK", "BACKBONE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -105,10 +109,11 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.config, *args.worker, args.fraction)))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from ..tracks import track_names
     from ..workflow import load_yaml
 
     config = load_yaml(args.config)
-    units = [(t, b) for t in args.tracks if t in config for b in config[t]["backbones"]
+    units = [(t, b) for t in (args.tracks or track_names()) if t in config for b in config[t]["backbones"]
              if (config[t]["backbones"][b] or {}).get("weights", "train") == "train"]
     rows = []
     for r in range(args.repeats):

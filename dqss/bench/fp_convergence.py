@@ -90,11 +90,12 @@ def check_sr(cfg, backbone: str, iterations: list[int], device) -> list[dict]:
 
 def main(argv=None) -> int:
     from ..results import write_csv
+    from ..tracks import get_track, track_names
     from ..workflow import load_yaml, track_config
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
-    ap.add_argument("--track", choices=["cls_ptq", "cls_qat", "sr_ptq"], action="append")
+    ap.add_argument("--track", choices=track_names(), action="append")
     ap.add_argument("--factor", type=float, default=2.0, help="the longer schedule's length over the config's")
     ap.add_argument("--tolerance", type=float, default=0.5, help="top-1 points (classification)")
     ap.add_argument("--sr-tolerance", type=float, default=0.05, help="PSNR dB (SR)")
@@ -103,14 +104,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_yaml(args.config)
     rows = []
-    for track in args.track or ["cls_ptq", "cls_qat", "sr_ptq"]:
+    for track in args.track or track_names():
         cfg = track_config(config, track)
         if cfg is None:
             continue
         for backbone in cfg.backbones:
             if cfg.weights(backbone) != "train":
                 continue
-            if track == "sr_ptq":
+            if get_track(track).family == "sr":
                 base = cfg.train_for(backbone).iterations
                 got = check_sr(cfg, backbone, [base, round(base * args.factor)], "cpu")
                 tolerance = args.sr_tolerance

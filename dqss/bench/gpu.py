@@ -17,8 +17,8 @@ depend on the weights or the images, so neither data nor pretrained weights are 
   network and batch).  Target: at most 1.5x.
 ``--compile`` also times the search and QAT steps with the models wrapped in ``torch.compile``.
 
-Steps are timed with the device synchronised around each one; every figure is the median of ``--steps``
-timed steps after ``--warmup`` untimed ones.  The whole benchmark is one command::
+Steps are timed with the device synchronised around each one (:mod:`dqss.timing`); every figure is the median
+of ``--steps`` timed steps after ``--warmup`` untimed ones.  The whole benchmark is one command::
 
     python -m dqss.bench.gpu --device cuda                       # results/benchmarks/gpu.csv
     python -m dqss.bench.gpu --device cpu --backbone resnet18 --size 32 --batch 8 --calib 32 --steps 2
@@ -30,36 +30,15 @@ import dataclasses
 import logging
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from ..timing import clock, round_robin
+
 log = logging.getLogger(__name__)
 
 TARGETS = {"search_step": 1.3, "qat_dqss_efficient": 1.5}  # the issue's ceilings, over fp_step / lsq
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fns: dict, dev: torch.device, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Milliseconds of each call of each of ``fns``, timed round-robin (one call of each per round, so
-    that drift of the machine hits all alike) for ``steps`` rounds after ``warmup`` untimed ones."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    out = {name: [] for name in fns}
-    for _ in range(steps):
-        for name, fn in fns.items():
-            _sync(dev)
-            t0 = time.perf_counter()
-            fn()
-            _sync(dev)
-            out[name].append((time.perf_counter() - t0) * 1000)
-    return out
 
 
 def fp_step_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -134,7 +113,7 @@ def run(config: str = "config/paper.yaml", backbone: str = "resnet50", batch: in
         qmodel = quantize_mixed(setup["folded"], setup["plans"], setup["stats"], setup["strategies"], cfg.dqss.mode)
         runner = wrap(qmodel.to(dev))
         fns[f"search_step{suffix}"] = lambda r=runner: search(r, xs, ts, s_cfg, next(counter), dev)
-    times = timed(fns, dev, steps, warmup)
+    times = {name: [s * 1000 for s in t] for name, t in round_robin(fns, steps, warmup, dev).items()}  # ms
     fp = add("fp_step", times.pop("fp_step"))
     for name, ms in times.items():
         add(name, ms, fp, TARGETS["search_step"], candidates=len(setup["strategies"]), layers=len(setup["plans"]))
@@ -144,13 +123,10 @@ def run(config: str = "config/paper.yaml", backbone: str = "resnet50", batch: in
     ev_s, ev_h = evaluators(qmodel, setup, cfg, dev)
     sweep_ms = []
     for r in range(max(1, min(steps, 3))):
-        _sync(dev)
-        t0 = time.perf_counter()
-        sel = measured_selection(qmodel, list(setup["strategies"]), argmax_assignment(qmodel), ev_s, ev_h,
-                                 sweeps=1, accept_z=cfg.dqss.accept_z, top_k=cfg.dqss.top_k,
-                                 samples=setup["samples"], progress="bench")
-        _sync(dev)
-        sweep_ms.append((time.perf_counter() - t0) * 1000)
+        sel, seconds = clock(lambda q=qmodel, evs=(ev_s, ev_h): measured_selection(
+            q, list(setup["strategies"]), argmax_assignment(q), *evs, sweeps=1, accept_z=cfg.dqss.accept_z,
+            top_k=cfg.dqss.top_k, samples=setup["samples"], progress="bench"), dev)
+        sweep_ms.append(seconds * 1000)
     add("selection_sweep", sweep_ms, fp, evaluations=sel.record.get("evaluations"),
         moves_tried=sel.record.get("moves_tried"), search_items=len(setup["s_idx"]),
         held_items=len(setup["h_idx"]), candidates=len(setup["strategies"]), layers=len(setup["plans"]))

@@ -20,10 +20,10 @@ import logging
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..results import write_csv
+from ..timing import round_robin, saved_tensor_mb, sync
 
 log = logging.getLogger(__name__)
 
@@ -33,25 +33,6 @@ _CANDIDATES = [("minmax", {}), ("percentile", {"percentile": 99.99}), ("aciq", {
                ("percentile", {"percentile": 99.9}), ("aciq", {"prior": "gaussian"}),
                ("percentile", {"percentile": 99.0}), ("percentile", {"percentile": 99.999}),
                ("percentile", {"percentile": 98.0})]
-
-
-def saved_tensor_mb(forward, persistent=()) -> float:
-    """MB of distinct storages autograd keeps for the backward of ``forward()``, apart
-    from ``persistent`` tensors (parameters, buffers, cached weights) that exist anyway."""
-    import torch
-
-    skip = {t.untyped_storage().data_ptr() for t in persistent}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in skip:
-            seen[st.data_ptr()] = st.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward()
-    return sum(seen.values()) / 2 ** 20
 
 
 def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size: int = 32,
@@ -94,16 +75,10 @@ def measure(n: int, mode: str, backbone: str = "resnet18", batch: int = 32, size
     for _ in range(warmup):
         step()
     if dev.type == "cuda":
-        torch.cuda.synchronize()
+        sync(dev)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) * 1000)
+    times = [s * 1000 for s in round_robin({"step": step}, steps, device=dev)["step"]]  # ms, after the peak reset
     if dev.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         how = "cuda_peak_allocated"

@@ -1,9 +1,9 @@
 """QAT step benchmark: one DQSS-QAT training step with every candidate vs one step of each
 uniform QAT method (LSQ is the reference), side by side in one process.
 
-A step is what :func:`dqss.algorithms.qat_train.train_qat` does per mini-batch: forward, cross-entropy,
-one backward, then the optimiser steps (weights, quantizer parameters and, for DQSS, the
-logits).  All models are built first; then the methods are timed round-robin (one step of
+A step is :func:`dqss.algorithms.qat_train.qat_step`, what :func:`~dqss.algorithms.qat_train.train_qat` runs per
+mini-batch: forward, cross-entropy, one backward, then the optimiser steps (weights, quantizer parameters
+and, for DQSS, the logits).  All models are built first; then the methods are timed round-robin (one step of
 each per round) so that drift of the machine hits all of them alike; the table reports
 the median per method.  Memory: CUDA allocator peak per step on a GPU; on CPU the bytes
 of the distinct tensors autograd saves for one step's backward, parameters apart.
@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import time
 from pathlib import Path
 
 from ..results import write_csv
+from ..timing import round_robin, saved_tensor_mb, sync
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,14 @@ DEFAULT_METHODS = ("lsq", "lsq_plus", "pact", "dorefa")
 def build(method: str, model, plans, stats, candidates, mode: str):
     import torch
 
-    from ..algorithms.qat_train import quantize_qat
+    from ..algorithms.qat_train import param_groups, quantize_qat
     from ..core.mixed import arch_parameters, set_mode
-    from ..algorithms.qat_train import _param_groups
     from ..core.strategy import get_strategy
 
     names = candidates if method.startswith("dqss") else [method]
     strategies = {n: get_strategy(n) for n in names}
     qmodel = quantize_qat(model, plans, stats, {n: strategies for n in plans}, mode).train()
-    weights, quant, arch = _param_groups(qmodel)
+    weights, quant, arch = param_groups(qmodel)
     opts = [torch.optim.SGD(weights, lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)]
     if quant:
         opts.append(torch.optim.SGD(quant, lr=1e-3, momentum=0.9))
@@ -55,7 +54,7 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
     import torch
     import torch.nn.functional as F
 
-    from .mixed import saved_tensor_mb
+    from ..algorithms.qat_train import qat_step
     from ..core.layers import QuantPolicy, plan_layers
     from ..cls.models import register_models
     from ..core.stats import collect_act_stats
@@ -81,38 +80,19 @@ def run(out: Path, backbone: str = "resnet20", batch: int = 128, size: int = 32,
 
     forwards = {name: torch.compile(q) if compile else q for name, (q, _) in runs.items()}
 
-    def step(name):
-        _, opts = runs[name]
-        loss = F.cross_entropy(forwards[name](x), y)
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
+    def step(name):  # train_qat's own step (its learning-rate schedules apart)
+        qat_step(forwards[name], x, y, runs[name][1])
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    times = {name: [] for name in runs}
+    fns = {name: lambda name=name: step(name) for name in runs}
+    times = {name: [s * 1000 for s in t] for name, t in round_robin(fns, steps, warmup, dev).items()}  # ms
     peaks = {}
-    for name in runs:
-        for _ in range(warmup):
-            step(name)
-    for _ in range(steps):
-        for name in runs:
-            sync()
-            t0 = time.perf_counter()
-            step(name)
-            sync()
-            times[name].append((time.perf_counter() - t0) * 1000)
     for name, (qmodel, _) in runs.items():
         if dev.type == "cuda":
-            sync()
+            sync(dev)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             step(name)
-            sync()
+            sync(dev)
             peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
         else:
             peaks[name] = saved_tensor_mb(lambda q=qmodel: F.cross_entropy(q(x), y),

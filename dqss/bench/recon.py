@@ -22,24 +22,18 @@ import dataclasses
 import logging
 import statistics
 import sys
-import time
 
 import torch
 
-from .select import _sync, build_search_setup
+from ..timing import round_robin
+from .select import build_search_setup
 
 log = logging.getLogger(__name__)
 
 
 def _time(fn, device, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    """Median seconds of ``repeats`` calls of ``fn`` (no warm-up), the device synchronised around each."""
+    return statistics.median(round_robin({"fn": fn}, repeats, device=device)["fn"])
 
 
 def bench(cfg, backbones: list[str], bits: int, device, repeats: int, iterations: int | None = None) -> list[dict]:

@@ -16,16 +16,12 @@ import argparse
 import logging
 import statistics
 import sys
-import time
 
 import torch
 
+from ..timing import clock
+
 log = logging.getLogger(__name__)
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build_search_setup(cfg, backbone: str, bits: int, device, seed: int = 0, n: int | None = None,
@@ -84,18 +80,13 @@ def bench_backbone(cfg, backbone: str, bits: int, device, repeats: int, seed: in
     record = {}
     for r in range(repeats):
         qmodel = quantize_mixed(folded, plans, stats, strategies, cfg.dqss.mode)
-        _sync(device)
-        t0 = time.perf_counter()
-        search(qmodel, x[s_idx], teacher[s_idx], cfg.dqss, seed + r, device)
-        _sync(device)
-        times["search"].append(time.perf_counter() - t0)
+        _, seconds = clock(lambda: search(qmodel, x[s_idx], teacher[s_idx], cfg.dqss, seed + r, device), device)
+        times["search"].append(seconds)
         ev_s, ev_h = evaluators(qmodel, setup, cfg, device)
-        t0 = time.perf_counter()
-        sel = measured_selection(qmodel, list(strategies), argmax_assignment(qmodel), ev_s, ev_h,
-                                 sweeps=cfg.dqss.sweeps, accept_z=cfg.dqss.accept_z, top_k=cfg.dqss.top_k,
-                                 samples=samples)
-        _sync(device)
-        times["selection"].append(time.perf_counter() - t0)
+        sel, seconds = clock(lambda: measured_selection(
+            qmodel, list(strategies), argmax_assignment(qmodel), ev_s, ev_h, sweeps=cfg.dqss.sweeps,
+            accept_z=cfg.dqss.accept_z, top_k=cfg.dqss.top_k, samples=samples), device)
+        times["selection"].append(seconds)
         record = sel.record
     search_s, select_s = (statistics.median(times[k]) for k in ("search", "selection"))
     return {"task": cfg.task, "backbone": backbone, "bits": bits, "device": str(device), "layers": len(plans),

@@ -27,7 +27,7 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 CIFAR10_LAYOUT = "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"
 CIFAR10_TRAIN_SIZE = 50_000
-DIGITS_SIZE = 1797  # scikit-learn's load_digits (tests/test_data_models.py checks it)
+DIGITS_SIZE = 1797  # scikit-learn's load_digits (tests/unit/test_data_models.py checks it)
 
 
 @dataclass

@@ -7,7 +7,9 @@ a PACT clip) and implement their paper's forward and gradient rules in closed fo
 * :meth:`LearnedQuantizer.quantize` — the fake-quantized values (no autograd);
 * :meth:`LearnedQuantizer.grads` — the values, the derivative w.r.t. the input (a mask:
   every quantizer here passes the gradient straight through on its range, 0 outside) and
-  the gradients w.r.t. each learnable parameter, given the upstream gradient.
+  the gradients w.r.t. each learnable parameter, given the upstream gradient;
+* :meth:`LearnedQuantizer.export_grid` — the integer grid it rounds to, read by the ONNX
+  export (:mod:`dqss.deploy`); only a quantizer that is deployed needs it.
 
 ``forward`` wraps the two in one autograd function, so one quantizer is a single fused
 node.  The same two methods let the DQSS mixture of QAT candidates recompute each
@@ -58,6 +60,15 @@ class LearnedQuantizer(nn.Module):
         so that ``dL/dx = grad * dydx``; each entry of ``param_grads`` has the shape of its
         parameter (already reduced and gradient-scaled)."""
         raise NotImplementedError
+
+    def export_grid(self, weight: torch.Tensor | None = None):
+        """The integer grid the forward rounds to, for the ONNX export (:func:`dqss.deploy.tensor_grid`): a
+        :class:`dqss.deploy.Grid` built with ``make_grid(scale, zero_point, qmin, qmax, axis)`` (both in
+        :mod:`dqss.plugin`).  ``weight`` is the layer's weight for a weight quantizer, None for an activation."""
+        cls = f"{type(self).__module__}.{type(self).__qualname__}"
+        raise NotImplementedError(f"{cls} cannot be exported to ONNX: implement export_grid(weight=None) in {cls} "
+                                  "to deploy it (return dqss.plugin.make_grid(scale, zero_point, qmin, qmax, axis), "
+                                  "the grid its forward rounds to)")
 
     # -- shared -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,8 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec,
     return scale, zero
 
 
-def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+def broadcast_along(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t`` (a scalar, or one value per channel) shaped to broadcast against ``x`` along ``axis``."""
     if t.dim() == 0:
         return t
     shape = [1] * x.dim()
@@ -89,8 +90,8 @@ def _broadcast(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   qmin: int, qmax: int, channel_axis: int = 0) -> torch.Tensor:
     """Quantize-dequantize ``x``; gradient 1 inside the grid's range, 0 outside."""
-    s = _broadcast(scale, x, channel_axis).to(x.dtype)
-    z = _broadcast(zero, x, channel_axis).to(x.dtype)
+    s = broadcast_along(scale, x, channel_axis).to(x.dtype)
+    z = broadcast_along(zero, x, channel_axis).to(x.dtype)
     inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)
     xq = (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
     # value xq, gradient 1 on the closed range (ties included), 0 outside
@@ -184,8 +185,8 @@ class FakeQuantizer(nn.Module):
     def values_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Q(x) without autograd, and the straight-through mask (x inside the range)."""
         ax = self.spec.channel_axis
-        s = _broadcast(self.scale, x, ax).to(x.dtype)
-        z = _broadcast(self.zero_point, x, ax).to(x.dtype)
+        s = broadcast_along(self.scale, x, ax).to(x.dtype)
+        z = broadcast_along(self.zero_point, x, ax).to(x.dtype)
         q = torch.clamp(torch.round(x / s) + z, self.spec.qmin, self.spec.qmax)
         inside = (x >= (self.spec.qmin - z) * s) & (x <= (self.spec.qmax - z) * s)
         return (q - z) * s, inside  # the same rule as fake_quantize

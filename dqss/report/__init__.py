@@ -8,9 +8,14 @@ curves, the SR jobs' output crops, the jobs' per-image values and the DQSS jobs'
 The package, by purpose (no module imports this one, :mod:`.style` imports none of the others, and
 pandas, matplotlib and numpy are imported only inside the functions that use them):
 
-* :mod:`.style`: method order and colours, plot style, number formats, labels, figure and file helpers;
+* :mod:`.style`: method order and colours, plot style, number formats, labels, figure and file helpers, which
+  tasks are super-resolution (their rows carry PSNR/SSIM: the report never tests a track's name);
+* :mod:`.format`: numbers, Markdown/LaTeX escaping, and the settings line of a table (the settings columns of
+  metrics.csv its rows share) and the settings by method of a task;
 * :mod:`.readers`: metrics.csv and its checks, training curves, crops, assignment files, provenance;
 * :mod:`.tables`: the summary over seeds, classification and SR tables, Markdown/LaTeX, significance marks;
+* :mod:`.paper`: the paper's tables (rule paper_tables), laid out by kind (cls or sr) from the config;
+* :mod:`.deploy`: the deployment check's tables;
 * :mod:`.figures`: accuracy drop, assignment map, training curves, SR crops;
 * :mod:`.selection`: the DQSS selection's discretization-gap tables and softmax-vs-measured figure;
 * here: :func:`write_report`, which assembles ``report.md``, and the package's public names.
@@ -25,13 +30,14 @@ from pathlib import Path
 
 from ..results import DQSS_ARGMAX, REFERENCE_METHODS, write_frame, write_text
 from .figures import best_uniform, plot_accuracy_drop, plot_assignment_map, plot_sr_crops, plot_training_curves
-from .readers import (REQUIRED_COLUMNS, _load_assignments, _provenance_line, _read_metrics, check_one_setting,
-                      read_crops, read_histories)
+from .format import latex_escape, method_settings_lines
+from .readers import (REQUIRED_COLUMNS, check_one_setting, load_assignments, load_metrics, provenance_line, read_crops,
+                      read_histories)
 from .selection import GAP_ROWS, gap_tables, load_selections, plot_softmax_vs_measured
 from .style import (DECIMALS, DEFAULT_DECIMALS, HELD_ROW, LOWER_IS_BETTER, METRIC_LABELS, METRIC_ORDER, METRIC_UNITS,
                     ORACLE_ROW, PALETTE, PDF_METADATA, PNG_METADATA, SR_DATASET_ORDER, SR_PSNR_DECIMALS,
-                    SR_SSIM_DECIMALS, STYLE, _is_sr, _safe_stem, method_colors, method_order)
-from .tables import SIGNIFICANCE_TEXT, cls_tables, latex_escape, sr_tables, summarize
+                    SR_SSIM_DECIMALS, STYLE, method_colors, method_order, safe_stem, sr_tasks)
+from .tables import SIGNIFICANCE_TEXT, cls_tables, sr_tables, summarize
 
 __all__ = [
     "DECIMALS", "DEFAULT_DECIMALS", "DROP_METRICS", "GAP_ROWS", "HELD_ROW", "LOWER_IS_BETTER", "METRIC_LABELS",
@@ -66,9 +72,19 @@ def _deploy_section(deploy_path, tdir: Path, written: list) -> list[str]:
              "quantized layers (a layer whose output feeds a float operation, e.g. a residual Add, keeps its "
              "dequantized inputs and a float kernel). W4A4 runs as 4-bit codes on the int8 grid (a float Clip to the "
              "4-bit range before each QuantizeLinear): it checks the 4-bit values, and since the Clip keeps ONNX "
-             "Runtime from fusing integer kernels, not 4-bit speed. Latency: median of the runs, int8 and FP interleaved, one "
-             "thread. Source: `results/deploy/deploy.csv`.", ""]
+             "Runtime from fusing integer kernels, not 4-bit speed. Latency: median of the runs, int8 and FP "
+             "interleaved, one thread. Source: `results/deploy/deploy.csv`.", ""]
     return lines + _table_lines(deploy_tables(df), tdir, written)
+
+
+def _settings_lines(rows, task: str) -> list[str]:
+    """The task's settings by method (from its metrics.csv rows): those every row shares, and a table of those
+    that differ between its quantized methods; [] where the rows carry no settings."""
+    body = method_settings_lines(rows)
+    if not body:
+        return []
+    return [f"### {task}: settings", "", "The settings that produced this task's rows (columns of metrics.csv; "
+            "an empty cell: the setting does not apply to the method).", "", *body, ""]
 
 
 def _table_lines(tables: dict[str, tuple[str, str]], tdir: Path, written: list) -> list[str]:
@@ -100,7 +116,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     tdir, fdir = outdir / "tables", outdir / "figures"
     tdir.mkdir(parents=True, exist_ok=True)
     fdir.mkdir(parents=True, exist_ok=True)
-    df = _read_metrics(metrics_csv)
+    df = load_metrics(metrics_csv)
     summary = summarize(df)
     per_image = load_per_image(job_paths) if job_paths else None
     selections = load_selections(selection_paths)
@@ -108,26 +124,29 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
     write_frame(outdir / "summary.csv", summary)
     written.append(outdir / "summary.csv")
 
-    groups = _load_assignments(assignment_paths or [])
+    groups = load_assignments(assignment_paths or [])
     strategies = {s for items in groups.values() for a in items for s in (a.get("candidates") or [])}
     strategies |= {e[r] for items in groups.values() for a in items for e in a["layers"] for r in ("weight", "act")}
     colors = method_colors(set(summary["method"]) | strategies)
 
-    lines = ["# DQSS benchmark report", "", _provenance_line(df), "",
+    lines = ["# DQSS benchmark report", "", provenance_line(df), "",
              f"Source: `{Path(metrics_csv).name}` — {len(df)} rows, tasks "
              f"{', '.join(f'`{t}`' for t in sorted(df['task'].unique()))}. "
              f"Per-group statistics: [summary.csv](summary.csv).", ""]
+    sr = set(sr_tasks(df))  # tasks whose rows carry SR metrics: SR tables and crops
     for task in sorted(summary["task"].unique()):
-        tables = sr_tables(summary, task, per_image) if _is_sr(task) else cls_tables(summary, task, per_image)
+        is_sr = task in sr
+        tables = (sr_tables if is_sr else cls_tables)(summary, task, per_image, df=df)
         tables |= gap_tables([r for r in selections if r["task"] == task], df)
         lines += [f"## {task}", ""]
         if not tables:
             lines += ["_No quantized results for this task._", ""]
+        lines += _settings_lines(df[df["task"] == task], task)
         lines += _table_lines(tables, tdir, written)
-        if _is_sr(task):
+        if is_sr:
             crops = read_crops(crop_paths or [])
             for backbone in sorted({k[1] for k in crops if k[0] == task}):
-                stem = _safe_stem(f"{task}_{backbone}_crops")
+                stem = safe_stem(f"{task}_{backbone}_crops")
                 written += plot_sr_crops(summary, crops, task, backbone, fdir / stem)
                 lines += [f"### Figure: {task}, {backbone}, output crops", "",
                           f"![{task} {backbone} crops](figures/{stem}.png)", ""]
@@ -138,7 +157,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
             if sel["delta_fp"].notna().sum() == 0:
                 log.info("no %s results with an FP reference for %s; skipping its figure", metric, task)
                 continue
-            stem = _safe_stem(f"{task}_{metric}_drop")
+            stem = safe_stem(f"{task}_{metric}_drop")
             paths = plot_accuracy_drop(summary, task, metric, fdir / stem, colors=colors)
             written += paths
             lines += [f"### Figure: {task}, change in {metric} vs FP", "",
@@ -146,7 +165,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
                       f"[PNG](figures/{stem}.png) · [PDF](figures/{stem}.pdf)", ""]
     hist = read_histories(history_paths or [])
     for task in sorted(hist["task"].unique()) if len(hist) else []:
-        stem = _safe_stem(f"{task}_training_curves")
+        stem = safe_stem(f"{task}_training_curves")
         written += plot_training_curves(hist, task, fdir / stem, colors=colors)
         lines += [f"### Figure: {task}, training curves", "", f"![{task} training curves](figures/{stem}.png)", "",
                   f"[PNG](figures/{stem}.png) · [PDF](figures/{stem}.pdf)", ""]
@@ -156,7 +175,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
                   "lower softmax probability; a dot marks a tensor whose strategy differs from the uniform "
                   "strategy chosen on the held calibration part.", ""]
     for (task, backbone), items in sorted(groups.items()):
-        stem = _safe_stem(f"assign_{task}_{backbone}")
+        stem = safe_stem(f"assign_{task}_{backbone}")
         paths = plot_assignment_map(items, fdir / stem, f"DQSS assignment — {task}, {backbone}", colors=colors)
         written += paths
         lines += [f"### {task}, {backbone}", "", f"![assignment {task} {backbone}](figures/{stem}.png)", ""]
@@ -167,7 +186,7 @@ def write_report(metrics_csv, assignment_paths: list, outdir, history_paths: lis
                  if a.get("method") == DQSS_ARGMAX and (a.get("w_bits"), a.get("a_bits"), a.get("seed"))
                  == (rec["w_bits"], rec["a_bits"], rec["seed"])]
         if match:
-            stem = _safe_stem(f"softmax_vs_measured_{rec['task']}_{rec['backbone']}")
+            stem = safe_stem(f"softmax_vs_measured_{rec['task']}_{rec['backbone']}")
             written += plot_softmax_vs_measured(rec, match[0], fdir / stem)
             lines += ["## DQSS: softmax weight against measured effect", "",
                       "As in DARTS-PT (Wang et al., ICLR 2021, Fig. 1): a candidate's softmax weight does not say "

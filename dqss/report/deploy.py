@@ -3,7 +3,7 @@ Markdown and LaTeX table per track."""
 from __future__ import annotations
 
 from ..results import DQSS_METHOD
-from .paper import tex_text as _tex
+from .format import tex_text
 
 AGREEMENT_TARGET = 99.5  # % top-1 agreement below which the report marks a row
 
@@ -44,8 +44,8 @@ def deploy_tables(df) -> dict[str, tuple[str, str]]:
         md += f"\n{note}\n" if note else ""
         n_left = 5 + (not cls)
         tex = ("\\begin{tabular}{" + "l" * n_left + "r" * (len(head) - n_left) + "}\n\\toprule\n"
-               + " & ".join(_tex(h) for h in head) + " \\\\\n\\midrule\n"
-               + "".join(" & ".join(_tex(c) for c in row) + " \\\\\n" for row in rows)
-               + "\\bottomrule\n\\end{tabular}\n" + (f"\n{_tex(note)}\n" if note else ""))
+               + " & ".join(tex_text(h) for h in head) + " \\\\\n\\midrule\n"
+               + "".join(" & ".join(tex_text(c) for c in row) + " \\\\\n" for row in rows)
+               + "\\bottomrule\n\\end{tabular}\n" + (f"\n{tex_text(note)}\n" if note else ""))
         out[f"deploy_{task}"] = (md, tex)
     return out

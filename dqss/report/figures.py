@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..results import BICUBIC_METHOD, DQSS_METHOD, FP_METHOD, REFERENCE_METHODS, is_dqss
-from .style import (LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, STYLE, _figure_path, _new_figure, _save,
+from .style import (LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, STYLE, figure_path, new_figure, save_figure,
                     method_colors, method_order)
 
 
@@ -33,7 +33,7 @@ def plot_accuracy_drop(summary, task: str, metric: str, path, colors: dict | Non
     n_bb = max(d.groupby("dataset")["backbone"].nunique())
     panel_w = min(max(1.2 + n_bb * (0.22 * len(methods) + 0.5), 3.6), 12.0)
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(figsize=(panel_w * len(settings), 2.9 * len(datasets) + 0.9), layout="constrained")
+        fig = new_figure(figsize=(panel_w * len(settings), 2.9 * len(datasets) + 0.9), layout="constrained")
         axes = fig.subplots(len(datasets), len(settings), squeeze=False)
         width = 0.8 / len(methods)
         handles = {}
@@ -69,7 +69,7 @@ def plot_accuracy_drop(summary, task: str, metric: str, path, colors: dict | Non
                      f"(mean ± std over seeds)")
         fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
                    loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-        return _save(fig, _figure_path(path), ("png", "pdf"))
+        return save_figure(fig, figure_path(path), ("png", "pdf"))
 
 
 def _assignment_rows(assignments: list[dict]):
@@ -100,7 +100,8 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         raise ValueError(f"plot_assignment_map draws one backbone per figure; got {backbones}")
     for a in assignments:
         if not isinstance(a.get("layers"), list):
-            raise ValueError("an assignment lacks its 'layers' list; expected dqss.algorithms.ptq.export_assignment output")
+            raise ValueError("an assignment lacks its 'layers' list; expected dqss.algorithms.ptq.export_assignment "
+                             "output")
     rows_in = _assignment_rows(assignments)
     layers: list[str] = []
     for a in rows_in:
@@ -142,7 +143,7 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         longest = max(len(n) for n in layers)
         fig_w = min(max(3.0 + 0.16 * min(n_cols, 60 * step) / step + 0.02 * n_cols, 7.0), 24.0)
         fig_h = 1.6 + 0.24 * n_rows + 0.055 * min(longest, 40)
-        fig = _new_figure(figsize=(fig_w, fig_h), layout="constrained")
+        fig = new_figure(figsize=(fig_w, fig_h), layout="constrained")
         ax = fig.subplots()
         ax.imshow(img, aspect="auto", interpolation="nearest")
         if differ:
@@ -162,7 +163,7 @@ def plot_assignment_map(assignments: list[dict], path, title: str, colors: dict 
         used = [s for s in order if s in strategies]
         fig.legend([Patch(color=colors.get(s, "#333333")) for s in used], used, loc="outside right center",
                    title="strategy\n(pale = low prob.)", frameon=False)
-        return _save(fig, _figure_path(path), ("png",))
+        return save_figure(fig, figure_path(path), ("png",))
 
 
 def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> list[Path]:
@@ -179,7 +180,7 @@ def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> l
     colors = colors or method_colors(methods)
     metrics = [m for m in ("loss", "test_top1") if m in d.columns]
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(figsize=(3.4 * len(metrics), 2.5 * len(panels) + 0.8), layout="constrained")
+        fig = new_figure(figsize=(3.4 * len(metrics), 2.5 * len(panels) + 0.8), layout="constrained")
         axes = fig.subplots(len(panels), len(metrics), squeeze=False)
         handles = {}
         for i, (bb, w, a) in enumerate(panels):
@@ -207,7 +208,7 @@ def plot_training_curves(hist, task: str, path, colors: dict | None = None) -> l
         fig.suptitle(f"{task}: training curves\n(mean over seeds, band = min..max; shaded = DQSS search epochs)")
         fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
                    loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-        return _save(fig, _figure_path(path), ("png", "pdf"))
+        return save_figure(fig, figure_path(path), ("png", "pdf"))
 
 
 def best_uniform(summary, task: str, backbone: str, w: int, a: int, metric: str = "psnr") -> str | None:
@@ -240,7 +241,7 @@ def plot_sr_crops(summary, crops: dict, task: str, backbone: str, path) -> list[
         return f"{d['mean'].mean():.2f} dB" if len(d) else "—"
 
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(figsize=(9.0, 2.1 * len(settings) + 0.5), layout="constrained")
+        fig = new_figure(figsize=(9.0, 2.1 * len(settings) + 0.5), layout="constrained")
         axes = fig.subplots(len(settings), 5, squeeze=False)
         for i, (w, a) in enumerate(settings):
             best = best_uniform(summary, task, backbone, w, a)
@@ -258,4 +259,4 @@ def plot_sr_crops(summary, crops: dict, task: str, backbone: str, path) -> list[
                 ax.set_title(title, fontsize=8)
         fig.suptitle(f"{task}, {backbone}: the most detailed crop of a test image\n(quantized: first seed; "
                      "PSNR = mean over test sets and seeds)")
-        return _save(fig, _figure_path(path), ("png",))
+        return save_figure(fig, figure_path(path), ("png",))

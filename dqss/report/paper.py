@@ -1,13 +1,17 @@
 """The paper's tables, from ``results/metrics.csv`` alone, laid out by the config's ``paper_tables:`` section.
 
 One table per track, as a paper prints it, in Markdown and booktabs LaTeX (``results/paper/{track}.md|tex``,
-rule ``paper_tables``):
+rule ``paper_tables``), of the kind the track's registry record names (:data:`PAPER_TABLES`):
 
-* ``cls_ptq`` and ``cls_qat``: rows = methods (the full-precision reference first, then the uniform
-  strategies, then DQSS), columns = backbones, a cell = the metric's mean over seeds (``± std`` with more
-  than one seed), at one bit width;
-* ``sr_ptq``: row groups = backbones (a backbone name carries its scale), rows = methods, column groups =
-  test sets with PSNR and SSIM sub-columns, at one bit width.
+* ``cls`` (classification): rows = methods (the full-precision reference first, then the uniform strategies, then
+  DQSS), columns = backbones, a cell = the metric's mean over seeds (``± std`` with more than one seed), at one
+  bit width;
+* ``sr`` (super-resolution): row groups = backbones (a backbone name carries its scale), rows = methods, column
+  groups = test sets with PSNR and SSIM sub-columns, at one bit width.
+
+The caption says what the rows are from the rows themselves: quantization-aware training where they carry QAT
+settings (``epochs``), else post-training quantization; and it ends with the settings the table's rows share
+(:func:`dqss.report.format.settings_line`, from the settings columns of metrics.csv).
 
 The best quantized value of every column (per backbone group for SR) is bold, ties at the shown precision
 all bold; the reference rows (fp32, bicubic) are not ranked.  A missing cell reads "–"; a backbone, method
@@ -27,22 +31,20 @@ from pathlib import Path
 
 from ..options import BIT_MAX, BIT_MIN, build_section, check_options, option
 from ..results import REFERENCE_METHODS, RESULTS_DIR, write_text
-from .readers import REQUIRED_COLUMNS, _read_metrics, check_one_setting
-from .style import (LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, SR_PSNR_DECIMALS, SR_SSIM_DECIMALS,
-                    _sr_dataset_order, method_order)
-from .tables import _best, _decimals, _md_escape, _num, _seeds_text, latex_escape, summarize
+from .format import (best_shown, format_number, md_escape, metric_decimals, seeds_text, setting_values, settings_line,
+                     tex_text)
+from .readers import REQUIRED_COLUMNS, check_one_setting, load_metrics
+from .style import (LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, SR_METRICS, SR_PSNR_DECIMALS, SR_SSIM_DECIMALS,
+                    method_order, sr_dataset_order, sr_tasks)
+from .tables import summarize
 
 log = logging.getLogger(__name__)
 
 PAPER_DIR = f"{RESULTS_DIR}/paper"
 MISSING = "–"  # a cell without a result (LaTeX: --)
 CLS_METRICS = ("top1", "top5", "agree_fp", "kl_fp")
-SR_METRICS = ("psnr", "ssim")
 SR_DECIMALS = {"psnr": SR_PSNR_DECIMALS, "ssim": SR_SSIM_DECIMALS}
-TRAINING = {"cls_ptq": "post-training quantization", "cls_qat": "quantization-aware training",
-            "sr_ptq": "post-training quantization"}
-# what LaTeX (pdflatex, no extra package) cannot take as text, after latex_escape
-_TEX_UNICODE = {"×": r"$\times$", "±": r"$\pm$", "–": "--", "—": "---", "·": r"$\cdot$", "Δ": r"$\Delta$"}
+QAT_SETTINGS = ("epochs",)  # a row that carries one of these settings was trained: quantization-aware training
 
 
 # -- the layout (config) --------------------------------------------------------------------
@@ -119,27 +121,51 @@ class SRPaperTable(PaperTable):
                 raise ValueError(f"test_set_names: {unknown} not among test_sets {self.test_sets}")
 
 
-PAPER_TABLE_CLASSES = {"cls_ptq": ClsPaperTable, "cls_qat": ClsPaperTable, "sr_ptq": SRPaperTable}
+PAPER_TABLES = {"cls": ClsPaperTable, "sr": SRPaperTable}  # the layout class of each kind of table
 PAPER_TABLES_DESCRIPTION = ("the layout of the paper's tables (rule paper_tables: results/paper/<track>.md and .tex, "
                             "from results/metrics.csv alone), per track; a track left out gets the defaults")
 
 
-def paper_layouts(config: dict) -> dict[str, PaperTable]:
-    """The layout of every configured track's table: ``paper_tables.<track>`` over the defaults, with the
-    bit width, data set, backbones and label it leaves out taken from the track's section.  A layout for a
-    track the config does not run is refused (it would make no table)."""
+def paper_table_classes(kinds: dict[str, str]) -> dict[str, type[PaperTable]]:
+    """Track -> its layout class, from ``kinds`` (track -> "cls" or "sr", the tracks' registry records)."""
+    bad = {t: k for t, k in kinds.items() if k not in PAPER_TABLES}
+    if bad:
+        raise ValueError(f"paper tables: unknown kind(s) {bad}; the kinds are {list(PAPER_TABLES)}")
+    return {t: PAPER_TABLES[k] for t, k in kinds.items()}
+
+
+def layout_kind(layout: PaperTable) -> str:
+    """The kind ("cls" or "sr") of a layout object."""
+    for kind, cls in PAPER_TABLES.items():
+        if type(layout) is cls:
+            return kind
+    raise ValueError(f"{type(layout).__name__} is not a paper-table layout; the layouts are "
+                     f"{[c.__name__ for c in PAPER_TABLES.values()]}")
+
+
+def layout_kinds(layouts: dict[str, PaperTable]) -> dict[str, str]:
+    """Track -> the kind of its layout (the rule's params beside :func:`layout_params`)."""
+    return {t: layout_kind(layout) for t, layout in layouts.items()}
+
+
+def paper_layouts(config: dict, kinds: dict[str, str]) -> dict[str, PaperTable]:
+    """The layout of every configured track's table: ``paper_tables.<track>`` over the defaults of its kind
+    (``kinds``: track -> "cls" or "sr", every known track, in the tables' order), with the bit width, data set,
+    backbones and label it leaves out taken from the track's section.  A layout for a track the config does not run
+    is refused (it would make no table)."""
+    classes = paper_table_classes(kinds)
     section = config.get("paper_tables") or {}
     if not isinstance(section, dict):
         raise ValueError(f"paper_tables: expected a mapping track -> layout, got {type(section).__name__}")
-    unknown = sorted(set(section) - set(PAPER_TABLE_CLASSES))
+    unknown = sorted(set(section) - set(classes))
     if unknown:
-        raise ValueError(f"paper_tables: unknown track(s) {unknown}; valid keys are {list(PAPER_TABLE_CLASSES)}")
+        raise ValueError(f"paper_tables: unknown track(s) {unknown}; valid keys are {list(classes)}")
     idle = sorted(t for t in section if config.get(t) is None)
     if idle:
         raise ValueError(f"paper_tables: {idle} laid out but not in the config (no results, no table); remove "
                          "the layout or add the track")
     out = {}
-    for track, cls in PAPER_TABLE_CLASSES.items():
+    for track, cls in classes.items():
         tc = config.get(track)
         if tc is None:
             continue
@@ -162,11 +188,16 @@ def layout_params(layouts: dict[str, PaperTable]) -> dict[str, dict]:
     return {t: asdict(layout) for t, layout in layouts.items()}
 
 
-def from_params(track: str, layout) -> PaperTable:
-    """A layout from :func:`layout_params`' dict (a layout object passes through)."""
+def from_params(track: str, layout, kind: str | None = None) -> PaperTable:
+    """A layout of ``kind`` from :func:`layout_params`' dict (a layout object passes through; a dict needs its
+    kind)."""
     if isinstance(layout, PaperTable):
+        if kind is not None and layout_kind(layout) != kind:
+            raise ValueError(f"paper_tables.{track}: a {type(layout).__name__} where a {kind} table is laid out")
         return layout
-    return build_section(PAPER_TABLE_CLASSES[track], dict(layout), f"paper_tables.{track}")
+    if kind is None:
+        raise ValueError(f"paper_tables.{track}: a layout given as a mapping needs its kind ({list(PAPER_TABLES)})")
+    return build_section(paper_table_classes({track: kind})[track], dict(layout), f"paper_tables.{track}")
 
 
 def paper_outputs(tracks) -> list[str]:
@@ -180,7 +211,7 @@ def read_metrics(path):
     import pandas as pd
 
     try:
-        df = _read_metrics(path)
+        df = load_metrics(path)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path} is empty: rebuild it with `snakemake --cores all results/metrics.csv` "
                          "(the aggregate of every job)") from None
@@ -203,14 +234,6 @@ def check_frame(df, source: str = "the metrics table") -> None:
 
 
 # -- text helpers ---------------------------------------------------------------------------
-def tex_text(text) -> str:
-    """Plain text for LaTeX: its special characters escaped, the Unicode the tables use as LaTeX."""
-    out = latex_escape(text)
-    for u, t in _TEX_UNICODE.items():
-        out = out.replace(u, t)
-    return out
-
-
 def _name(names: dict, key: str) -> str:
     return str(names.get(key, key))
 
@@ -229,11 +252,11 @@ def _absent(names: dict, keys) -> list[str]:
 
 def _cell(mean, std, n, dec: int, with_std: bool) -> tuple[str | None, str, str]:
     """(shown mean, Markdown, LaTeX) of one cell; a missing cell is (None, –, --)."""
-    m = _num(mean, dec)
+    m = format_number(mean, dec)
     if m == "—":
         return None, MISSING, "--"
     if with_std and n > 1:
-        s = _num(std, dec)
+        s = format_number(std, dec)
         return m, f"{m} ± {s}", rf"{m} $\pm$ {s}"
     return m, m, m
 
@@ -258,34 +281,45 @@ def _stats(summary, keys) -> dict:
 
 
 def _at_bits(sub, layout, key: str, keys: tuple[str, ...]):
-    """The layout's bit width (or the results' only one) and the per-``keys`` statistics of ``sub`` at it,
-    the reference rows (which have no bit width) included."""
+    """The layout's bit width (or the results' only one), the per-``keys`` statistics of ``sub`` at it, the
+    reference rows (which have no bit width) included, and those rows."""
     ref = sub["method"].isin(REFERENCE_METHODS)
     w, a = layout.w, layout.a
     if w is None:
         bits = _only(zip(sub.loc[~ref, "w_bits"], sub.loc[~ref, "a_bits"]), "bit widths", f"{key}.w and a")
         w, a = bits if bits else (None, None)
     sub = sub[ref | ((sub["w_bits"] == w) & (sub["a_bits"] == a))]
-    return w, a, _stats(summarize(sub), keys) if len(sub) else {}
+    return w, a, _stats(summarize(sub), keys) if len(sub) else {}, sub
+
+
+def _training(rows) -> str:
+    """How the table's rows quantize, from their settings: trained (QAT settings) or post-training."""
+    trained = set(setting_values(rows)) & set(QAT_SETTINGS)
+    return "quantization-aware training" if trained else "post-training quantization"
+
+
+def _with_settings(caption: str, rows) -> str:
+    line = settings_line(rows)
+    return f"{caption} {line}" if line else caption
 
 
 # -- classification -------------------------------------------------------------------------
 def cls_paper_table(df, track: str, layout: ClsPaperTable) -> tuple[str, str]:
     """(Markdown, LaTeX) of a classification track's paper table from the long metrics frame ``df``."""
-    layout = from_params(track, layout)
+    layout = from_params(track, layout, "cls")
     check_frame(df)
     key = f"paper_tables.{track}"
     sub = df[df["task"] == track]
     dataset = layout.dataset or _only(sub["dataset"], "data sets", f"{key}.dataset")
     sub = sub[(sub["dataset"] == dataset) & (sub["metric"] == layout.metric)]
-    w, a, stats = _at_bits(sub, layout, key, ("method", "backbone"))
+    w, a, stats, rows = _at_bits(sub, layout, key, ("method", "backbone"))
     have_m = sorted({m for m, _ in stats})
     have_b = sorted({b for _, b in stats})
     methods = list(layout.methods) if layout.methods is not None else method_order(have_m)
     backbones = list(layout.backbones) if layout.backbones is not None else have_b
     _log_left_out(track, "methods", have_m, methods)
     _log_left_out(track, "backbones", have_b, backbones)
-    dec = _decimals(layout.metric)
+    dec = metric_decimals(layout.metric)
     md, tex, shown = {}, {}, {}
     for m in methods:
         for b in backbones:
@@ -293,13 +327,14 @@ def cls_paper_table(df, track: str, layout: ClsPaperTable) -> tuple[str, str]:
             shown[(m, b)], md[(m, b)], tex[(m, b)] = _cell(mean, std, n, dec, layout.std)
     bold = set()
     for b in backbones:
-        bold |= _best({k: v for k, v in shown.items() if k[1] == b and v is not None
+        bold |= best_shown({k: v for k, v in shown.items() if k[1] == b and v is not None
                        and k[0] not in REFERENCE_METHODS}, lower=layout.metric in LOWER_IS_BETTER)
     absent = {"backbones": _absent(layout.backbone_names, [b for b in backbones if b not in have_b]),
               "methods": _absent(layout.method_names, [m for m in methods if m not in have_m])}
     notes = _notes(absent, any(v is None for v in shown.values()))
     seeds = [n for (m, _), (_, _, n) in stats.items() if m not in REFERENCE_METHODS]
-    caption = layout.caption or _cls_caption(track, layout, dataset, w, a, seeds)
+    rows = rows[rows["method"].isin(methods) & rows["backbone"].isin(backbones)]
+    caption = _with_settings(layout.caption or _cls_caption(layout, dataset, w, a, seeds, _training(rows)), rows)
     cols = [_name(layout.backbone_names, b) for b in backbones]
     rows = [_name(layout.method_names, m) for m in methods]
     n_ref = _leading_references(methods)
@@ -314,28 +349,34 @@ def cls_paper_table(df, track: str, layout: ClsPaperTable) -> tuple[str, str]:
     return md_text, tex_out
 
 
-def _cls_caption(track, layout, dataset, w, a, seeds) -> str:
+def _cls_caption(layout, dataset, w, a, seeds, training: str) -> str:
     label = METRIC_LABELS.get(layout.metric, layout.metric)
     unit = METRIC_UNITS.get(layout.metric)
     better = "lower" if layout.metric in LOWER_IS_BETTER else "higher"
     spread = " ± std" if layout.std and any(n > 1 for n in seeds) else ""
     bits = f"W{w}A{a}" if w is not None else "the configured bit width"
     return (f"{label[0].upper()}{label[1:]}{f' ({unit})' if unit else ''} on {dataset} under {bits} "
-            f"{TRAINING[track]} ({better} is better): mean{spread} over {_seeds_text(seeds)}; the best quantized "
+            f"{training} ({better} is better): mean{spread} over {seeds_text(seeds)}; the best quantized "
             "value per backbone in bold.")
 
 
 # -- super-resolution -----------------------------------------------------------------------
-def sr_paper_table(df, layout: SRPaperTable, track: str = "sr_ptq") -> tuple[str, str]:
-    """(Markdown, LaTeX) of the SR track's paper table from the long metrics frame ``df``."""
-    layout = from_params(track, layout)
+def sr_paper_table(df, layout: SRPaperTable, track: str | None = None) -> tuple[str, str]:
+    """(Markdown, LaTeX) of an SR track's paper table from the long metrics frame ``df`` (``track`` None: the only
+    task whose rows carry SR metrics)."""
     check_frame(df)
+    if track is None:
+        tasks = sr_tasks(df)
+        if len(tasks) != 1:
+            raise ValueError(f"the results hold SR metrics of {len(tasks)} tasks {tasks}; name the track")
+        track = tasks[0]
+    layout = from_params(track, layout, "sr")
     key = f"paper_tables.{track}"
     sub = df[(df["task"] == track) & df["metric"].isin(SR_METRICS)]
-    w, a, stats = _at_bits(sub, layout, key, ("backbone", "method", "dataset", "metric"))
+    w, a, stats, rows = _at_bits(sub, layout, key, ("backbone", "method", "dataset", "metric"))
     have_b = sorted({k[0] for k in stats})
     have_m = sorted({k[1] for k in stats})
-    have_t = _sr_dataset_order({k[2] for k in stats})
+    have_t = sr_dataset_order({k[2] for k in stats})
     backbones = list(layout.backbones) if layout.backbones is not None else have_b
     methods = list(layout.methods) if layout.methods is not None else method_order(have_m)
     sets = list(layout.test_sets) if layout.test_sets is not None else have_t
@@ -354,14 +395,15 @@ def sr_paper_table(df, layout: SRPaperTable, track: str = "sr_ptq") -> tuple[str
     for b in backbones:
         for t in sets:
             for metric in SR_METRICS:
-                bold |= _best({k: v for k, v in shown.items() if k[0] == b and k[2] == t and k[3] == metric
+                bold |= best_shown({k: v for k, v in shown.items() if k[0] == b and k[2] == t and k[3] == metric
                                and v is not None and k[1] not in REFERENCE_METHODS}, lower=False)
     absent = {"backbones": _absent(layout.backbone_names, [b for b in backbones if b not in have_b]),
               "methods": _absent(layout.method_names, [m for m in methods if m not in have_m]),
               "test sets": _absent(layout.test_set_names, [t for t in sets if t not in have_t])}
     notes = _notes(absent, any(v is None for v in shown.values()))
     seeds = [n for k, (_, _, n) in stats.items() if k[1] not in REFERENCE_METHODS]
-    caption = layout.caption or _sr_caption(layout, w, a, seeds)
+    rows = rows[rows["method"].isin(methods) & rows["backbone"].isin(backbones) & rows["dataset"].isin(sets)]
+    caption = _with_settings(layout.caption or _sr_caption(layout, w, a, seeds, _training(rows)), rows)
     set_names = [_name(layout.test_set_names, t) for t in sets]
     md_head = ["Model", "Method", *(f"{s} {metric.upper()}" for s in set_names for metric in SR_METRICS)]
     md_rows, groups = [], []
@@ -388,11 +430,11 @@ def sr_paper_table(df, layout: SRPaperTable, track: str = "sr_ptq") -> tuple[str
     return md_text, tex_out
 
 
-def _sr_caption(layout, w, a, seeds) -> str:
+def _sr_caption(layout, w, a, seeds, training: str) -> str:
     spread = " ± std" if layout.std and any(n > 1 for n in seeds) else ""
     bits = f"W{w}A{a}" if w is not None else "the configured bit width"
-    return (f"PSNR (dB) and SSIM on the Y channel per test set under {bits} post-training quantization (higher is "
-            f"better): mean{spread} over {_seeds_text(seeds)}; the best quantized value per model and column in "
+    return (f"PSNR (dB) and SSIM on the Y channel per test set under {bits} {training} (higher is "
+            f"better): mean{spread} over {seeds_text(seeds)}; the best quantized value per model and column in "
             "bold.")
 
 
@@ -416,11 +458,11 @@ def _bold_tex(text: str, bold: bool) -> str:
 
 def _md_table(caption: str, head: list[str], rows: list[list[str]], n_left: int, notes: list[str]) -> str:
     align = [":---"] * n_left + ["---:"] * (len(head) - n_left)
-    lines = [f"**{_md_escape(caption)}**", "", "| " + " | ".join(_md_escape(h) for h in head) + " |",
+    lines = [f"**{md_escape(caption)}**", "", "| " + " | ".join(md_escape(h) for h in head) + " |",
              "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
     if notes:
-        lines += [""] + [_md_escape(n) for n in notes]
+        lines += [""] + [md_escape(n) for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -446,26 +488,28 @@ def _log_left_out(track: str, what: str, have, shown) -> None:
 
 
 # -- all tables -----------------------------------------------------------------------------
-def paper_tables(df, layouts: dict) -> dict[str, tuple[str, str]]:
-    """Track -> (Markdown, LaTeX) of each laid-out track's table."""
+def paper_tables(df, layouts: dict, kinds: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """Track -> (Markdown, LaTeX) of each laid-out track's table; its kind from ``kinds`` (track -> "cls" or
+    "sr", needed for a layout given as a mapping), else from its layout object."""
     check_frame(df)
+    kinds = kinds or {}
     out = {}
     for track, layout in layouts.items():
-        if track == "sr_ptq":
-            out[track] = sr_paper_table(df, layout, track)
-        elif track in PAPER_TABLE_CLASSES:
-            out[track] = cls_paper_table(df, track, layout)
-        else:
-            raise ValueError(f"paper_tables: unknown track '{track}'; valid keys are {list(PAPER_TABLE_CLASSES)}")
+        kind = kinds.get(track) or (layout_kind(layout) if isinstance(layout, PaperTable) else None)
+        if kind not in PAPER_TABLES:
+            raise ValueError(f"paper_tables: no kind of table for track '{track}' (got {kind!r}); the kinds are "
+                             f"{list(PAPER_TABLES)}")
+        layout = from_params(track, layout, kind)
+        out[track] = sr_paper_table(df, layout, track) if kind == "sr" else cls_paper_table(df, track, layout)
     return out
 
 
-def write_paper_tables(metrics_csv, layouts: dict, outdir=PAPER_DIR) -> list[Path]:
+def write_paper_tables(metrics_csv, layouts: dict, outdir=PAPER_DIR, kinds: dict[str, str] | None = None) -> list[Path]:
     """``{outdir}/{track}.md`` and ``.tex`` of every laid-out track, from ``metrics_csv`` alone, written
-    atomically."""
+    atomically (``kinds``: as in :func:`paper_tables`)."""
     df = read_metrics(metrics_csv)
     written = []
-    for track, (md, tex) in paper_tables(df, layouts).items():
+    for track, (md, tex) in paper_tables(df, layouts, kinds).items():
         for ext, text in (("md", md), ("tex", tex)):
             path = Path(outdir) / f"{track}.{ext}"
             write_text(path, text)
@@ -474,6 +518,7 @@ def write_paper_tables(metrics_csv, layouts: dict, outdir=PAPER_DIR) -> list[Pat
     return written
 
 
-__all__ = ["CLS_METRICS", "MISSING", "PAPER_DIR", "PAPER_TABLE_CLASSES", "ClsPaperTable", "PaperTable", "SRPaperTable",
-           "check_frame", "cls_paper_table", "from_params", "layout_params", "paper_layouts", "paper_outputs",
-           "paper_tables", "read_metrics", "sr_paper_table", "tex_text", "write_paper_tables"]
+__all__ = ["CLS_METRICS", "MISSING", "PAPER_DIR", "PAPER_TABLES", "ClsPaperTable", "PaperTable", "SRPaperTable",
+           "check_frame", "cls_paper_table", "from_params", "layout_kind", "layout_kinds", "layout_params",
+           "paper_layouts", "paper_outputs", "paper_table_classes", "paper_tables", "read_metrics", "sr_paper_table",
+           "tex_text", "write_paper_tables"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..results import GROUP_KEYS, load_assignment, parse_job_path
+from ..results import GROUP_KEYS, SETTING_COLUMNS, load_assignment, parse_job_path
 from ..results import PROVENANCE as PROVENANCE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -17,10 +17,12 @@ REQUIRED_COLUMNS = GROUP_KEYS + ["seed", "value"]
 
 
 # -- metrics.csv ----------------------------------------------------------------------------
-def _read_metrics(metrics_csv):
+def load_metrics(metrics_csv):
+    """``results/metrics.csv`` checked: the key columns typed, the provenance and settings columns as text
+    (empty where a setting does not apply: the settings line of a table quotes them as written)."""
     import pandas as pd
 
-    df = pd.read_csv(metrics_csv)
+    df = pd.read_csv(metrics_csv, dtype={c: str for c in SETTING_COLUMNS})
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{metrics_csv}: missing columns {missing}; is it the output of dqss.results.gather?")
@@ -30,6 +32,9 @@ def _read_metrics(metrics_csv):
         df[c] = df[c].astype(str)
     for c in PROVENANCE_COLUMNS:
         df[c] = df[c].fillna("").astype(str) if c in df.columns else ""
+    for c in SETTING_COLUMNS:
+        if c in df.columns:
+            df[c] = df[c].fillna("")
     check_one_setting(df, metrics_csv)
     return df
 
@@ -46,7 +51,7 @@ def check_one_setting(df, source) -> None:
                          "every job is computed with the current config, then rebuild the report")
 
 
-def _provenance_line(df) -> str:
+def provenance_line(df) -> str:
     def uniq(c):
         vals = sorted({v for v in df[c] if v}) if c in df.columns else []
         return ", ".join(f"`{v}`" for v in vals) if vals else "n/a"
@@ -96,7 +101,7 @@ def read_crops(paths) -> dict:
     return out
 
 
-def _load_assignments(paths) -> dict[tuple[str, str], list[dict]]:
+def load_assignments(paths) -> dict[tuple[str, str], list[dict]]:
     """The DQSS assignment files by (task, backbone), read with the jobs' own check."""
     grouped: dict[tuple[str, str], list[dict]] = {}
     for p in sorted(Path(p) for p in paths):

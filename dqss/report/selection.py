@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from ..results import DQSS_ARGMAX, DQSS_METHOD
-from .style import HELD_ROW, STYLE, _figure_path, _new_figure, _safe_stem, _save, method_colors
-from .tables import _num, _render, latex_escape
+from .format import format_number, latex_escape, settings_line
+from .style import HELD_ROW, STYLE, figure_path, method_colors, new_figure, safe_stem, save_figure, sr_tasks
+from .tables import render_table
 
 GAP_ROWS = ("mixture (relaxed)", DQSS_ARGMAX, HELD_ROW, "dqss (selected)")
 
@@ -56,8 +57,9 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
             continue
         groups.setdefault((rec["task"], rec["backbone"], int(rec["w_bits"]), int(rec["a_bits"])), []).append(rec)
     tables = {}
+    sr = set(sr_tasks(df))
     for (task, backbone, w, a), recs in sorted(groups.items()):
-        metric = "psnr" if str(task).startswith("sr") else "kl_fp"
+        metric = "psnr" if task in sr else "kl_fp"
         cols = ["search part", "held part", f"test {metric}"]
         cells: dict[tuple[str, str], list[float]] = {}
         for rec in recs:
@@ -77,15 +79,18 @@ def gap_tables(selections: list[dict], df) -> dict[str, tuple[str, str]]:
         md = {}
         for key, vals in cells.items():
             v = float(np.mean(vals))
-            md[key] = _num(v, 2) if key[1].endswith("psnr") else f"{v:.4g}"
+            md[key] = format_number(v, 2) if key[1].endswith("psnr") else f"{v:.4g}"
         tex = {k: latex_escape(v) for k, v in md.items()}
         objective = recs[0].get("objective", "?")
         caption = (f"**{task} — {backbone}, W{w}A{a}: the discretization gap.** Selection objective "
                    f"(`{objective}`, lower is better) on the calibration's search and held parts, and the test "
                    f"{metric}; mean over {len(recs)} seed(s). The mixture is the relaxed model the gradient search "
                    "optimised; the argmax and the selection are discrete models.")
-        tables[_safe_stem(f"gap_{task}_{backbone}_w{w}a{a}")] = _render(caption, list(GAP_ROWS), cols, md, tex,
-                                                                       set(), 0)
+        methods = {DQSS_ARGMAX, DQSS_METHOD} | {r["held_best_uniform"] for r in recs}
+        rows = df[(df["task"] == task) & (df["backbone"] == backbone) & (df["w_bits"] == w) & (df["a_bits"] == a)
+                  & df["method"].isin(methods)]
+        tables[safe_stem(f"gap_{task}_{backbone}_w{w}a{a}")] = render_table(caption, list(GAP_ROWS), cols, md, tex,
+                                                                            set(), 0, settings_line(rows))
     return tables
 
 
@@ -103,7 +108,7 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
         raise ValueError("the selection record has no first-sweep moves to plot")
     colors = method_colors({m["to"] for m in moves})
     with matplotlib.rc_context(STYLE):
-        fig = _new_figure(figsize=(6.4, 3.6), layout="constrained")
+        fig = new_figure(figsize=(6.4, 3.6), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
         for ax, role in zip(axes, ("weight", "act")):
             for name in sorted(colors):
@@ -123,4 +128,4 @@ def plot_softmax_vs_measured(record: dict, assignment: dict, path) -> list[Path]
         fig.legend(handles, labels, loc="outside right center", frameon=False, title="candidate")
         fig.suptitle(f"{record['task']}, {record['backbone']} W{record['w_bits']}A{record['a_bits']} seed "
                      f"{record['seed']}\nsoftmax weight vs measured effect of switching one tensor")
-        return _save(fig, _figure_path(path), ("png",))
+        return save_figure(fig, figure_path(path), ("png",))

@@ -24,6 +24,7 @@ METRIC_LABELS = {"top1": "top-1 accuracy", "top5": "top-5 accuracy", "agree_fp":
                  "kl_fp": "KL(FP || quantized)", "psnr": "PSNR", "ssim": "SSIM"}
 METRIC_UNITS = {"top1": "%", "top5": "%", "agree_fp": "%", "psnr": "dB"}
 SR_DATASET_ORDER = ["set5", "set14", "b100", "urban100"]
+SR_METRICS = ("psnr", "ssim")  # a task whose rows carry these is a super-resolution task
 
 # Fixed palette (tab10, then the light tab20 shades); a method's colour is the palette entry at its
 # position in method_order over all methods present, so it is the same in every figure of a report.
@@ -88,12 +89,12 @@ def method_colors(methods) -> dict[str, str]:
     return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(method_order(methods))}
 
 
-def _metric_order(metrics) -> list[str]:
+def metric_order(metrics) -> list[str]:
     ms = {str(m) for m in metrics}
     return [m for m in METRIC_ORDER if m in ms] + sorted(ms - set(METRIC_ORDER))
 
 
-def _sr_dataset_order(datasets) -> list[str]:
+def sr_dataset_order(datasets) -> list[str]:
     def rank(d: str):
         k = d.lower()
         return (SR_DATASET_ORDER.index(k), "") if k in SR_DATASET_ORDER else (len(SR_DATASET_ORDER), k)
@@ -101,12 +102,14 @@ def _sr_dataset_order(datasets) -> list[str]:
     return sorted({str(d) for d in datasets}, key=rank)
 
 
-def _is_sr(task: str) -> bool:
-    return str(task).startswith("sr")
+def sr_tasks(frame) -> list[str]:
+    """The tasks whose rows (metrics.csv or summary rows) carry SR metrics (PSNR, SSIM), sorted: the report lays
+    them out as super-resolution tables, whatever the task's name."""
+    return sorted({str(t) for t in frame.loc[frame["metric"].isin(SR_METRICS), "task"]})
 
 
 # -- figures and file names -----------------------------------------------------------------
-def _new_figure(**kwargs):
+def new_figure(**kwargs):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -115,7 +118,7 @@ def _new_figure(**kwargs):
     return fig
 
 
-def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
+def save_figure(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
     written = []
     for fmt in formats:
         p = path.with_suffix("." + fmt)
@@ -127,10 +130,10 @@ def _save(fig, path: Path, formats: tuple[str, ...]) -> list[Path]:
     return written
 
 
-def _figure_path(path) -> Path:
+def figure_path(path) -> Path:
     path = Path(path)
     return path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
 
 
-def _safe_stem(text: str) -> str:
+def safe_stem(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "x"

@@ -3,13 +3,14 @@ Markdown and booktabs LaTeX rendering with bold and significance marks (:mod:`dq
 from __future__ import annotations
 
 import logging
-import math
 import re
 
 from ..results import BICUBIC_METHOD, FP_METHOD, GROUP_KEYS, REFERENCE_METHODS
 from .readers import REQUIRED_COLUMNS
-from .style import (DECIMALS, DEFAULT_DECIMALS, HELD_ROW, LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, ORACLE_ROW,
-                    SR_PSNR_DECIMALS, SR_SSIM_DECIMALS, _metric_order, _safe_stem, _sr_dataset_order, method_order)
+from .format import (best_shown, format_number, latex_escape, md_escape, metric_decimals, seeds_text,
+                     settings_line)
+from .style import (HELD_ROW, LOWER_IS_BETTER, METRIC_LABELS, METRIC_UNITS, ORACLE_ROW, SR_METRICS, SR_PSNR_DECIMALS,
+                    SR_SSIM_DECIMALS, method_order, metric_order, safe_stem, sr_dataset_order, sr_tasks)
 
 log = logging.getLogger(__name__)
 
@@ -47,43 +48,11 @@ def _with_delta_fp(df):
 
 
 # -- formatting -----------------------------------------------------------------------------
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(text) -> str:
-    return re.sub(r"[\\&%$#_{}~^]", lambda m: _LATEX_SPECIAL[m.group()], str(text))
-
-
-def _md_escape(text) -> str:
-    return str(text).replace("|", r"\|")
-
-
-def _num(x, decimals: int) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    s = f"{float(x):.{decimals}f}"
-    return s[1:] if s.startswith("-") and float(s) == 0 else s
-
-
-def _decimals(metric: str) -> int:
-    return DECIMALS.get(metric, DEFAULT_DECIMALS)
-
-
 def _metric_text(metric: str) -> str:
     label = METRIC_LABELS.get(metric, metric)
     unit = METRIC_UNITS.get(metric)
     better = "lower" if metric in LOWER_IS_BETTER else "higher"
     return f"{label} ({unit + ', ' if unit else ''}{better} is better)"
-
-
-def _seeds_text(ns) -> str:
-    ns = sorted({int(n) for n in ns})
-    if not ns:
-        return "seeds"
-    if len(ns) == 1:
-        return f"{ns[0]} seed{'s' if ns[0] != 1 else ''}"
-    return f"{ns[0]}–{ns[-1]} seeds"
 
 
 def _reference_text(methods) -> str:
@@ -128,39 +97,32 @@ def _apply_marks(info: dict, means: dict, dec: int, md_cells: dict, tex_cells: d
 def _uniform_rows(info: dict, means: dict, dec: int, md_cells: dict, tex_cells: dict, col) -> None:
     """The two best-uniform rows of a column: value (strategy)."""
     if info["oracle"] is not None:
-        text = f"{_num(means[info['oracle']], dec)} ({info['oracle']})"
+        text = f"{format_number(means[info['oracle']], dec)} ({info['oracle']})"
         md_cells[(ORACLE_ROW, col)] = text
         tex_cells[(ORACLE_ROW, col)] = latex_escape(text)
     if info["held_mean"] is not None:
         names = "/".join(sorted(set(info["held"].values())))
-        text = f"{_num(info['held_mean'], dec)} ({names})"
+        text = f"{format_number(info['held_mean'], dec)} ({names})"
         md_cells[(HELD_ROW, col)] = text
         tex_cells[(HELD_ROW, col)] = latex_escape(text)
 
 
-def _best(values: dict, lower: bool) -> set:
-    """Keys whose displayed value is the best; ``values`` maps key -> displayed string."""
-    nums = {k: float(v) for k, v in values.items() if v != "—"}
-    if not nums:
-        return set()
-    best = min(nums.values()) if lower else max(nums.values())
-    return {k for k, v in nums.items() if v == best}
-
-
-def _render(caption: str, rows: list[str], cols: list[str], md_cells: dict, tex_cells: dict,
-            bold: set, n_ref: int) -> tuple[str, str]:
-    """(caption + Markdown table, booktabs LaTeX tabular) from per-(row, col) cell texts."""
+def render_table(caption: str, rows: list[str], cols: list[str], md_cells: dict, tex_cells: dict,
+                 bold: set, n_ref: int, settings: str = "") -> tuple[str, str]:
+    """(caption + Markdown table, booktabs LaTeX tabular) from per-(row, col) cell texts; ``settings`` (the
+    :func:`dqss.report.format.settings_line` of the cells' rows) under the Markdown table and in the LaTeX
+    comment."""
     import pandas as pd
 
-    md = [f"| Method | {' | '.join(_md_escape(c) for c in cols)} |",
+    md = [f"| Method | {' | '.join(md_escape(c) for c in cols)} |",
           "|:---|" + "---:|" * len(cols)]
     for r in rows:
         cells = []
         for c in cols:
             t = md_cells.get((r, c), "—")
             cells.append(f"**{t}**" if (r, c) in bold else t)
-        md.append(f"| {_md_escape(r)} | {' | '.join(cells)} |")
-    md_text = f"{caption}\n\n" + "\n".join(md) + "\n"
+        md.append(f"| {md_escape(r)} | {' | '.join(cells)} |")
+    md_text = f"{caption}\n\n" + "\n".join(md) + "\n" + (f"\n{md_escape(settings)}\n" if settings else "")
 
     data = {"Method": [latex_escape(r) for r in rows]}
     for c in cols:
@@ -176,9 +138,13 @@ def _render(caption: str, rows: list[str], cols: list[str], md_cells: dict, tex_
         head = lines.index(r"\midrule")
         lines.insert(head + 1 + n_ref, r"\midrule")
         tex = "\n".join(lines) + "\n"
-    plain = re.sub(r"\*\*|\s+", lambda m: "" if m.group() == "**" else " ", caption)
-    comment = "% " + plain.replace("±", "+/-").replace("—", "-").replace("–", "-") + "\n"  # ASCII-only
+    comment = "".join(_tex_comment(text) for text in (caption, settings) if text)
     return md_text, comment + tex
+
+
+def _tex_comment(text: str) -> str:
+    plain = re.sub(r"\*\*|\s+", lambda m: "" if m.group() == "**" else " ", text)
+    return "% " + plain.replace("±", "+/-").replace("—", "-").replace("–", "-") + "\n"  # ASCII-only
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -194,14 +160,15 @@ def _stats(frame) -> dict:
     return out
 
 
-def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]:
+def cls_tables(summary, task: str, per_image=None, df=None) -> dict[str, tuple[str, str]]:
     """One table per (dataset, W/A bits, metric) of a classification task.
 
     Rows are methods (FP reference first), columns backbones; a cell is "mean ± std" (std only
     with more than one seed).  With ``per_image`` (:class:`dqss.report.paired.PerImage`) every quantized cell
     carries its significance marks against the held-chosen and the oracle best uniform strategy, both
     shown as rows, and **bold** is the best method and every method not significantly worse than it;
-    without, the best at the displayed precision is bold.  Keys are file stems
+    without, the best at the displayed precision is bold.  With ``df`` (the metrics.csv rows), a line under each
+    table names the settings its rows share (:func:`dqss.report.format.settings_line`).  Keys are file stems
     ``{task}_{dataset}_w{W}a{A}_{metric}``.
     """
     sub = summary[summary["task"] == task]
@@ -213,29 +180,29 @@ def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]
         settings = sorted({(int(w), int(a)) for w, a in zip(quant["w_bits"], quant["a_bits"])})
         for w, a in settings:
             qs = quant[(quant["w_bits"] == w) & (quant["a_bits"] == a)]
-            for metric in _metric_order(qs["metric"].unique()):
+            for metric in metric_order(qs["metric"].unique()):
                 qm = qs[qs["metric"] == metric]
                 rm = ref[(ref["metric"] == metric) & ref["backbone"].isin(qm["backbone"].unique())]
                 cols = sorted(qm["backbone"].unique())
                 methods = method_order(set(rm["method"]) | set(qm["method"]))
                 n_ref = sum(m in REFERENCE_METHODS for m in methods)
                 stats = _stats(rm) | _stats(qm)
-                dec = _decimals(metric)
+                dec = metric_decimals(metric)
                 md_cells, tex_cells = {}, {}
                 for key, (mean, std, n, _) in stats.items():
-                    m = _num(mean, dec)
+                    m = format_number(mean, dec)
                     spread = n > 1 and m != "—"
-                    md_cells[key] = f"{m} ± {_num(std, dec)}" if spread else m
-                    tex_cells[key] = rf"{m} $\pm$ {_num(std, dec)}" if spread else m
+                    md_cells[key] = f"{m} ± {format_number(std, dec)}" if spread else m
+                    tex_cells[key] = rf"{m} $\pm$ {format_number(std, dec)}" if spread else m
                 bold, marked = set(), False
                 for c in cols:
-                    shown = {(m, c): _num(stats[(m, c)][0], dec) for m in methods
+                    shown = {(m, c): format_number(stats[(m, c)][0], dec) for m in methods
                              if m not in REFERENCE_METHODS and (m, c) in stats}
                     means = {m: stats[(m, c)][0] for m in methods if m not in REFERENCE_METHODS and (m, c) in stats}
                     info = _marks_for_column(per_image, means, task=task, dataset=dataset, backbone=c, w=w, a=a,
                                              metric=metric, lower_is_better=metric in LOWER_IS_BETTER)
                     if info is None:
-                        bold |= _best(shown, metric in LOWER_IS_BETTER)
+                        bold |= best_shown(shown, metric in LOWER_IS_BETTER)
                         continue
                     marked = True
                     bold |= _apply_marks(info, means, dec, md_cells, tex_cells, c)
@@ -245,20 +212,29 @@ def cls_tables(summary, task: str, per_image=None) -> dict[str, tuple[str, str]]
                         f"than it; {SIGNIFICANCE_TEXT}; " if marked else
                         "**bold** = best quantized method per backbone (ties at the shown precision all bold); ")
                 caption = (f"**{task} — {dataset}, W{w}A{a}: {_metric_text(metric)}.** Mean ± std over "
-                           f"{_seeds_text(qm['n_seeds'])}; " + rule + _reference_text(methods))
-                stem = _safe_stem(f"{task}_{dataset}_w{w}a{a}_{metric}")
-                tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
+                           f"{seeds_text(qm['n_seeds'])}; " + rule + _reference_text(methods))
+                stem = safe_stem(f"{task}_{dataset}_w{w}a{a}_{metric}")
+                rows = _rows(df, task, w, a, dataset=[dataset], metric=[metric], backbone=cols)
+                tables[stem] = render_table(caption, methods, cols, md_cells, tex_cells, bold, n_ref,
+                                            settings_line(rows))
     return tables
 
 
-def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[str, str]]:
+def sr_tables(summary, task: str | None = None, per_image=None, df=None) -> dict[str, tuple[str, str]]:
     """One table per (backbone, W/A bits) of a super-resolution task.
 
     Rows are methods (fp32 and bicubic references first), columns the test sets (Set5, Set14,
     B100, Urban100, then others); a cell is "PSNR/SSIM" (means over seeds).  The best quantized
     method per test set by PSNR is bold; with ``per_image``, the marks and bold of :func:`cls_tables`
-    by PSNR.  Keys are file stems ``{task}_{backbone}_w{W}a{A}``.
+    by PSNR.  ``task`` None: the only task whose rows carry SR metrics; ``df``: as in :func:`cls_tables`.  Keys
+    are file stems ``{task}_{backbone}_w{W}a{A}``.
     """
+    if task is None:
+        tasks = sr_tasks(summary)
+        if len(tasks) != 1:
+            raise ValueError(f"the results hold SR metrics ({', '.join(SR_METRICS)}) of {len(tasks)} tasks {tasks}; "
+                             "name the task")
+        task = tasks[0]
     sub = summary[summary["task"] == task]
     ref = sub[sub["method"].isin(REFERENCE_METHODS)]
     quant = sub[~sub["method"].isin(REFERENCE_METHODS)]
@@ -272,7 +248,7 @@ def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[
             rb = _concat([rb, bic.drop_duplicates(["dataset", "metric"])])
         for w, a in sorted({(int(w), int(a)) for w, a in zip(qb["w_bits"], qb["a_bits"])}):
             qs = qb[(qb["w_bits"] == w) & (qb["a_bits"] == a)]
-            cols = _sr_dataset_order(qs["dataset"].unique())
+            cols = sr_dataset_order(qs["dataset"].unique())
             rows_frame = _concat([rb[rb["dataset"].isin(cols)], qs])
             methods = method_order(rows_frame["method"].unique())
             n_ref = sum(m in REFERENCE_METHODS for m in methods)
@@ -282,7 +258,8 @@ def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[
             rank_metric = "psnr" if (qs["metric"] == "psnr").any() else "ssim"
             md_cells, shown = {}, {}
             for key, vals in cell.items():
-                p, s = _num(vals.get("psnr"), SR_PSNR_DECIMALS), _num(vals.get("ssim"), SR_SSIM_DECIMALS)
+                p = format_number(vals.get("psnr"), SR_PSNR_DECIMALS)
+                s = format_number(vals.get("ssim"), SR_SSIM_DECIMALS)
                 md_cells[key] = f"{p}/{s}"
                 if key[0] not in REFERENCE_METHODS:
                     shown[key] = p if rank_metric == "psnr" else s
@@ -295,7 +272,7 @@ def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[
                 info = _marks_for_column(per_image, means, task=task, dataset=c, backbone=backbone, w=w, a=a,
                                          metric=rank_metric, lower_is_better=False)
                 if info is None:
-                    bold |= _best({k: v for k, v in shown.items() if k[1] == c}, lower=False)
+                    bold |= best_shown({k: v for k, v in shown.items() if k[1] == c}, lower=False)
                     continue
                 marked = True
                 bold |= _apply_marks(info, means, dec, md_cells, tex_cells, c)
@@ -305,10 +282,25 @@ def sr_tables(summary, task: str = "sr_ptq", per_image=None) -> dict[str, tuple[
                     f"significantly worse than it; {SIGNIFICANCE_TEXT}; " if marked else
                     f"**bold** = best quantized method per test set by {rank_metric.upper()} (ties all bold); ")
             caption = (f"**{task} — {backbone}, W{w}A{a}: PSNR (dB) / SSIM per test set (higher is "
-                       f"better).** Mean over {_seeds_text(qs['n_seeds'])}; " + rule + _reference_text(methods))
-            stem = _safe_stem(f"{task}_{backbone}_w{w}a{a}")
-            tables[stem] = _render(caption, methods, cols, md_cells, tex_cells, bold, n_ref)
+                       f"better).** Mean over {seeds_text(qs['n_seeds'])}; " + rule + _reference_text(methods))
+            stem = safe_stem(f"{task}_{backbone}_w{w}a{a}")
+            rows = _rows(df, task, w, a, dataset=cols, metric=SR_METRICS, backbone=[backbone], borrowed=BICUBIC_METHOD)
+            tables[stem] = render_table(caption, methods, cols, md_cells, tex_cells, bold, n_ref,
+                                        settings_line(rows))
     return tables
+
+
+def _rows(df, task: str, w: int, a: int, borrowed: str | None = None, **among):
+    """The metrics rows of one table: ``task``, each column of ``among`` in its values, at W``w``A``a`` (the
+    reference rows at theirs), and the ``borrowed`` reference's rows of the task whatever their backbone; None
+    without ``df``."""
+    if df is None:
+        return None
+    keep = (df["task"] == task) & (df["method"].isin(REFERENCE_METHODS) | ((df["w_bits"] == w) & (df["a_bits"] == a)))
+    for col, values in among.items():
+        ok = df[col].isin(list(values))
+        keep &= ok | (df["method"] == borrowed) if col == "backbone" else ok
+    return df[keep]
 
 
 def _concat(frames):

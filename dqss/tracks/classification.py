@@ -53,6 +53,35 @@ class ClassificationConfig(TrackConfig):
     def num_classes(self) -> int | None:
         return 10 if self.data.name in TEN_CLASSES else self.classes
 
+    def check_inputs(self, trainable: tuple[str, ...]) -> None:
+        """Every backbone known to timm, its weights available (``trainable``: the data 'train' is allowed on),
+        the data where the config says and holding enough images to calibrate on."""
+        from ..cls.data import check_data_root, train_size
+        from ..cls.models import WEIGHT_FIX, check_backbone
+        from ..weights import require_weight_file
+
+        track = self.task
+        for name, spec in self.backbones.items():
+            check_backbone(name)
+            weights = str(spec.get("weights", "train"))
+            key = f"{track}.backbones.{name}.weights"
+            if weights == "train" and self.data.name not in trainable:
+                raise ValueError(f"{key}: 'train' is only available on {list(trainable)} data in this track; "
+                                 "use 'timm' or a weight file")
+            if weights not in ("train", "timm"):
+                require_weight_file(weights, key, WEIGHT_FIX.format(name=name))
+        check_data_root(self.data, f"{track}.data")
+        n = train_size(self.data)
+        if n is not None and self.calibration.size > n:
+            raise ValueError(f"{track}.calibration.size={self.calibration.size} exceeds the {n} training images of "
+                             f"'{self.data.name}' the calibration draws from; lower it to at most {n}")
+
+
+# the section keys of the classification tracks' jobs ("backbones" is cut to the job's backbone)
+MODEL_KEYS = ("backbones", "data", "num_classes")
+TRAIN_KEYS = (*MODEL_KEYS, "train")
+EVAL_KEYS = (*MODEL_KEYS, "dataset", "eval")
+
 
 @dataclass
 class Prepared:

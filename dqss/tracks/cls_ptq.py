@@ -14,8 +14,11 @@ from typing import ClassVar
 import torch
 
 from .. import api
-from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input,
-                             load_fp_logits, prepare, run_evaluate_fp, run_train)  # noqa: F401  (this track's FP jobs)
+from . import Track, register_track
+from .classification import (EVAL_KEYS, MODEL_KEYS, TRAIN_KEYS, ClassificationConfig, calibration_tensors,
+                             evaluate_test, example_input, load_fp_logits, prepare, run_evaluate_fp,
+                             run_train)  # noqa: F401  (this track's FP jobs)
+from .config import PTQTrackConfig
 from ..deploy import run_onnx
 from .deploy import DeploySection, check_job, test_subset
 from ..core.layers import fold_batchnorm
@@ -32,13 +35,30 @@ TASK = "cls_ptq"
 
 
 @dataclass(kw_only=True)
-class ClsPTQConfig(ClassificationConfig):
+class ClsPTQConfig(ClassificationConfig, PTQTrackConfig):
     dqss: SearchConfig
     reconstruction: ReconSection  # the reconstruction baselines (AdaRound, BRECQ, QDrop); none by default
     deploy: DeploySection  # the ONNX Runtime check of the DQSS and best uniform models (deploy_check)
     task: ClassVar[str] = TASK
     section_choices: ClassVar[dict] = {"dqss": {"objective": ("kl", "l1", "mse")}}
     choice_reasons: ClassVar[dict] = {"dqss.objective": "measures images; classification selects on its logits"}
+
+
+_QUANT = ("quant", "calibration")
+TRACK = register_track(Track(
+    name=TASK, config=ClsPTQConfig, table="cls", family="cls",
+    description="classification PTQ: calibration, uniform strategies and the DQSS search (leave out to skip)",
+    trainable=("digits",), deploy=True,
+    job_keys={
+        "train": TRAIN_KEYS,
+        "evaluate_fp": EVAL_KEYS,
+        "calibrate": (*MODEL_KEYS, *_QUANT),
+        "uniform": (*EVAL_KEYS, *_QUANT, "strategies", "strategy_options"),
+        "dqss": (*EVAL_KEYS, *_QUANT, "dqss", "strategy_options"),
+        "reconstruct": (*EVAL_KEYS, *_QUANT, "reconstruction", "strategy_options"),
+        "dqss_recon": (*EVAL_KEYS, *_QUANT, "dqss", "reconstruction", "strategy_options"),
+        "deploy": (*EVAL_KEYS, *_QUANT, "dqss", "strategy_options", "deploy"),
+    }))
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -91,10 +111,11 @@ def _search_job(cfg, backbone, seed, w, a, ckpt, stats, fp, history, selection, 
     prep = prepare(cfg, backbone, ckpt)
     folded = fold_batchnorm(prep.model, example_input(prep)).to(device)
     x, y, ids = calibration_tensors(prep, cfg, seed)
-    out, plans, strategies = dqss_search(cfg, folded, example_input(prep).to(device), stats, x, ids, seed=seed,
-                                         w=w, a=a, device=device, objective="kl", labels=y, extra=extra)
+    found = dqss_search(cfg, folded, example_input(prep).to(device), stats, x, ids, seed=seed, w=w, a=a,
+                        device=device, objective="kl", labels=y, extra=extra)
+    out = found.outcome
     fp_logits, _ = load_fp_logits(fp)
-    results = dqss_save(cfg, out, plans, strategies, backbone=backbone, seed=seed, w=w, a=a,
+    results = dqss_save(cfg, found, backbone=backbone, seed=seed, w=w, a=a,
                         assignments={m: r[2] for m, r in rows.items()}, history=history, selection=selection,
                         mixture_metrics=lambda r: r[0], rows={m: r[0] for m, r in rows.items()},
                         evaluate=lambda m, desc: evaluate_test(m, prep, cfg, fp_logits, device, desc))

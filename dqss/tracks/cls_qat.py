@@ -13,14 +13,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .classification import (ClassificationConfig, calibration_tensors, evaluate_test, example_input, load_fp_logits,
-                             prepare)
+from . import Track, register_track
+from .classification import (EVAL_KEYS, TRAIN_KEYS, ClassificationConfig, calibration_tensors, evaluate_test,
+                             example_input, load_fp_logits, prepare)
 from ..cls.evaluate import predict
 from ..core.layers import plan_layers
 from ..algorithms.ptq import export_assignment, save_assignment
 from ..algorithms.ptq_search import selection_summary
 from ..algorithms.qat_train import DQSSQATConfig, QATRecipe, quantize_qat, reestimate_bn, train_qat
-from ..results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, provenance, write_csv, write_metrics
+from ..results import DQSS_METHOD, DQSS_NOFIX, DQSS_RETRAIN, assignment_meta, provenance, write_csv, write_metrics
 from ..core.stats import collect_act_stats
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,37 @@ class ClsQATConfig(ClassificationConfig):
 
     def methods(self) -> list[str]:
         return self.strategies + list(DQSS_VARIANTS) + [RETRAIN_METHOD]
+
+    def row_settings(self, backbone: str, method: str) -> dict:
+        """Beside every track's settings: the QAT recipe's, and DQSS-QAT's search settings on its rows."""
+        from ..results import REFERENCE_METHODS, is_dqss
+
+        out = super().row_settings(backbone, method)
+        if method in REFERENCE_METHODS:
+            return out
+        out.update(first_last_bits=self.quant.first_last_bits, epochs=self.qat.epochs, lr=self.qat.lr,
+                   quant_lr=self.qat.quant_lr)
+        if not is_dqss(method):
+            return out
+        out.update(self.dqss_row_settings(method))
+        if method != DQSS_RETRAIN:
+            d = self.dqss
+            out.update(arch_lr=d.arch_lr, sampling=d.sampling,
+                       search_fraction=1.0 if method == DQSS_NOFIX else d.search_fraction)
+        return out
+
+
+_QAT = ("quant", "calibration", "qat")
+TRACK = register_track(Track(
+    name=TASK, config=ClsQATConfig, table="cls", family="cls",
+    description="classification QAT: one recipe for every QAT strategy and DQSS-QAT (leave out to skip)",
+    trainable=("digits", "cifar10"), jobs_per_method=True,
+    job_keys={
+        "train": TRAIN_KEYS,
+        "evaluate_fp": EVAL_KEYS,
+        "uniform": (*EVAL_KEYS, *_QAT, "strategies", "strategy_options"),
+        "dqss": (*EVAL_KEYS, *_QAT, "dqss", "strategy_options"),
+    }))
 
 
 def init_stats(model: nn.Module, plans, prep, cfg: ClsQATConfig, seed: int, device):
@@ -141,10 +173,9 @@ def run_qat(cfg: ClsQATConfig, *, backbone: str, method: str, seed: int, w: int,
 
     def select(model):
         choice = chooser(model)
-        meta = {"task": TASK, "dataset": cfg.dataset, "backbone": backbone, "w_bits": w, "a_bits": a,
-                "seed": seed, "method": method, "frozen_at_step": freeze_info["frozen_at_step"],
-                "candidates": names, "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in names},
-                "select": cfg.dqss.select}
+        meta = assignment_meta(job={"task": TASK, "dataset": cfg.dataset, "backbone": backbone}, w_bits=w, a_bits=a,
+                               seed=seed, run={"method": method, "frozen_at_step": freeze_info["frozen_at_step"]},
+                               candidates=names, strategy_options=cfg.strategy_options, select=cfg.dqss.select)
         save_assignment(export_assignment(model, plans, meta, choice), assignment)
         return choice
 

@@ -13,9 +13,10 @@ import torch
 
 from .. import api
 from ..core.mixed import pinned
-from ..algorithms.ptq import assignment_choice, export_assignment
-from ..algorithms.ptq_search import Outcome, write_history, write_selection
-from ..results import DQSS_ARGMAX, DQSS_METHOD, load_assignment, save_assignment, write_csv, write_text
+from ..algorithms.ptq import assignment_choice
+from ..algorithms.ptq_search import write_history, write_selection
+from ..results import (DQSS_ARGMAX, DQSS_METHOD, job_assignment, load_assignment, save_assignment, write_csv,
+                       write_text)
 from ..core.stats import load_stats
 
 log = logging.getLogger(__name__)
@@ -97,47 +98,37 @@ def recon_candidates(cfg, states: list[str]) -> dict:
     return out
 
 
-def assignment_meta(cfg, backbone: str, seed: int, w: int, a: int, method: str, outcome: Outcome,
-                    candidates: list[str] | None = None) -> dict:
-    """What an assignment file records besides its layers (any PTQ track's config)."""
-    candidates = candidates or cfg.dqss.candidates
-    return {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "method": method, "w_bits": w,
-            "a_bits": a, "seed": seed, "candidates": candidates,
-            "strategy_options": {s: cfg.strategy_options.get(s, {}) for s in candidates},
-            "select": "argmax" if method == DQSS_ARGMAX else cfg.dqss.select,
-            "reference_uniform": outcome.record.get("held_best_uniform"), "calibration": outcome.split}
-
-
 def dqss_search(cfg, folded, example, stats, inputs: torch.Tensor, ids: list[str], *, seed: int, w: int, a: int,
-                device, objective: str, labels=None, border: int = 0, extra: dict | None = None):
+                device, objective: str, labels=None, border: int = 0, extra: dict | None = None) -> api.SearchResult:
     """The search on the calibration's search part and the final choice (``dqss.algorithms.select``), by the public
-    :func:`dqss.api.search_assignment`: the outcome, the layer plans and the candidate strategies (``extra``: more, e.g.
-    reconstructed methods).  (The caller seeds torch before it builds the model.)"""
+    :func:`dqss.api.search_assignment`: its result (both assignments, the outcome, the layer plans and the candidate
+    strategies; ``extra``: more, e.g. reconstructed methods).  (The caller seeds torch before it builds the model.)"""
     calib = load_calibration(cfg, folded, example, stats, device)
     found = api.search_assignment(folded, calib, inputs, w_bits=w, a_bits=a, candidates=cfg.dqss.candidates,
                                   options=cfg.strategy_options, config=cfg.dqss, labels=labels,
                                   objective=objective, hold_fraction=cfg.calibration.hold_fraction,
                                   batch_size=cfg.calibration.batch_size, seed=seed, ids=ids, border=border,
                                   device=device, extra=extra, folded=True)
-    return found.outcome, found.plans, found.strategies
+    return found
 
 
-def dqss_save(cfg, out: Outcome, plans, strategies, *, backbone: str, seed: int, w: int, a: int,
+def dqss_save(cfg, found: api.SearchResult, *, backbone: str, seed: int, w: int, a: int,
               assignments: dict[str, str], history, selection, evaluate: Callable, mixture_metrics: Callable,
               rows: dict[str, str] | None = None) -> dict:
-    """Write both assignment files (``dqss_argmax``: the logits' argmax; ``dqss``: the selection), evaluate the
+    """Write both assignment files (``dqss_argmax``: the logits' argmax; ``dqss``: the selection; each as the API
+    exported it in ``found``, with the job's task, dataset, backbone and method added), evaluate the
     model each file reproduces (the mixed model pinned to the file read back), write the search history and
     the selection record.  ``evaluate(model, desc)`` returns a track's result; ``mixture_metrics`` turns the
     mixture's result into what the selection record shows.  ``rows`` maps each written method to the
     choice it reports (``argmax`` or ``selected``; default: both rows of a DQSS job).  Returns the result per
     method."""
     results = {}
+    out, plans, strategies = found.outcome, found.plans, found.strategies
     rows = rows or {DQSS_ARGMAX: "argmax", DQSS_METHOD: "selected"}
     for method, which in rows.items():
-        choice = out.argmax if which == "argmax" else out.selected
         path = assignments[method]
-        meta = assignment_meta(cfg, backbone, seed, w, a, method, out, list(strategies))
-        save_assignment(export_assignment(out.qmodel, plans, meta, choice), path)
+        job = {"task": cfg.task, "dataset": cfg.dataset, "backbone": backbone, "method": method}
+        save_assignment(job_assignment(found.argmax if which == "argmax" else found.assignment, job), path)
         with pinned(out.qmodel, assignment_choice(load_assignment(path), plans, strategies)) as final:
             results[method] = evaluate(final, f"{method} W{w}A{a}")
         log.info("%s %s W%dA%d seed %d: %s", backbone, method, w, a, seed, results[method][0])

@@ -23,8 +23,9 @@ class NotGiven:
         object.__setattr__(self, "_key", key)
 
     def _fail(self, *_args, **_kwargs):
-        raise KeyError(f"{self._key} is not among this job's settings: add the key to the job's entry in "
-                       "dqss.workflow.JOB_KEYS so that the rule passes it (and reruns when it changes)")
+        raise KeyError(f"{self._key} is not among this job's settings: add the key to the job's entry in its "
+                       "track's job_keys (TRACK in dqss/tracks/<track>.py) so that the rule passes it (and reruns "
+                       "when it changes)")
 
     def __getattr__(self, name):
         if name.startswith("__"):  # copy, pickle and friends probe for optional hooks
@@ -226,37 +227,84 @@ class TrackConfig:
     def weights(self, backbone: str) -> str:
         return str(self.backbones[backbone].get("weights", "train"))
 
+    def weight_source(self, backbone: str) -> str:
+        """Where ``backbone``'s FP weights come from: 'train' (the workflow trains it), 'timm' or 'file'; a track
+        that downloads them adds 'url'."""
+        weights = self.weights(backbone)
+        return weights if weights in ("train", "timm") else "file"
+
+    def weight_file(self, backbone: str) -> str | None:
+        """The local weight file ``backbone`` loads (an input of its jobs: replacing it reruns them), or None."""
+        return self.weights(backbone) if self.weight_source(backbone) == "file" else None
+
+    def check_inputs(self, trainable: tuple[str, ...]) -> None:
+        """What the workflow checks before any job beyond the section's values: the data folders and weight files
+        the config names (``trainable``: the data sets its backbones may be trained on).  A track overrides it."""
+
+    def setting(self, key: str):
+        """The value of section key ``key`` a job is given (dqss.workflow.job_settings); a track whose job reads a
+        key resolved (not as written) overrides it."""
+        return self.raw.get(key)
+
+    def methods(self) -> list[str]:
+        """The methods of its result rows at every bit width and seed (the workflow's targets)."""
+        from ..results import PTQ_DQSS_METHODS
+
+        return self.strategies + list(PTQ_DQSS_METHODS)
+
+    def reference_methods(self) -> list[str]:
+        """The methods of its unquantized rows (one per backbone)."""
+        from ..results import FP_METHOD
+
+        return [FP_METHOD]
+
     def row_settings(self, backbone: str, method: str) -> dict:
-        """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`)."""
-        from ..results import DQSS_ARGMAX, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, REFERENCE_METHODS, is_dqss
+        """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`): those of
+        every track here; a track adds its own by overriding (and calling this)."""
+        from ..results import REFERENCE_METHODS
 
         weights = self.weights(backbone)
         out = {"weights": weights if weights in ("train", "timm", "url") else "file"}
         if method in REFERENCE_METHODS:
             return out
         out["calib_size"] = self.calibration.size
-        if hasattr(self.quant, "high_precision"):
-            out.update(high_precision=self.quant.high_precision, high_precision_bits=self.quant.high_precision_bits)
-        else:
-            out["first_last_bits"] = self.quant.first_last_bits
-        qat = hasattr(self, "qat")
-        if qat:
-            out.update(epochs=self.qat.epochs, lr=self.qat.lr, quant_lr=self.qat.quant_lr)
+        return out
+
+    def dqss_row_settings(self, method: str, reconstruction=None) -> dict:
+        """The settings of a DQSS row every track shares: candidates (with the reconstruction methods for
+        dqss_recon), the selection and its sweeps."""
+        from ..results import DQSS_ARGMAX, DQSS_RECON
+
+        d = self.dqss
+        select = "argmax" if method == DQSS_ARGMAX else d.select
+        out = {"candidates": d.candidates + (reconstruction.methods if method == DQSS_RECON and reconstruction else []),
+               "select": select}
+        if select == "measured":
+            out.update(sweeps=d.sweeps, hold_fraction=self.calibration.hold_fraction)
+        return out
+
+
+@dataclass(kw_only=True)
+class PTQTrackConfig(TrackConfig):
+    """The row settings of a post-training quantization track: the reconstruction baselines' iterations and the
+    DQSS search's (a PTQ track has ``dqss:`` a :class:`dqss.algorithms.search.SearchConfig`, and may have
+    ``reconstruction:``)."""
+
+    def row_settings(self, backbone: str, method: str) -> dict:
+        from ..results import REFERENCE_METHODS, is_dqss
+
+        out = super().row_settings(backbone, method)
+        if method in REFERENCE_METHODS:
+            return out
+        out.update(self.quant_row_settings())
         rec = getattr(self, "reconstruction", None)
         rec = rec if rec is not None and given(rec) else None  # a job not given the section is not one of its rows
         if rec is not None and method in rec.methods:
-            out["iterations"] = rec.iterations
-        if not is_dqss(method):
-            return out
-        d = self.dqss
-        select = "argmax" if method == DQSS_ARGMAX else d.select
-        out.update(candidates=d.candidates + (rec.methods if method == DQSS_RECON and rec else []), select=select)
-        if select == "measured":
-            out.update(sweeps=d.sweeps, hold_fraction=self.calibration.hold_fraction)
-        if not qat:
-            out.update(iterations=d.iterations, loss=d.loss)
-        elif method != DQSS_RETRAIN:
-            out.update(arch_lr=d.arch_lr, sampling=d.sampling,
-                       search_fraction=1.0 if method == DQSS_NOFIX else d.search_fraction)
+            out["recon_iterations"] = rec.iterations
+        if is_dqss(method):
+            out.update(self.dqss_row_settings(method, rec), iterations=self.dqss.iterations, loss=self.dqss.loss)
         return out
 
+    def quant_row_settings(self) -> dict:
+        """The ``quant:`` settings of a row (classification: first_last_bits)."""
+        return {"first_last_bits": self.quant.first_last_bits}

@@ -174,7 +174,9 @@ def check_job(cfg, backbone: str, seed: int, folded, ex, calib, batches, assignm
 
 def _dynamic(cfg) -> dict:
     """SR inputs are whole test images of any size: height and width are dynamic too."""
-    return {"dynamic_hw": cfg.task == "sr_ptq"}
+    from . import get_track
+
+    return {"dynamic_hw": get_track(cfg.task).family == "sr"}
 
 
 class LastOutput(torch.nn.Module):

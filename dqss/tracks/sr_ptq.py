@@ -21,11 +21,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..options import BIT_MAX, BIT_MIN, SEED_MAX, build_section, check_options, option
-from .config import TrackConfig, given, track_key
+from . import Track, register_track
+from .config import PTQTrackConfig, given, track_key
 from .deploy import DeploySection, LastOutput, OrtModule, check_job
 from ..core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from ..algorithms.ptq_search import selection_summary
-from ..results import BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, provenance, write_csv, write_metrics
+from ..results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_RECON, FP_METHOD, REFERENCE_METHODS, provenance,
+                       write_csv, write_metrics)
 from ..algorithms.recon import ReconSection, mse_task_loss
 from ..algorithms.search import SearchConfig
 from ..sr.data import SRData, SRDataConfig, bicubic_upsample, detail_box, load_sr_data, to_tensor, to_uint8
@@ -118,7 +120,7 @@ class SREvalConfig:
 
 
 @dataclass(kw_only=True)
-class SRPTQConfig(TrackConfig):
+class SRPTQConfig(PTQTrackConfig):
     data: SRDataConfig
     train: SRTrainConfig
     calibration: SRCalibConfig
@@ -174,6 +176,34 @@ class SRPTQConfig(TrackConfig):
     def weights(self, backbone: str) -> str:
         return self.weight_source(backbone)
 
+    def weight_file(self, backbone: str) -> str | None:
+        return str(self.backbones[backbone]["weights"]) if self.weight_source(backbone) == "file" else None
+
+    def check_inputs(self, trainable: tuple[str, ...]) -> None:
+        """The SR folders and local weight files are where the config says ('train' is checked by
+        :meth:`weight_source`: embedded data only)."""
+        from ..sr.data import check_folders
+        from ..sr.models import WEIGHT_FIX
+        from ..weights import require_weight_file
+
+        if self.data.name == "folders":
+            check_folders(self.data, sorted({self.scale(b) for b in self.backbones}))
+        for name in self.backbones:
+            if self.weight_source(name) == "file":
+                require_weight_file(str(self.backbones[name]["weights"]), f"{TASK}.backbones.{name}.weights",
+                                    WEIGHT_FIX)
+
+    def setting(self, key: str):
+        if key == "eval":  # the crop's test set resolved: the sets' order is free
+            return {**(self.raw.get("eval") or {}), "crop_set": self.crop_set()}
+        return super().setting(key)
+
+    def reference_methods(self) -> list[str]:
+        return list(REFERENCE_METHODS)
+
+    def quant_row_settings(self) -> dict:
+        return {"high_precision": self.quant.high_precision, "high_precision_bits": self.quant.high_precision_bits}
+
     def download_path(self, backbone: str) -> str:
         """Where the download rule puts a backbone's {url, sha256} weights."""
         return str(Path(self.weights_dir) / f"{backbone}.pth")
@@ -189,6 +219,24 @@ class SRPTQConfig(TrackConfig):
 
     def crop_set(self) -> str:
         return self.eval.crop_set or self.data.test_set_names()[0]
+
+
+_MODEL, _QUANT = ("backbones", "data"), ("quant", "calibration")
+_EVAL = (*_MODEL, "dataset", "eval")
+TRACK = register_track(Track(
+    name=TASK, config=SRPTQConfig, table="sr", family="sr",
+    description="super-resolution PTQ on basicsr backbones (leave out to skip)", deploy=True,
+    job_keys={
+        "download": ("backbones",),
+        "train": (*_MODEL, "train"),
+        "evaluate_fp": _EVAL,
+        "calibrate": (*_MODEL, *_QUANT),
+        "uniform": (*_EVAL, *_QUANT, "strategies", "strategy_options"),
+        "dqss": (*_EVAL, *_QUANT, "dqss", "strategy_options"),
+        "reconstruct": (*_EVAL, *_QUANT, "reconstruction", "strategy_options"),
+        "dqss_recon": (*_EVAL, *_QUANT, "dqss", "reconstruction", "strategy_options"),
+        "deploy": (*_EVAL, *_QUANT, "dqss", "strategy_options", "deploy"),
+    }))
 
 
 # -- shared pieces --------------------------------------------------------------------------
@@ -377,10 +425,11 @@ def _search_job(cfg, backbone, seed, w, a, ckpt, stats, crops, history, selectio
     folded, ex = _folded(cfg, backbone, ckpt, device)
     data = load_sr_data(cfg.data, cfg.scale(backbone), with_train=False)
     x, ids = _calibration_inputs(cfg, backbone, seed, crops)
-    out, plans, strategies = dqss_search(cfg, folded, ex, stats, x, ids, seed=seed, w=w, a=a, device=device,
-                                         objective="mse_y", border=cfg.scale(backbone), extra=extra)
+    found = dqss_search(cfg, folded, ex, stats, x, ids, seed=seed, w=w, a=a, device=device, objective="mse_y",
+                        border=cfg.scale(backbone), extra=extra)
+    out = found.outcome
     spec = crop_spec(cfg, data)
-    results = dqss_save(cfg, out, plans, strategies, backbone=backbone, seed=seed, w=w, a=a,
+    results = dqss_save(cfg, found, backbone=backbone, seed=seed, w=w, a=a,
                         assignments={m: r[2] for m, r in rows.items()}, history=history, selection=selection,
                         evaluate=lambda m, desc: evaluate_sets(m, data, device, desc, spec),
                         mixture_metrics=lambda r: {x["dataset"]: x["metrics"] for x in r[0]},

@@ -3,6 +3,7 @@
 from dqss.results import (BICUBIC_METHOD, DQSS_ARGMAX, DQSS_METHOD, DQSS_NOFIX, DQSS_RECON, DQSS_RETRAIN, FP_METHOD, PTQ_DQSS_METHODS,
                           REFERENCE_METHODS, Layout, config_hash, is_dqss)
 from dqss.report.paper import layout_params, paper_outputs
+from dqss.tracks import get_track, tracks as registered_tracks
 from dqss.workflow import apply_config_args, check_config, job_settings, pin_cpu_kernels, valid_backbones_pattern
 
 # --config values as a config file's (Snakemake reads seeds=[0] as ['0'])
@@ -13,8 +14,11 @@ apply_config_args(config, workflow.config_settings.config)
 CHECKED = check_config(config)
 SEEDS = CHECKED.seeds
 
-# None when the config leaves a track out
+# every registered track's config (dqss.tracks: one module each), None when the config leaves the track out
 TRACK = CHECKED.tracks
+# the Track records of the tracks the config has, in the registry's order: the Snakefile includes their rules files
+CONFIGURED = [t for t in registered_tracks() if TRACK[t.name] is not None]
+# the existing tracks' configs under the names their rules files use (a track's rules file may as well use TRACK[name])
 CLS_PTQ, CLS_QAT, SR_PTQ = TRACK["cls_ptq"], TRACK["cls_qat"], TRACK["sr_ptq"]
 PAPER_TABLES = CHECKED.paper_tables  # the layout of the paper's tables (paper_tables:), one per track configured
 DEVICE = config.get("device", "auto")
@@ -33,7 +37,7 @@ ENV = "../envs/dqss.yaml"
 
 # results/{task}/{dataset}/{backbone}/{method}/w{W}a{A}/seed{S}/... (dqss.results owns the layout)
 LAYOUT = {t: Layout(t, cfg.dataset if cfg else "none") for t, cfg in TRACK.items()}
-CLS, QAT, SR = LAYOUT["cls_ptq"], LAYOUT["cls_qat"], LAYOUT["sr_ptq"]
+CLS, QAT, SR = LAYOUT["cls_ptq"], LAYOUT["cls_qat"], LAYOUT["sr_ptq"]  # the existing tracks' rules files' names
 
 
 def settings(track, job):
@@ -43,34 +47,26 @@ def settings(track, job):
 
 def local_weights(cfg, backbone):
     """A local weight file is an input: replacing it reruns what used it."""
-    if cfg.task == "sr_ptq":
-        return str(cfg.backbones[backbone]["weights"]) if cfg.weight_source(backbone) == "file" else []
-    weights = cfg.weights(backbone)
-    return [] if weights in ("train", "timm") else weights
+    return cfg.weight_file(backbone) or []
 
 
-def cls_checkpoint(wildcards):
-    """The trained checkpoint for 'train' weights, or the local weight file; nothing for timm weights."""
-    if CLS_PTQ.weights(wildcards.backbone) == "train":
-        return CLS.model()
-    return local_weights(CLS_PTQ, wildcards.backbone)
+def checkpoint(track):
+    """The input function of the weights a job of ``track`` loads: the checkpoint trained here ('train'), the
+    downloaded file ('url'), or the local weight file; nothing for timm weights."""
+
+    def inputs(wildcards):
+        cfg = TRACK[track]
+        source = cfg.weight_source(wildcards.backbone)
+        if source == "train":
+            return LAYOUT[track].model(backbone=wildcards.backbone)
+        if source == "url":
+            return cfg.download_path(wildcards.backbone)
+        return local_weights(cfg, wildcards.backbone)
+
+    return inputs
 
 
-def qat_checkpoint(wildcards):
-    """The FP checkpoint QAT starts from, when the workflow trains it, or the local weight file."""
-    if CLS_QAT.weights(wildcards.backbone) == "train":
-        return QAT.model()
-    return local_weights(CLS_QAT, wildcards.backbone)
-
-
-def sr_checkpoint(wildcards):
-    """The weights an SR job loads: trained here, downloaded, or the local file."""
-    source = SR_PTQ.weight_source(wildcards.backbone)
-    if source == "train":
-        return SR.model(backbone=wildcards.backbone)
-    if source == "url":
-        return SR_PTQ.download_path(wildcards.backbone)
-    return local_weights(SR_PTQ, wildcards.backbone)
+cls_checkpoint, qat_checkpoint, sr_checkpoint = (checkpoint(t) for t in ("cls_ptq", "cls_qat", "sr_ptq"))
 
 
 def sr_fp_file(backbone, file):
@@ -84,8 +80,7 @@ def metric_jobs():
         cfg = TRACK[track]
         if cfg is None:
             continue
-        references = list(REFERENCE_METHODS) if track == "sr_ptq" else [FP_METHOD]
-        methods = cfg.methods() if track == "cls_qat" else cfg.strategies + list(PTQ_DQSS_METHODS)
+        references, methods = cfg.reference_methods(), cfg.methods()
         for bb in cfg.backbones:
             for m in references:
                 out.append((layout.fp("metrics.json", cfg.train.seed, bb, m), track, "evaluate_fp", bb, m))
@@ -103,7 +98,7 @@ def targets(track):
 
 def expected_hashes():
     """The settings hash each result must carry under the current config (the aggregate checks it)."""
-    return {p: config_hash(job_settings(TRACK[t], job, bb, m if t == "cls_qat" else None))
+    return {p: config_hash(job_settings(TRACK[t], job, bb, m if get_track(t).jobs_per_method else None))
             for p, t, job, bb, m in metric_jobs()}
 
 
@@ -149,19 +144,19 @@ def all_assignments():
 def all_selections():
     """The selection records of the PTQ tracks' DQSS jobs (the report's discretization-gap tables)."""
     return [p.replace("metrics.json", "selection.json") for p, t, job, _, m in metric_jobs()
-            if t != "cls_qat" and m == DQSS_METHOD]
+            if TRACK[t].kind != "qat" and m == DQSS_METHOD]
 
 
 def all_histories():
     """The QAT training curves."""
     return [p.replace("metrics.json", "train.csv") for p, t, job, *_ in metric_jobs()
-            if t == "cls_qat" and job != "evaluate_fp"]
+            if TRACK[t].kind == "qat" and job != "evaluate_fp"]
 
 
 # -- Snakemake's own report (snakemake --report report.html; the rules in report.smk) ------------------
 # A file's track and kind come from its name (dqss.report names them); each pattern matches one kind of
 # file, and the workflow's test checks that together they cover every file the report rule writes.
-_TRACKS = "cls_ptq|cls_qat|sr_ptq"
+_TRACKS = "|".join(t.name for t in registered_tracks())
 _EXT_FIG, _EXT_TAB = "{ext,png|pdf}", "{ext,md|tex}"
 REPORT_FIGURES = [
     "{track,%s}_{metric}_{kind,drop}.%s" % (_TRACKS, _EXT_FIG),  # accuracy drop vs FP
@@ -214,7 +209,7 @@ def report_facts():
 # -- the reconstruction baselines (AdaRound, BRECQ, QDrop): a target of their own ------------------------
 # snakemake --cores all reconstruction: each configured method's jobs, dqss_recon (DQSS with them as frozen
 # candidates), and results/reconstruction/{metrics.csv,report/} beside every row of the default target.
-RECON = {t: TRACK[t] for t in ("cls_ptq", "sr_ptq") if TRACK[t] is not None and TRACK[t].reconstruction.methods}
+RECON = {t: cfg for t, cfg in TRACK.items() if getattr(cfg, "reconstruction", None) and cfg.reconstruction.methods}
 
 
 def recon_pattern(track):
@@ -255,7 +250,8 @@ def recon_crops():
 
 
 # -- the deployment check (deploy.smk) ------------------------------------------------------------------
-DEPLOY_TRACKS = {"cls_ptq": CLS, "sr_ptq": SR}
+DEPLOY_TRACKS = {t.name: LAYOUT[t.name] for t in registered_tracks() if t.deploy}  # the tracks with deploy:
+DEPLOY_PATTERN = "|".join(DEPLOY_TRACKS)  # deploy_check's {track}
 
 
 def deploy_tables():
@@ -270,7 +266,7 @@ DEPLOY_SUMMARY = ["results/deploy/deploy.csv"] if deploy_tables() else []
 
 def deploy_inputs(wc):
     cfg, layout = TRACK[wc.track], DEPLOY_TRACKS[wc.track]
-    ckpt = {"cls_ptq": cls_checkpoint, "sr_ptq": sr_checkpoint}[wc.track](wc)
+    ckpt = checkpoint(wc.track)(wc)
     return {"ckpt": ckpt, "stats": layout.calib("stats.pt", wc.seed, wc.backbone),
             "assignments": [layout.job("assignment.yaml", DQSS_METHOD, w, a, wc.seed, wc.backbone)
                             for w, a in cfg.bits]}

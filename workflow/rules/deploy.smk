@@ -10,7 +10,7 @@ rule deploy_check:
     output:
         table="results/deploy/{track}/{backbone}_seed{seed}.csv",
     wildcard_constraints:
-        track="cls_ptq|sr_ptq",
+        track=DEPLOY_PATTERN,  # the tracks with a deployment check (dqss.tracks: Track.deploy)
     params:
         track=lambda wc: wc.track,
         settings=lambda wc: job_settings(TRACK[wc.track], "deploy", wc.backbone),

@@ -61,6 +61,7 @@ rule paper_tables:
         paper_outputs(PAPER_TABLES),
     params:
         layouts=layout_params(PAPER_TABLES),
+        kinds={t: get_track(t).table for t in PAPER_TABLES},  # cls or sr: the layout of each track's table
     localrule: True
     conda:
         ENV

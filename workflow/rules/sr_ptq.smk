@@ -20,6 +20,11 @@ rule sr_download_weights:
         "../scripts/sr_download.py"
 
 
+# the download needs the network, which cluster compute nodes often lack
+localrules:
+    sr_download_weights,
+
+
 rule sr_train:
     """Train a tiny full-precision SR network on crops of the embedded training photos."""
     output:
