@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+# Two tiers: tests/unit/ (in-process; a test there that starts Snakemake fails, see tests/unit/conftest.py) and
+# tests/workflow/ (Snakemake in a subprocess; marked `workflow` by tests/workflow/conftest.py).  The helpers both
+# share are in tests/helpers.py: this folder is on sys.path, so a test module imports them as `helpers`.
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+ROOT = TESTS.parent
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import dqss
 from dqss.core.layers import QuantLayer, QuantPolicy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -201,11 +201,14 @@ def test_unknown_strategy_names_the_registry():
         dqss.quantize(model, calib, "nope")
 
 
-# -- the README's example, run as written ------------------------------------------------------------
-def readme_example(mark: str = "api-example") -> str:
-    text = (ROOT / "README.md").read_text()
+# -- the README's example and the deployment page's, run as written -------------------------------------
+DEPLOY_PAGE = "docs/deployment.md"  # the deployment example, run after the README's in its namespace
+
+
+def readme_example(mark: str = "api-example", page: str = "README.md") -> str:
+    text = (ROOT / page).read_text()
     m = re.search(rf"<!-- {mark} -->\s*```python\n(.*?)```", text, re.S)
-    assert m, f"README.md lost its example marked <!-- {mark} -->"
+    assert m, f"{page} lost its example marked <!-- {mark} -->"
     return m.group(1)
 
 
@@ -216,13 +219,13 @@ def test_readme_example_is_short():
 
 @pytest.mark.slow
 def test_readme_examples_run(capsys, tmp_path, monkeypatch):
-    """The API example, then the deployment example in its namespace (as the README chains them)."""
+    """The README's API example, then the deployment page's example in its namespace (as the pages chain them)."""
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(compile(readme_example(), "README.md", "exec"), scope)
     out = capsys.readouterr().out
     assert "layers quantized" in out and re.search(r"W8A8 top-1 \d", out) and re.search(r"DQSS W4A4 top-1 \d", out)
-    exec(compile(readme_example("deploy-example"), "README.md", "exec"), scope)
+    exec(compile(readme_example("deploy-example", DEPLOY_PAGE), DEPLOY_PAGE, "exec"), scope)
     first, integer = capsys.readouterr().out.strip().splitlines()[-2:]
     agreement, kernels = first.split(" ", 1)
     assert float(agreement) >= 99.0 and "QLinearConv" in kernels and "QLinearAdd" not in kernels
@@ -233,7 +236,7 @@ def test_readme_examples_run(capsys, tmp_path, monkeypatch):
 
 def test_the_suite_jobs_call_the_api():
     """The tracks' PTQ jobs build their models through dqss.api (so the documented flow cannot rot)."""
-    src = (ROOT / "dqss" / "track.py").read_text()
+    src = (ROOT / "dqss" / "tracks" / "common.py").read_text()
     for fn in ("api.calibrate(", "api.from_stats(", "api.quantize(", "api.search_assignment("):
         assert fn in src, fn
     for private in ("collect_act_stats(", "quantize_uniform(", "search_and_select("):

@@ -17,7 +17,7 @@ from dqss import api
 from dqss.core.layers import QuantPolicy
 from dqss.core.stats import ActStats, load_stats, save_stats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -23,7 +23,7 @@ from dqss.cls.train import TrainConfig, train_classifier
 register_models()
 import timm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 NAMES = ("resnet20", "mobilenetv2_050_cifar", "mobilenetv2_100_cifar")
 LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -58,6 +58,7 @@ def test_registered_names_are_ours():
         check_backbone("mobilenetv2_050_cifr")
 
 
+@pytest.mark.slow
 def test_lazy_registration_in_fresh_process():
     """timm alone does not know the names; dqss.cls.models registers them where backbones are checked/built."""
     code = ("import timm\n"

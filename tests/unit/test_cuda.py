@@ -29,7 +29,7 @@ from dqss.algorithms.select import Evaluator, measured_selection
 from dqss.sr.models import build_sr, parse_backbone
 from dqss.core.stats import ActStats, collect_act_stats
 from dqss.core.strategy import LayerContext, get_strategy, strategy_names
-from test_layers import _mixed_layer, _run
+from helpers import mixed_forward_backward, mixed_layer
 
 pytestmark = pytest.mark.cuda
 
@@ -139,10 +139,10 @@ def test_efficient_equals_naive_on_device(kind, dev):
         layer, x = nn.Linear(32, 10), torch.randn(5, 32, generator=g)
     layer.requires_grad_(False)
     x[0].mul_(3)
-    m = _mixed_layer(layer, x).to(dev)  # the CPU test's mixture of four strategies at 3 bits, on the device
+    m = mixed_layer(layer, x).to(dev)  # the CPU test's mixture of four strategies at 3 bits, on the device
     x = x.to(dev)
     r = torch.randn(m(x).shape, generator=g).to(dev)
-    got = {mode: _run(m, x, mode, r) for mode in ("efficient", "naive")}
+    got = {mode: mixed_forward_backward(m, x, mode, r) for mode in ("efficient", "naive")}
     (y_e, *g_e), (y_n, *g_n) = got["efficient"], got["naive"]
     assert y_e.device.type == dev.type
     assert (y_e - y_n).abs().max() <= 1e-5 * y_n.abs().max()

@@ -23,7 +23,7 @@ from dqss.weights import load_checkpoint, save_checkpoint
 from dqss.core.strategy import strategy_names
 from dqss.workflow import JOB_KEYS, job_settings, track_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 N_DIGITS = 1797
@@ -442,7 +442,7 @@ def test_track_config_errors(tmp_path):
     assert track_config(config, "cls_ptq") is None  # a config may run only some tracks
 
 
-# -- a tiny real job chain ------------------------------------------------------------------
+# -- a tiny real job chain (its tests are `slow`: the fast tier leaves the chain out) ----------
 W, A = 4, 4
 SEED = 0
 
@@ -518,6 +518,7 @@ def _check_metrics(path, method, w, a, seed):
     return d
 
 
+@pytest.mark.slow
 def test_chain_files(chain):
     cfg, out, p, uniform = chain
     for v in list(p.values()) + [Path(u) for u in uniform.values()]:
@@ -531,6 +532,7 @@ def test_chain_files(chain):
     assert all(math.isfinite(float(r["loss"])) for r in hist)
 
 
+@pytest.mark.slow
 def test_chain_fp_metrics(chain):
     cfg, out, p, _ = chain
     d = _check_metrics(p["fp_metrics"], "fp32", 32, 32, cfg.train.seed)
@@ -542,6 +544,7 @@ def test_chain_fp_metrics(chain):
     assert logits["logits"].shape == (d["extra"]["n_test"], 10)
 
 
+@pytest.mark.slow
 def test_chain_uniform_and_dqss_metrics(chain):
     cfg, out, p, uniform = chain
     for (method, w, a), path in uniform.items():
@@ -559,6 +562,7 @@ def test_chain_uniform_and_dqss_metrics(chain):
         assert abs(100.0 * sum(d["per_image"]["top1"]) / n - d["metrics"]["top1"]) < 1e-9
 
 
+@pytest.mark.slow
 def test_chain_calibration_list(chain):
     cfg, out, p, _ = chain
     lines = p["calib_list"].read_text().splitlines()
@@ -568,6 +572,7 @@ def test_chain_calibration_list(chain):
     assert lines == prep.data.calibration(cfg.calibration.size, SEED)[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["assignment", "argmax_assignment"])
 def test_chain_assignment(chain, which):
     cfg, out, p, _ = chain
@@ -599,6 +604,7 @@ def test_chain_assignment(chain, which):
     assert bits[0] == bits[-1] == (8, 8) and set(bits[1:-1]) == {(W, A)}
 
 
+@pytest.mark.slow
 def test_chain_dqss_is_deterministic(chain, tmp_path):
     cfg, out, p, _ = chain
     again = {k: tmp_path / k for k in ("dqss_metrics", "assignment", "dqss_history", "selection", "argmax_metrics",
@@ -616,6 +622,7 @@ def test_chain_dqss_is_deterministic(chain, tmp_path):
     assert first == second
 
 
+@pytest.mark.slow
 def test_run_train_refuses_non_train_weights(chain, tmp_path):
     cfg, *_ = chain
     d = _chain_section()
@@ -758,6 +765,7 @@ def test_job_settings_are_a_projection():
         ClsPTQConfig.from_dict({k: v for k, v in _cls_section().items() if k != "strategies"})
 
 
+@pytest.mark.slow
 def test_every_job_reads_only_its_settings(chain):
     """The chain fixture ran every job on a partial config (job_settings): had one read a key outside
     JOB_KEYS, it would have failed; and each result's config_hash is the hash of its job's settings."""

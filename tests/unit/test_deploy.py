@@ -34,80 +34,14 @@ import torch
 from torch import nn
 
 from dqss import deploy
-from dqss.core.layers import QuantLayer, QuantPolicy, fold_batchnorm
-from dqss.algorithms.ptq import quantize_mixed, quantize_uniform
+from dqss.core.layers import QuantLayer, QuantPolicy
+from dqss.algorithms.ptq import quantize_mixed
 from dqss.core.stats import collect_act_stats
 from dqss.core.strategy import get_strategy
+from helpers import MODELS, build, check_outputs, images, last_layer_bound
 
 
-# -- models -------------------------------------------------------------------------------------
-def conv_net():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1))
-
-
-def depthwise_net():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 1))
-
-
-def linear_net():
-    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
-                         nn.Linear(32, 10))
-
-
-class ResidualNet(nn.Module):
-    """stem conv -> relu -> [conv -> relu -> conv] + skip -> relu -> conv -> pool -> logits."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.head = nn.Conv2d(8, 10, 3, padding=1)
-
-    def forward(self, x):
-        x = torch.relu(self.stem(x))
-        y = self.conv2(torch.relu(self.bn1(self.conv1(x))))
-        return self.head(torch.relu(x + y)).mean((2, 3))
-
-
-MODELS = {"conv": conv_net, "depthwise": depthwise_net, "linear": linear_net, "residual": ResidualNet}
-
-
-def images(n, size=8, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=g)
-
-
-def build(kind="conv", w=8, a=8, strategy="minmax", policy=None, seed=0):
-    torch.manual_seed(seed)
-    model = MODELS[kind]().eval()
-    for m in model.modules():  # non-trivial BN statistics, so folding changes the weights
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-    size = 4 if kind == "linear" else 8
-    calib = images(32, size, seed=2)
-    example = calib[:2]
-    folded = fold_batchnorm(model, example)
-    plans = (policy or QuantPolicy()).layer_plans(folded, w, a, example)
-    stats = collect_act_stats(folded, {n: folded.get_submodule(n) for n in plans}, torch.split(calib, 16),
-                              n_samples=16)
-    return folded, quantize_uniform(folded, plans, stats, get_strategy(strategy)), example
-
-
-def last_layer_bound(qmodel) -> float:
-    """What one code of difference in every input of the last quantized layer can change its output by."""
-    last = list(deploy.quant_layers(qmodel).values())[-1]
-    g = deploy.tensor_grid(last.act_quant)
-    wq = last.weight_quant(last.layer.weight).detach()  # a row: every input one output channel sums over
-    return float(g.scale) * float(wq.abs().flatten(1).sum(1).max())
-
-
+# -- the models (MODELS) and their build, images and check_outputs: tests/helpers.py --------------
 def check_codes(qmodel, path, x, max_fraction=1e-3, layout=deploy.DEFAULT_LAYOUT):
     ours, theirs = deploy.torch_act_codes(qmodel, x, layout), deploy.onnx_act_codes(path, x)
     assert set(ours) == set(theirs) and ours
@@ -115,16 +49,6 @@ def check_codes(qmodel, path, x, max_fraction=1e-3, layout=deploy.DEFAULT_LAYOUT
         d = (ours[name] - theirs[name]).abs()
         assert d.max() <= 1, f"{name}: codes differ by {float(d.max())}"
         assert (d > 0).float().mean() <= max_fraction, f"{name}: {int((d > 0).sum())} codes differ"
-
-
-def check_outputs(qmodel, path, x):
-    session = deploy.ort_session(path)
-    ref = deploy.torch_outputs(qmodel, x, 16)
-    out = deploy.run_onnx(session, x, 5)  # batches of another size than the example: dynamic batch
-    assert out.shape == ref.shape
-    tol = last_layer_bound(qmodel) + 1e-4 * float(ref.abs().max())
-    assert float((out - ref).abs().max()) <= tol
-    return ref, out
 
 
 # -- (a)-(d): ORT agrees with the fake-quantized model --------------------------------------------

@@ -5,13 +5,13 @@ import torch
 from torch import nn
 
 from dqss.core.layers import QuantLayer, QuantPolicy, execution_order, fold_batchnorm, plan_layers
-from dqss.core.mixed import (MixedQuantizer, MixedQuantLayer, arch_parameters, mixed_layers, set_mode,
-                        set_temperature)
+from dqss.core.mixed import arch_parameters, mixed_layers, set_mode, set_temperature
 from dqss.algorithms.ptq import (export_assignment, load_assignment, quantize_from_assignment, quantize_mixed,
                       quantize_per_layer, quantize_uniform, save_assignment)
-from dqss.core.quant import FakeQuantizer, QuantSpec
-from dqss.core.stats import ActStats, collect_act_stats
-from dqss.core.strategy import LayerContext, get_strategy, strategy_names
+from dqss.core.quant import FakeQuantizer
+from dqss.core.stats import collect_act_stats
+from dqss.core.strategy import get_strategy, strategy_names
+from helpers import mixed_forward_backward, mixed_layer
 
 PTQ = strategy_names("ptq")  # every registered PTQ strategy: a new baseline is tested for free
 
@@ -249,33 +249,7 @@ def test_unknown_layer_type_message():
         QuantPolicy(layer_types=["conv2d", "conv3d"])
 
 
-# -- mixed layers: efficient == naive -------------------------------------------------------
-def _mixed_layer(layer, x, names=("minmax", "percentile", "mse", "aciq"), bits=3, seed=0):
-    st = ActStats.of([x], bins=256)
-    ctx = LayerContext("l", layer, x)
-    w_spec = QuantSpec(bits, per_channel=True)
-    a_spec = QuantSpec(bits, signed=None)
-    opts = {"mse": {"grid": 20}, "percentile": {"percentile": 99.0}}
-    strats = {n: get_strategy(n, opts.get(n)) for n in names}
-    wq = MixedQuantizer({n: s.build_weight_quantizer(w_spec, ctx) for n, s in strats.items()})
-    aq = MixedQuantizer({n: s.build_act_quantizer(a_spec, st, ctx) for n, s in strats.items()})
-    g = _gen(seed)
-    with torch.no_grad():
-        wq.logits.copy_(torch.randn(len(names), generator=g) * 2)
-        aq.logits.copy_(torch.randn(len(names), generator=g) * 2)
-    return MixedQuantLayer(layer, wq, aq)
-
-
-def _run(m, x, mode, r):
-    m.mode = mode
-    for p in (m.weight_quant.logits, m.act_quant.logits):
-        p.grad = None
-    x = x.clone().requires_grad_(True)
-    y = m(x)
-    (y * r).sum().backward()
-    return y.detach(), m.weight_quant.logits.grad.clone(), m.act_quant.logits.grad.clone(), x.grad
-
-
+# -- mixed layers: efficient == naive (mixed_layer, mixed_forward_backward: tests/helpers.py) ---------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["conv", "depthwise", "linear", "conv_nobias"])
 def test_efficient_equals_naive(kind, dtype):
@@ -291,13 +265,13 @@ def test_efficient_equals_naive(kind, dtype):
         layer, x = nn.Linear(32, 10), torch.randn(5, 32, generator=g)
     layer.requires_grad_(False)
     x[0].mul_(3)  # outliers: the candidates clip differently
-    m = _mixed_layer(layer, x).to(dtype)
+    m = mixed_layer(layer, x).to(dtype)
     x = x.to(dtype)
     with torch.no_grad():
         out_shape = m(x).shape
     r = torch.randn(out_shape, generator=g, dtype=dtype)  # a non-uniform upstream gradient
-    y_e, gw_e, ga_e, gx_e = _run(m, x, "efficient", r)
-    y_n, gw_n, ga_n, gx_n = _run(m, x, "naive", r)
+    y_e, gw_e, ga_e, gx_e = mixed_forward_backward(m, x, "efficient", r)
+    y_n, gw_n, ga_n, gx_n = mixed_forward_backward(m, x, "naive", r)
     # float32: the logit gradients are small differences of large terms (softmax Jacobian; the int32 bias of
     # every pair adds nearly the same term, which cancels there), so they only agree to a few 1e-3 relative;
     # in float64 everything agrees to rounding
@@ -318,7 +292,7 @@ def test_mixture_at_one_hot_logits_is_the_candidate():
     torch.manual_seed(7)
     layer = nn.Conv2d(4, 6, 3).requires_grad_(False)
     x = torch.randn(2, 4, 7, 7, generator=_gen(7))
-    m = _mixed_layer(layer, x, names=("minmax", "mse", "aciq"))
+    m = mixed_layer(layer, x, names=("minmax", "mse", "aciq"))
     with torch.no_grad():
         m.weight_quant.logits.copy_(torch.tensor([0.0, 200.0, 0.0]))
         m.act_quant.logits.copy_(torch.tensor([0.0, 0.0, 200.0]))
@@ -335,7 +309,7 @@ def test_mode_and_temperature():
     torch.manual_seed(8)
     layer = nn.Linear(6, 3).requires_grad_(False)
     x = torch.randn(4, 6, generator=_gen(8))
-    m = _mixed_layer(layer, x, names=("minmax", "aciq"))
+    m = mixed_layer(layer, x, names=("minmax", "aciq"))
     with pytest.raises(ValueError):
         m.mode = "fast"
     model = nn.Sequential(m)

@@ -1,7 +1,6 @@
 """Packaging and conventions: pins mirrored, CI runs the README's test command, registry discovery."""
 from __future__ import annotations
 
-import ast
 import os
 import pkgutil
 import re
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _pins_pyproject() -> set[str]:
@@ -167,6 +166,8 @@ def test_suite_setup_is_idempotent_and_follows_pyproject(tmp_path):
     res = _suite(repo, env, "test", "-k", "x")  # set-up (current) then the README's test command
     assert res.returncode == 0, res.stderr
     assert _log(tmp_path) == ["venv", "pip", "pip", "pytest -q -k x"]
+    assert _suite(repo, env, "test", "--fast", "-k", "x").returncode == 0  # the fast tier: in-process, not slow
+    assert _log(tmp_path)[-1] == "pytest -q tests/unit -m not slow -k x"
 
 
 def test_suite_rebuilds_a_venv_of_another_python(tmp_path):
@@ -237,33 +238,6 @@ def test_suite_run_checks_every_config_file_before_snakemake(tmp_path):
     assert _log(tmp_path)[-1] == "dqss.workflow check-yte a.yaml b.yaml c.yaml"  # and no snakemake line
     assert _suite(repo, env, "run", "-n").returncode == 0  # no --configfile: the default config is checked
     assert _log(tmp_path)[-2:] == ["dqss.workflow check-yte config/config.yaml", "snakemake --cores all -n"]
-
-
-@pytest.mark.workflow
-def test_a_checkout_path_with_a_space_runs_script_jobs(tmp_path):
-    """Item: in a checkout whose path has a space every job failed with exit status 127, because Snakemake
-    writes the interpreter's path unquoted into a script job's shell command.  The Snakefile quotes it: a
-    script rule runs under an interpreter whose path has a space."""
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-
-    where = tmp_path / "my clone"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where / "venv")], check=True)
-    site = Path(sysconfig.get_paths()["purelib"])
-    (next((where / "venv/lib").glob("python*/site-packages")) / "outer.pth").write_text(f"{site}\n")
-    work = where / "work"
-    (work / "workflow").mkdir(parents=True)
-    head = (ROOT / "Snakefile").read_text()
-    end = "    _sys.executable = _shlex.quote(_sys.executable)\n"
-    block = head[head.index("# Snakemake 9 puts the interpreter's path"):head.index(end) + len(end)]
-    (work / "Snakefile").write_text(block + 'rule all:\n    output: "out.txt"\n    script: "workflow/job.py"\n')
-    (work / "workflow/job.py").write_text('open(snakemake.output[0], "w").write("ran")\n')
-    res = subprocess.run([str(where / "venv/bin/python"), "-m", "snakemake", "--cores", "1"], cwd=work,
-                         capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (work / "out.txt").read_text() == "ran"
 
 
 def test_every_baseline_module_registers_and_template_does_not():
@@ -340,6 +314,12 @@ def test_workflow_catalog_file_uses_the_catalogs_keys():
     deploy = usage["software-stack-deployment"]
     assert set(deploy) <= CATALOG_KEYS["software-stack-deployment"]
     assert all(isinstance(v, bool) for v in deploy.values()) and isinstance(usage["report"], bool)
+    # report: true says `snakemake --report` works, and it does: the Snakefile names the report's workflow
+    # description and the report rule's outputs are report() items with their captions
+    supports_report = (re.search(r'^report: "workflow/report/workflow\.rst"$', (ROOT / "Snakefile").read_text(), re.M)
+                       and "report(" in (ROOT / "workflow/rules/report.smk").read_text()
+                       and (ROOT / "workflow/report/workflow.rst").is_file())
+    assert supports_report and usage["report"] is True, "the workflow supports snakemake --report: report: true"
     # what it says holds: every rule that runs code has the conda environment; no container is declared
     smk = {f.name: f.read_text() for f in (ROOT / "workflow/rules").glob("*.smk")}
     assert deploy["conda"] and (ROOT / "workflow/envs/dqss.yaml").is_file()
@@ -386,153 +366,17 @@ def test_config_readme_names_every_config_key():
     assert not keys - documented, f"config/README.md does not mention {sorted(keys - documented)}"
 
 
-# -- every test that runs Snakemake carries the `workflow` marker ---------------------------------
-_SNAKEMAKE = re.compile(r"(?<![.\w])snakemake\b")  # the program or module, not the .snakemake folder
-_SUBPROCESS = {"run", "Popen", "call", "check_call", "check_output"}
+# -- the tiers: a unit test that starts Snakemake fails (tests/unit/conftest.py) ---------------------
+def test_a_unit_test_that_starts_snakemake_fails():
+    """Snakemake in a subprocess, as a program (wherever it lies, under a wrapper, as a shell string) or as
+    `python -m snakemake`, fails a unit test with the fix (the tests/workflow/ tier) before anything starts;
+    other programs run, a path that merely contains the name included."""
+    import subprocess
 
-
-def _is_workflow_mark(node: ast.AST) -> bool:
-    """Whether ``node`` contains ``pytest.mark.workflow`` (bare, called, or in a list)."""
-    return any(isinstance(n, ast.Attribute) and n.attr == "workflow" and isinstance(n.value, ast.Attribute)
-               and n.value.attr == "mark" for n in ast.walk(node))
-
-
-def _snakemake_tests(source: str, shared: frozenset[str] = frozenset(),
-                     shared_fixtures: frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
-    """The test functions of a test module that run Snakemake in a subprocess, directly, through a helper or
-    through a fixture; and those of them without the ``workflow`` marker (on the function, its class or the
-    module's ``pytestmark``).  A subprocess call runs Snakemake when a string in its arguments, or in what a
-    name there is assigned anywhere in the module, names it.  ``shared`` are helpers of other test modules
-    that run Snakemake (a call of one imported here counts), ``shared_fixtures`` conftest.py's fixtures that
-    do (asking for one counts)."""
-    tree = ast.parse(source)
-    imported = {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                and (n.module or "").startswith(("test_", "conftest")) for a in n.names}
-    sub_modules, sub_functions = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            sub_modules |= {a.asname or a.name for a in node.names if a.name == "subprocess"}
-        elif isinstance(node, ast.ImportFrom) and node.module == "subprocess":
-            sub_functions |= {a.asname or a.name for a in node.names if a.name in _SUBPROCESS}
-
-    def strings(node):
-        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-
-    def names(node):
-        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-
-    values: dict[str, list[ast.AST]] = {}  # what each name is assigned, anywhere
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                for t in ast.walk(target):
-                    if isinstance(t, ast.Name):
-                        values.setdefault(t.id, []).append(node.value)
-
-    def mentions_snakemake(node, seen=frozenset()):
-        if any(_SNAKEMAKE.search(s) for s in strings(node)):
-            return True
-        return any(mentions_snakemake(v, seen | {n}) for n in names(node) - seen for v in values.get(n, []))
-
-    def runs_snakemake(call):
-        f = call.func
-        is_sub = (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in sub_modules
-                  and f.attr in _SUBPROCESS) or (isinstance(f, ast.Name) and f.id in sub_functions)
-        return is_sub and any(mentions_snakemake(a) for a in [*call.args, *(k.value for k in call.keywords)])
-
-    functions, marked, fixtures = {}, set(), set()
-    module_marked = any(isinstance(n, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark"
-                                                          for t in n.targets) and _is_workflow_mark(n.value)
-                        for n in tree.body)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and any(_is_workflow_mark(d) for d in node.decorator_list):
-            marked |= {f.name for f in node.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            functions[node.name] = node
-            if any(_is_workflow_mark(d) for d in node.decorator_list):
-                marked.add(node.name)
-            if any("fixture" in ast.dump(d) for d in node.decorator_list):
-                fixtures.add(node.name)
-    runners = {name for name, f in functions.items()
-               if any(isinstance(c, ast.Call) and runs_snakemake(c) for c in ast.walk(f))}
-    outside = imported & set(shared)  # helpers imported from another test module that run Snakemake
-    while True:  # what calls a runner, or asks for a fixture that is one, runs Snakemake too
-        more = {name for name, f in functions.items() if name not in runners and (
-            any(isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in runners | outside
-                for c in ast.walk(f))
-            or any(a.arg in (runners & fixtures) | (set(shared_fixtures) - set(functions)) for a in f.args.args))}
-        if not more:
-            break
-        runners |= more
-    tests = {name for name in runners if name.startswith("test")}
-    return tests, set() if module_marked else tests - marked
-
-
-def _runner_functions(source: str) -> tuple[set[str], set[str]]:
-    """The functions of a module that run Snakemake (directly or through one another), and its fixtures."""
-    tree = ast.parse(source)
-    funcs = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    wrapped = source + "".join(f"\ndef test__{f}():\n    {f}()\n" for f in sorted(funcs))
-    tests, _ = _snakemake_tests(wrapped)
-    fixtures = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-                and any("fixture" in ast.dump(d) for d in n.decorator_list)}
-    return {t[len("test__"):] for t in tests if t.startswith("test__")}, fixtures
-
-
-def _shared_runners(tests_dir) -> tuple[frozenset[str], frozenset[str]]:
-    """Helpers of the test modules and fixtures of conftest.py that run Snakemake: what another module may
-    import or ask for."""
-    helpers = set()
-    for path in sorted(tests_dir.glob("test_*.py")):
-        helpers |= _runner_functions(path.read_text())[0]
-    runs, fx = _runner_functions((tests_dir / "conftest.py").read_text())
-    return frozenset(helpers | runs), frozenset(runs & fx)
-
-
-def test_tests_that_run_snakemake_are_marked_workflow():
-    """`-m "not workflow"` (the inner loop) leaves out exactly the tests that start Snakemake."""
-    found, unmarked = {}, []
-    shared, shared_fixtures = _shared_runners(ROOT / "tests")
-    for path in sorted((ROOT / "tests").glob("test_*.py")):
-        tests, bare = _snakemake_tests(path.read_text(), shared, shared_fixtures)
-        found[path.name] = tests
-        unmarked += [f"{path.name}::{t}" for t in sorted(bare)]
-    # the scan sees the ones it must: a dry run, lint, the real run (through its fixture)
-    assert {"test_lint", "test_readme_main_command_from_repo_root", "test_end_to_end",
-            "test_missing_library_names_the_fix"} <= found["test_workflow.py"]
-    assert not unmarked, f"run Snakemake without @pytest.mark.workflow: {unmarked}"
-
-
-def test_workflow_marker_scan_finds_an_unmarked_test():
-    source = '''
-import subprocess
-import sys
-import pytest
-CMD = [sys.executable, "-m", "snakemake"]
-def run(*args):
-    return subprocess.run([*CMD, *args])
-@pytest.fixture
-def finished():
-    run("--cores", "1")
-def test_helper():
-    run("-n")
-def test_fixture(finished):
-    pass
-@pytest.mark.workflow
-def test_marked():
-    run("--lint")
-class TestGroup:
-    def test_direct(self):
-        subprocess.check_output(["snakemake", "-n"])
-def test_other():
-    subprocess.run(["ls", ".snakemake"])
-'''
-    tests, unmarked = _snakemake_tests(source)
-    assert tests == {"test_helper", "test_fixture", "test_marked", "test_direct"}
-    assert unmarked == {"test_helper", "test_fixture", "test_direct"}
-    assert _snakemake_tests(source + "pytestmark = pytest.mark.workflow\n")[1] == set()
-    # a fixture of conftest.py, and a helper imported from another test module, that run Snakemake
-    other = "from test_workflow import snakemake\ndef test_import():\n    snakemake('-n')\ndef test_shared(tiny_run):\n    pass\n"
-    assert _snakemake_tests(other, frozenset({"snakemake"}), frozenset({"tiny_run"}))[1] == {"test_import",
-                                                                                             "test_shared"}
-    assert _shared_runners(ROOT / "tests")[1] >= {"tiny_run"}
+    for argv in ([sys.executable, "-m", "snakemake", "--version"], ["snakemake", "--version"], "snakemake --version",
+                 ["/opt/env/bin/snakemake", "--version"], ["timeout", "60", sys.executable, "-m", "snakemake", "-h"]):
+        with pytest.raises(pytest.fail.Exception, match="move it into tests/workflow/"):
+            subprocess.run(argv, capture_output=True)
+    res = subprocess.run([sys.executable, "-c", "print('ok')"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout == "ok\n"
+    assert subprocess.run(["ls", str(ROOT / ".snakemake-workflow-catalog.yml")], capture_output=True).returncode == 0

@@ -1,12 +1,11 @@
 """The paper's tables (dqss.report.paper, rule paper_tables): layout and order, bold, ± std, missing cells,
-display names, escaping and errors on small frames; the layout read from a config; and the tables built by
-`snakemake paper_tables` from a real run's metrics.csv, whose values they must show (as rounded)."""
+display names, escaping and errors on small frames; the layout read from a config.  The tables that
+`snakemake paper_tables` builds: tests/workflow/test_paper_tables_workflow.py."""
 from __future__ import annotations
 
 import copy
 import shutil
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,9 +13,10 @@ import yaml
 
 from dqss.report.paper import (ClsPaperTable, SRPaperTable, cls_paper_table, paper_layouts, paper_outputs,
                                paper_tables, read_metrics, sr_paper_table, tex_text, write_paper_tables)
-from test_workflow import ROOT, TEST_CONFIG, job_counts, paper_inputs, snakemake, write_config
+from helpers import ROOT, TEST_CONFIG, md_cells, md_head, md_rows, sr_cells, write_config
 
 FP = dict(w_bits=32, a_bits=32)
+KINDS = {"cls_ptq": "cls", "cls_qat": "cls", "sr_ptq": "sr"}  # track -> kind of table (the registry's)
 
 
 def row(backbone, method, value, *, task="cls_ptq", dataset="digits", w=8, a=8, seed=0, metric="top1"):
@@ -27,31 +27,6 @@ def row(backbone, method, value, *, task="cls_ptq", dataset="digits", w=8, a=8, 
 
 def frame(rows) -> pd.DataFrame:
     return pd.DataFrame(rows)
-
-
-def md_rows(md: str) -> list[list[str]]:
-    """The body rows of the Markdown table in ``md`` (cells stripped; bold kept as **x**)."""
-    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
-    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
-
-
-def md_head(md: str) -> list[str]:
-    return [c.strip() for c in next(ln for ln in md.splitlines() if ln.startswith("|")).strip("|").split("|")]
-
-
-def md_cells(md: str) -> dict[tuple[str, str], str]:
-    """(row name, column name) -> cell of a classification table."""
-    head = md_head(md)
-    return {(r[0], h): c for r in md_rows(md) for h, c in zip(head[1:], r[1:])}
-
-
-def sr_cells(md: str) -> dict[tuple[str, str, str], str]:
-    """(model, method, column name) -> cell of the SR table (the model is written on its group's first row)."""
-    head, out, model = md_head(md), {}, None
-    for r in md_rows(md):
-        model = r[0] or model
-        out |= {(model, r[1], h): c for h, c in zip(head[2:], r[2:])}
-    return out
 
 
 @pytest.fixture
@@ -252,7 +227,7 @@ def test_layouts_take_what_they_leave_out_from_the_tracks():
     cfg = copy.deepcopy(TEST_CONFIG)
     cfg["cls_ptq"]["bits"] = [{"w": 6, "a": 8}, {"w": 4, "a": 4}]
     cfg["cls_ptq"]["backbones"] = {"b": {}, "a": {}}
-    layouts = paper_layouts(cfg)
+    layouts = paper_layouts(cfg, KINDS)
     assert list(layouts) == ["cls_ptq", "cls_qat", "sr_ptq"]
     ptq = layouts["cls_ptq"]
     assert (ptq.w, ptq.a, ptq.backbones, ptq.dataset, ptq.label, ptq.methods) == (6, 8, ["b", "a"], "digits",
@@ -260,27 +235,27 @@ def test_layouts_take_what_they_leave_out_from_the_tracks():
     assert isinstance(layouts["sr_ptq"], SRPaperTable) and layouts["sr_ptq"].std is False
     assert paper_outputs(layouts) == [f"results/paper/{t}.{e}" for t in layouts for e in ("md", "tex")]
     cfg["paper_tables"] = {"cls_ptq": {"w": 4, "a": 4, "backbones": ["a"], "label": "tab:ptq"}, "sr_ptq": None}
-    ptq = paper_layouts(cfg)["cls_ptq"]
+    ptq = paper_layouts(cfg, KINDS)["cls_ptq"]
     assert (ptq.w, ptq.a, ptq.backbones, ptq.label) == (4, 4, ["a"], "tab:ptq")
     del cfg["cls_qat"]
-    assert list(paper_layouts(cfg)) == ["cls_ptq", "sr_ptq"]
+    assert list(paper_layouts(cfg, KINDS)) == ["cls_ptq", "sr_ptq"]
 
 
 def test_layout_config_errors_name_the_key():
     cfg = copy.deepcopy(TEST_CONFIG)
     cfg["paper_tables"] = {"cls_ptq": {"metrics": "top1"}}
     with pytest.raises(ValueError, match=r"paper_tables.cls_ptq: unknown option\(s\) \['metrics'\]"):
-        paper_layouts(cfg)
+        paper_layouts(cfg, KINDS)
     cfg["paper_tables"] = {"cls_ptq": {"w": 1, "a": 8}}
     with pytest.raises(ValueError, match=r"paper_tables.cls_ptq.w must be an integer in 2..8"):
-        paper_layouts(cfg)
+        paper_layouts(cfg, KINDS)
     cfg["paper_tables"] = {"imagenet": {}}
     with pytest.raises(ValueError, match=r"unknown track\(s\) \['imagenet'\]"):
-        paper_layouts(cfg)
+        paper_layouts(cfg, KINDS)
     del cfg["cls_qat"]
     cfg["paper_tables"] = {"cls_qat": {}}
     with pytest.raises(ValueError, match=r"\['cls_qat'\] laid out but not in the config"):
-        paper_layouts(cfg)
+        paper_layouts(cfg, KINDS)
 
 
 def test_config_check_covers_the_layout(tmp_path):
@@ -297,7 +272,7 @@ def test_config_check_covers_the_layout(tmp_path):
 
 def test_paper_config_layout_is_the_papers():
     cfg = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
-    layouts = paper_layouts(cfg)
+    layouts = paper_layouts(cfg, KINDS)
     assert (layouts["cls_ptq"].w, layouts["cls_ptq"].a, layouts["cls_qat"].w, layouts["sr_ptq"].w) == (8, 8, 4, 8)
     assert layouts["cls_ptq"].backbones == list(cfg["cls_ptq"]["backbones"])
     assert layouts["cls_ptq"].methods[0] == "fp32" and layouts["cls_ptq"].methods[-1] == "dqss"
@@ -319,92 +294,3 @@ def test_latex_compiles(cls_df, sr_df, tmp_path):
     res = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path,
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:]
-
-
-# -- the workflow ------------------------------------------------------------------------------
-@pytest.mark.workflow
-def test_paper_dry_run_plans_the_tables(tmp_path):
-    """`snakemake -n paper_tables --configfile config/paper.yaml` plans the rule after every paper job (stand-in
-    inputs as in tests/test_workflow.py); it is not part of `all`."""
-    paper_inputs(tmp_path)
-    args = ["-n", "--cores", "1", "--directory", str(tmp_path), "--configfile", "config/paper.yaml"]
-    res = snakemake("paper_tables", *args)  # the target first: --configfile takes every word after it
-    counts = job_counts(res)
-    assert counts["paper_tables"] == 1 and counts["aggregate"] == 1 and "report" not in counts
-    assert counts["cls_dqss"] == 5 * 3 * 2  # the whole paper run first: the tables need results/metrics.csv
-    for path in paper_outputs(["cls_ptq", "cls_qat", "sr_ptq"]):
-        assert path in res.stdout
-    assert "paper_tables" not in job_counts(snakemake(*args))  # `all` leaves it out
-
-
-def _value(df, **keys) -> float:
-    sel = df
-    for k, v in keys.items():
-        sel = sel[sel[k] == v]
-    assert len(sel) == 1, keys  # one seed in the tiny run
-    return float(sel["value"].iloc[0])
-
-
-@pytest.mark.workflow
-@pytest.mark.slow
-def test_paper_tables_of_a_real_run(tiny_run, tmp_path):
-    """`snakemake paper_tables` on the tiny run, with a layout naming its backbones and methods (no display
-    names) and one method and one test set it lacks: only the rule runs, and every cell is the metrics.csv
-    value, rounded."""
-    work, args = tiny_run
-    cfg = copy.deepcopy(TEST_CONFIG)
-    cfg["paper_tables"] = {
-        "cls_ptq": {"backbones": ["test_resnet"], "methods": ["fp32", "minmax", "mse", "percentile", "dqss_argmax",
-                                                              "dqss"]},
-        "cls_qat": {"backbones": ["resnet20"], "methods": ["fp32", "lsq", "pact", "dqss_nofix", "dqss_retrain",
-                                                           "dqss"]},
-        "sr_ptq": {"backbones": ["edsr_tiny_x2"], "methods": ["bicubic", "fp32", "minmax", "mse", "dqss_argmax",
-                                                              "dqss"], "test_sets": ["tiny", "grey", "Set5"]},
-    }
-    config = str(write_config(tmp_path / "paper_layout.yaml", cfg))
-    assert job_counts(snakemake("paper_tables", *args, "-n", "--configfile", config)) == {"paper_tables": 1}
-    snakemake("paper_tables", *args, "--configfile", config)
-    df = pd.read_csv(work / "results/metrics.csv")
-    out = work / "results/paper"
-    assert sorted(p.name for p in out.iterdir()) == sorted(Path(p).name for p in paper_outputs(cfg["paper_tables"]))
-
-    def plain(cell):
-        return cell.strip("*")
-
-    for track, layout in cfg["paper_tables"].items():
-        if track == "sr_ptq":
-            continue
-        md, tex = (out / f"{track}.md").read_text(), (out / f"{track}.tex").read_text()
-        cells = md_cells(md)
-        assert [r[0] for r in md_rows(md)] == layout["methods"] and md_head(md)[1:] == layout["backbones"]
-        quantized = {}
-        for m in layout["methods"]:
-            got = plain(cells[(m, "resnet20" if track == "cls_qat" else "test_resnet")])
-            if m == "percentile":
-                assert got == "–"
-                continue
-            value = _value(df, task=track, method=m, metric="top1")
-            assert got == f"{value:.2f}", (track, m)
-            assert f"{value:.2f}" in tex
-            if m != "fp32":
-                quantized[m] = round(value, 2)
-        best = max(quantized.values())
-        assert {m for m in quantized if cells[(m, md_head(md)[1])].startswith("**")} == \
-            {m for m, v in quantized.items() if v == best}
-        assert ("Not in the results (shown as –): methods percentile." in md) == (track == "cls_ptq")
-        assert f"\\label{{tab:{track}}}" in tex
-        assert ("test\\_resnet" in tex) == (track == "cls_ptq") and "dqss\\_argmax" not in md
-
-    md = (out / "sr_ptq.md").read_text()
-    cells = sr_cells(md)
-    for m in cfg["paper_tables"]["sr_ptq"]["methods"]:
-        for ts in ("tiny", "grey"):
-            for metric, dec in (("psnr", 2), ("ssim", 4)):
-                value = _value(df, task="sr_ptq", method=m, dataset=ts, metric=metric)
-                assert plain(cells[("edsr_tiny_x2", m, f"{ts} {metric.upper()}")]) == f"{value:.{dec}f}"
-        assert cells[("edsr_tiny_x2", m, "Set5 PSNR")] == "–"
-    assert "Not in the results (shown as –): test sets Set5." in md
-    # the layout unchanged: nothing to do; the default layout (config/test.yaml): the rule reruns alone
-    assert job_counts(snakemake("paper_tables", *args, "-n", "--configfile", config)) == {}
-    assert job_counts(snakemake("paper_tables", *args, "-n", "--configfile", str(ROOT / "config/test.yaml"))) == \
-        {"paper_tables": 1}

@@ -13,7 +13,7 @@ from dqss.core import placement
 from dqss.core.quant import FakeQuantizer
 from dqss.core.strategy import get_strategy
 from dqss.core.layers import QuantPolicy
-from test_deploy import build, check_outputs, images
+from helpers import build, check_outputs, images
 
 SPEC8 = QuantPolicy().act_spec(8)  # the run's activation grid, its sign resolved per tensor
 

@@ -202,6 +202,7 @@ def test_config_errors():
         train_qat(qmodel, data, QATRecipe(epochs=1, batch_size=16), "cpu", seed=0)
 
 
+@pytest.mark.slow  # a benchmark CLI end to end (the fast tier leaves it out)
 def test_bench_qat_runs_tiny(tmp_path):
     """The QAT step benchmark runs end to end on a tiny setting and reports LSQ as 1.0."""
     from dqss.bench.qat import run
@@ -213,6 +214,7 @@ def test_bench_qat_runs_tiny(tmp_path):
     assert (tmp_path / "q.csv").read_text().startswith("method,")
 
 
+@pytest.mark.slow  # a benchmark CLI end to end (the fast tier leaves it out)
 def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
     """The GPU benchmark's one command runs end to end on a tiny CPU setting: every measure, its ratio against
     the step it competes with, and the issue's targets on the search step and the DQSS-QAT step."""
@@ -223,7 +225,7 @@ def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu.csv"
     from pathlib import Path
 
-    rows = run(str(Path(__file__).resolve().parents[1] / "config/test.yaml"), backbone="test_resnet", batch=4, size=16, calib=16, steps=2, warmup=1,
+    rows = run(str(Path(__file__).resolve().parents[2] / "config/test.yaml"), backbone="test_resnet", batch=4, size=16, calib=16, steps=2, warmup=1,
                device="cpu", out=out)
     by = {r["measure"]: r for r in rows}
     assert set(by) == {"fp_step", "search_step", "selection_sweep", "qat_lsq", "qat_pact", "qat_dqss_efficient"}
@@ -238,3 +240,22 @@ def test_bench_gpu_runs_tiny_on_cpu(tmp_path):
     assert by["selection_sweep"]["evaluations"] > 0 and by["search_step"]["candidates"] == 2
     df = pd.read_csv(out)
     assert list(df.measure) == list(by) and (df.backbone == "test_resnet").all() and (df.input_size == 16).all()
+
+
+def test_train_qat_runs_qat_step_once_per_batch(monkeypatch):
+    """train_qat's mini-batch is qat_step (what dqss.bench.qat times): one call per step, the DQSS logits'
+    optimiser last among the optimisers while searching, none after the freeze."""
+    import dqss.algorithms.qat_train as qt
+
+    qmodel, _, data = _qat_model(["lsq", "pact"])
+    calls, step = [], qt.qat_step
+
+    def spy(model, x, y, opts, *args, **kwargs):
+        calls.append([type(o).__name__ for o in opts])
+        return step(model, x, y, opts, *args, **kwargs)
+
+    monkeypatch.setattr(qt, "qat_step", spy)
+    hist = qt.train_qat(qmodel, data, qt.QATRecipe(epochs=1, batch_size=16, shift=0), "cpu", seed=0,
+                        search=qt.DQSSQATConfig(search_fraction=0.5))
+    assert len(calls) == hist[-1]["step"]
+    assert calls[0] == ["SGD", "SGD", "Adam"] and calls[-1] == ["SGD", "SGD"]

@@ -13,7 +13,7 @@ from dqss.core.layers import QuantPolicy, fold_batchnorm, plan_layers
 from dqss.algorithms.ptq import quantize_per_layer, quantize_uniform
 from dqss.core.quant import QuantSpec
 from dqss.algorithms.recon import (GAMMA, ZETA, AdaRoundQuantizer, FrozenWeightQuantizer, Pass, ReconConfig,
-                        ReconstructedStrategy, StepQuantizer, _fisher_weights, _optimise, find_units,
+                        ReconstructedStrategy, StepQuantizer, fisher_weights, optimise_unit, find_units,
                         get_reconstruction, kl_task_loss, load_reconstruction, lp_loss, reconstruct,
                         reconstruction_names, reconstruction_state, rounding_regularizer, save_reconstruction)
 from dqss.core.stats import collect_act_stats
@@ -146,7 +146,7 @@ def test_fisher_weights_are_the_squared_gradient_plus_one():
     qmodel = quantize_uniform(model, plans, stats, get_strategy("minmax"))
     with torch.no_grad():
         teacher = model(x)
-    got = _fisher_weights(qmodel, "block1", x, teacher, 16, "cpu", kl_task_loss)
+    got = fisher_weights(qmodel, "block1", x, teacher, 16, "cpu", kl_task_loss)
     # independent: split the quantized model at block1's output and differentiate the batch-mean KL
     ref = []
     for b, t in zip(torch.split(x, 16), torch.split(teacher, 16)):
@@ -250,6 +250,7 @@ def _layer_error(qmodel, model, x, name):
         return float((q.compute(caps["x"], q.weight_quant(q.layer.weight)) - layer(caps["x"])).pow(2).mean())
 
 
+@pytest.mark.slow  # reconstructs a backbone: minutes on 2 CPU cores (the fast tier leaves it out)
 def test_adaround_lowers_every_layers_output_error():
     model, x, plans, stats, r = _recon("adaround", bits=3, reg_weight=1e-3)  # lambda scaled to the tiny layers
     nearest = quantize_uniform(model, plans, stats, get_strategy("mse"))
@@ -262,6 +263,7 @@ def test_adaround_lowers_every_layers_output_error():
     assert [u for u, _ in r.units] == list(plans)
 
 
+@pytest.mark.slow  # reconstructs a backbone: minutes on 2 CPU cores (the fast tier leaves it out)
 @pytest.mark.parametrize("method", ["brecq", "qdrop"])
 def test_block_reconstruction_lowers_the_output_error(method):
     model, x, plans, stats, r = _recon(method, bits=3)
@@ -278,6 +280,7 @@ def test_block_reconstruction_lowers_the_output_error(method):
     assert any(moved)
 
 
+@pytest.mark.slow  # reconstructs a backbone: minutes on 2 CPU cores (the fast tier leaves it out)
 def test_rounding_ends_binary():
     model, x, plans, stats = _setup(bits=3)
     from dqss.algorithms.recon import build
@@ -294,7 +297,7 @@ def test_rounding_ends_binary():
     from dqss.algorithms.recon import set_act_quant
 
     set_act_quant(qmodel, False)
-    _optimise(layer, [layer], xin, None, target, None, ps, cfg, torch.Generator().manual_seed(0), "cpu")
+    optimise_unit(layer, [layer], xin, None, target, None, ps, cfg, torch.Generator().manual_seed(0), "cpu")
     h = layer.weight_quant.h().detach()
     assert ((h == 0) | (h == 1)).all(), f"{int(((h > 0) & (h < 1)).sum())} of {h.numel()} not binary"
     # the frozen codes are floor(W/s) + h
@@ -302,6 +305,7 @@ def test_rounding_ends_binary():
     assert torch.equal(codes, torch.clamp(layer.weight_quant.w_floor + h, -4, 3))
 
 
+@pytest.mark.slow  # reconstructs a backbone: minutes on 2 CPU cores (the fast tier leaves it out)
 def test_saved_reconstruction_rebuilds_the_same_model(tmp_path):
     model, x, plans, stats, r = _recon("brecq", bits=4, iterations=50)
     path = tmp_path / "recon.pt"
@@ -318,6 +322,7 @@ def test_saved_reconstruction_rebuilds_the_same_model(tmp_path):
         quantize_per_layer(model, plans8, stats, {n: (strat, strat) for n in plans8})
 
 
+@pytest.mark.slow  # reconstructs a backbone: minutes on 2 CPU cores (the fast tier leaves it out)
 def test_reconstruction_is_deterministic():
     *_, r1 = _recon("qdrop", bits=4, iterations=30)
     *_, r2 = _recon("qdrop", bits=4, iterations=30)
@@ -333,12 +338,12 @@ def test_nonfinite_loss_fails_clearly():
 
 def test_cached_unit_output_is_not_changed_by_an_inplace_activation():
     """The reconstruction target of a conv followed by timm's ReLU(inplace=True) is the conv's output."""
-    from dqss.algorithms.recon import _cache
+    from dqss.algorithms.recon import unit_io
 
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).eval()
     x = torch.randn(8, 3, 6, 6)
-    _, got = _cache(model, "0", x, 4, "cpu")
+    _, got = unit_io(model, "0", x, 4, "cpu")
     with torch.no_grad():
         ref = model[0](x)
     assert (ref < 0).any()

@@ -397,13 +397,13 @@ def test_a_clear_win_is_marked_and_bolded_alone():
 def test_provenance_line_names_the_cpu_kernels_and_warns_on_a_mix():
     import pandas as pd
 
-    from dqss.report.readers import _provenance_line
+    from dqss.report.readers import provenance_line
 
     base = {"git_rev": "abc", "device": "cpu (x86_64)", "cpu": "AMD EPYC", "threads": "1", "torch": "2.14.1",
             "timm": "1.0.31", "config_hash": "h"}
     one = pd.DataFrame([{**base, "cpu_capability": "AVX2"}] * 2)
-    line = _provenance_line(one)
+    line = provenance_line(one)
     assert "cpu `AMD EPYC`" in line and "CPU kernels `AVX2`" in line and "threads per job `1`" in line
     assert "warning" not in line
     mixed = pd.DataFrame([{**base, "cpu_capability": "AVX2"}, {**base, "cpu_capability": "AVX512"}])
-    assert "results mix CPU kernel sets ['AVX2', 'AVX512']" in _provenance_line(mixed)
+    assert "results mix CPU kernel sets ['AVX2', 'AVX512']" in provenance_line(mixed)

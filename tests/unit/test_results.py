@@ -162,9 +162,9 @@ def test_checkpoint_and_fp_logits_are_written_atomically(tmp_path, monkeypatch):
 def test_report_figures_are_written_atomically(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from dqss.report.style import _new_figure, _save
+    from dqss.report.style import new_figure, save_figure
 
-    fig = _new_figure()
+    fig = new_figure()
     fig.add_subplot().plot([0, 1])
     monkeypatch.setattr(Figure, "savefig", lambda self, f, **kw: _interrupted(None)(None, f))
-    _keeps_the_old_file(tmp_path / "fig.png", lambda: _save(fig, tmp_path / "fig", ("png",)))
+    _keeps_the_old_file(tmp_path / "fig.png", lambda: save_figure(fig, tmp_path / "fig", ("png",)))

@@ -14,17 +14,19 @@ from snakemake.utils import validate
 
 from dqss.options import build_section
 from dqss.schema import COMMAND, SCHEMA_PATH, class_description, config_schema, dataclass_sections, render
-from dqss.workflow import JOB_KEYS, TRACKS, _config_class, check_top_level, track_config
+from dqss.tracks import get_track, tracks
+from dqss.workflow import check_top_level, track_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ("config/config.yaml", "config/paper.yaml", "config/test.yaml")
 TEST_CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())
 SCHEMA = config_schema()
+TRACKS = tuple(t.name for t in tracks())  # the registered tracks (dqss.tracks)
 
 
 def _sections():
     """(track, section key, dataclass) of every dataclass section of every track."""
-    return [(t, name, cls) for t in TRACKS for name, cls in dataclass_sections(_config_class(t)).items()]
+    return [(t.name, name, cls) for t in tracks() for name, cls in dataclass_sections(t.config).items()]
 
 
 def test_checked_in_schema_is_current():
@@ -54,7 +56,7 @@ def test_every_section_field_is_described(track, section, cls):
 def test_schema_covers_every_key_the_library_reads():
     for track in TRACKS:
         keys = set(SCHEMA["properties"][track]["properties"])
-        assert {k for job in JOB_KEYS[track].values() for k in job} | {"bits"} <= keys, track
+        assert {k for job in get_track(track).job_keys.values() for k in job} | {"bits"} <= keys, track
         assert all(SCHEMA["properties"][track]["properties"][k].get("description") for k in keys), track
     assert {"seeds", "device", "cpu_kernels", "paper_tables", *TRACKS} == set(SCHEMA["properties"])
 
@@ -73,7 +75,7 @@ def test_track_defaults_and_choices_are_the_tracks():
 def test_schema_defaults_are_the_librarys(track, section, cls):
     """A section built from the schema's defaults is the section the library builds from nothing."""
     props = SCHEMA["properties"][track]["properties"][section]["properties"]
-    config_class = _config_class(track)
+    config_class = get_track(track).config
     ours = build_section(cls, {k: v["default"] for k, v in props.items()}, f"{track}.{section}")
     theirs = build_section(cls, config_class.section_defaults.get(section), f"{track}.{section}")
     assert ours == theirs
@@ -119,9 +121,10 @@ def test_schema_refuses_bad_values(path, value, message):
 @pytest.mark.parametrize("track", TRACKS)
 def test_paper_tables_schema_is_the_layouts(track):
     """paper_tables.<track>: every field of its layout dataclass, described, with the library's defaults."""
-    from dqss.report.paper import PAPER_TABLE_CLASSES
+    from dqss.report.paper import PAPER_TABLES
+    from dqss.tracks import get_track
 
-    cls = PAPER_TABLE_CLASSES[track]
+    cls = PAPER_TABLES[get_track(track).table]
     props = SCHEMA["properties"]["paper_tables"]["properties"][track]["properties"]
     assert set(props) == {f.name for f in dataclasses.fields(cls)} and class_description(cls)
     assert all(p["description"].strip() for p in props.values())

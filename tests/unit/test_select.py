@@ -26,7 +26,7 @@ from dqss.core.strategy import get_strategy, strategy_names
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConvNet(nn.Module):
@@ -328,7 +328,7 @@ def test_compare_pairs_images_and_pools_seeds():
     ("cls_ptq", ("calibration", "hold_fraction"), 0, r"hold_fraction must be a number in \(0, 1\)"),
     ("sr_ptq", ("calibration", "hold_fraction"), -0.1,
      r"sr_ptq.calibration.hold_fraction must be a number in \(0, 1\)"),
-    ("cls_ptq", ("dqss", "select"), "best", r"dqss.algorithms.select: unknown 'best'; valid values are \['measured', 'argmax'\]"),
+    ("cls_ptq", ("dqss", "select"), "best", r"dqss.select: unknown 'best'; valid values are \['measured', 'argmax'\]"),
     ("sr_ptq", ("dqss", "objective"), "psnr", r"dqss.objective: unknown 'psnr'; valid values are"),
     ("cls_ptq", ("dqss", "sweeps"), 0, r"dqss.sweeps must be an integer in 1..20"),
     ("sr_ptq", ("dqss", "accept_z"), -1, r"dqss.accept_z must be a number in \[0, 10\]"),

@@ -26,7 +26,7 @@ from dqss.workflow import job_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BB = "edsr_tiny_x2"
 W, A = 4, 4
 
@@ -183,7 +183,7 @@ def test_sr_search_moves_only_logits_and_lowers_l1():
             assert torch.equal(p, frozen[n]), n
 
 
-# -- the job chain --------------------------------------------------------------------------
+# -- the job chain (its tests are `slow`: the fast tier leaves the chain out) ------------------
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     out = tmp_path_factory.mktemp("sr_chain")
@@ -227,6 +227,7 @@ def _results(path):
     return d, {r["dataset"]: r["metrics"] for r in d["results"]}
 
 
+@pytest.mark.slow
 def test_chain_metrics(chain):
     cfg, out, p, uniform = chain
     _, fp = _results(p["fp"])
@@ -251,6 +252,7 @@ def test_chain_metrics(chain):
             assert abs(np.mean(r["per_image"]["psnr"]) - r["metrics"]["psnr"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_chain_crops_are_the_same_window(chain):
     import cv2
 
@@ -263,6 +265,7 @@ def test_chain_crops_are_the_same_window(chain):
     assert 15 < 10 * math.log10(255 ** 2 / max(((gt.astype(float) - bic) ** 2).mean(), 1e-9)) < 60
 
 
+@pytest.mark.slow
 def test_chain_calibration_uses_training_images_only(chain):
     cfg, out, p, _ = chain
     lines = p["crops"].read_text().splitlines()
@@ -273,6 +276,7 @@ def test_chain_calibration_uses_training_images_only(chain):
     assert lines != calibration_crops(cfg, BB, 1)[1]
 
 
+@pytest.mark.slow
 def test_chain_assignment_and_history(chain):
     cfg, out, p, _ = chain
     asg = yaml.safe_load(p["assignment"].read_text())
@@ -285,6 +289,7 @@ def test_chain_assignment_and_history(chain):
     assert hist and int(hist[-1]["iteration"]) == cfg.train.iterations
 
 
+@pytest.mark.slow
 def test_chain_dqss_is_deterministic(chain, tmp_path):
     cfg, out, p, _ = chain
     f = {k: tmp_path / k for k in ("dqss", "assignment", "search", "selection", "dqss_crop", "argmax",
@@ -301,6 +306,7 @@ def test_chain_dqss_is_deterministic(chain, tmp_path):
         assert f[key].read_bytes() == p[key].read_bytes()
 
 
+@pytest.mark.slow
 def test_changed_calibration_images_are_detected(chain, tmp_path):
     cfg, out, p, _ = chain
     bad = tmp_path / "crops.txt"
@@ -311,6 +317,7 @@ def test_changed_calibration_images_are_detected(chain, tmp_path):
                                                                    "argmax_crop")}, crops=bad), device="cpu")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_names_the_fix(chain, tmp_path):
     cfg, *_ = chain
     bad = tmp_path / "model.pt"

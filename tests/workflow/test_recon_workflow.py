@@ -11,9 +11,7 @@ import yaml
 from dqss.algorithms.recon import load_reconstruction
 from dqss.results import DQSS_RECON
 from dqss.workflow import job_settings, track_config
-from test_workflow import ROOT, job_counts, snakemake
-
-pytestmark = pytest.mark.workflow
+from helpers import ROOT, job_counts, snakemake
 
 METHODS = ["adaround", "brecq", "qdrop"]
 CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.workflow, pytest.mark.slow]
+from helpers import ROOT, SNAKEMAKE
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+pytestmark = pytest.mark.slow
+
 RUN_LIMIT = 1500  # seconds: the run is killed past this (the plugin polls sacct for ever if accounting is off)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

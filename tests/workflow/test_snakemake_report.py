@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import ROOT, snakemake
-
-# runs Snakemake in a subprocess: `python -m pytest -m "not workflow"` skips this module
-pytestmark = pytest.mark.workflow
+from helpers import ROOT, snakemake
 
 TRACKS = ("cls_ptq", "cls_qat", "sr_ptq")
 RESULTS = {"results/metrics.csv", "results/report/report.md", "results/report/summary.csv"}

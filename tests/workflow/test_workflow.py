@@ -8,47 +8,14 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-# every test here runs Snakemake in a subprocess: `python -m pytest -m "not workflow"` skips them
-pytestmark = pytest.mark.workflow
+from helpers import ROOT, TEST_CONFIG, job_counts, paper_inputs, snakemake, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]  # the Snakemake of the Python running the tests (.venv's)
-TEST_CONFIG = yaml.safe_load((ROOT / "config/test.yaml").read_text())
 END = {"aggregate", "report", "all"}
-
-
-def snakemake(*args, cwd=ROOT, check=True):
-    """``snakemake ARGS`` as typed in ``cwd`` (the repo root unless a test says otherwise)."""
-    res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
-def job_counts(res) -> dict[str, int]:
-    """The 'Job stats' table of a (dry) run."""
-    counts, table = {}, False
-    for line in res.stdout.splitlines():
-        if line.startswith("Job stats:"):
-            table = True
-        parts = line.split()
-        if table and len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-        if table and parts and parts[0] == "total":
-            break
-    counts.pop("total", None)
-    return counts
-
-
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # key order kept: the first test set is the crop's
-    return path
 
 
 def reordered(d, under: str = ""):
@@ -58,32 +25,6 @@ def reordered(d, under: str = ""):
         items = list(d.items()) if under == "test_sets" else list(reversed(d.items()))
         return {k: reordered(v, k) for k, v in items}
     return d
-
-
-def paper_inputs(base: Path) -> None:
-    """Empty stand-ins, under ``base``, for every data folder and weight file config/paper.yaml names
-    (a dry run checks that they exist; nothing reads them)."""
-    cfg = yaml.safe_load((ROOT / "config/paper.yaml").read_text())
-    imagenet = base / cfg["cls_ptq"]["data"]["root"]
-    for sub in ("train", "val"):
-        (imagenet / sub).mkdir(parents=True)
-    cifar = base / cfg["cls_qat"]["data"]["root"] / "cifar-10-batches-py"
-    cifar.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
-        (cifar / name).touch()
-    sr = cfg["sr_ptq"]
-    for spec in [sr["data"]["train"], *sr["data"]["test_sets"].values()]:
-        for part in ("hr", "lr"):
-            for scale in (2, 4):
-                if spec.get(part):
-                    (base / sr["data"]["root"] / spec[part].replace("{scale}", str(scale))).mkdir(parents=True,
-                                                                                                 exist_ok=True)
-    for track in ("cls_ptq", "cls_qat", "sr_ptq"):
-        for spec in cfg[track]["backbones"].values():
-            w = spec.get("weights")
-            if isinstance(w, str) and w not in ("train", "timm"):
-                (base / w).parent.mkdir(parents=True, exist_ok=True)
-                (base / w).touch()
 
 
 EMBEDDED_COUNTS = {
