@@ -1,7 +1,7 @@
 """The QAT baselines' own ``export_grid`` gives, bit for bit, the grid dqss.deploy used to compute for them.
 
 The reference functions below are the grid makers dqss/deploy.py held for LSQ, LSQ+, PACT and DoReFa before the
-baselines exported their own grids (copied verbatim, ``_grid`` included), so the ONNX files do not change.
+baselines exported their own grids (copied verbatim; ``make_grid``, which they call, did not change), so the ONNX files do not change.
 """
 from __future__ import annotations
 
@@ -18,16 +18,7 @@ from dqss.plugin import LearnedQuantizer
 
 
 # -- the old formulas of dqss/deploy.py (reference) ------------------------------------------------------------
-def _grid(scale, zero, qmin, qmax, axis=0) -> deploy.Grid:
-    scale = torch.as_tensor(scale).detach().float().clone()
-    zero = torch.as_tensor(zero).detach()
-    if zero.is_floating_point():
-        if not torch.equal(zero, torch.round(zero)):
-            raise ValueError("zero point is not an integer")
-    zero = zero.round().to(torch.int32)
-    if zero.shape != scale.shape:
-        zero = zero.expand(scale.shape).clone() if zero.numel() == 1 else zero
-    return deploy.Grid(scale, zero, int(qmin), int(qmax), int(axis))
+_grid = deploy.make_grid  # unchanged: only the per-baseline formulas moved
 
 
 def _lsq_grid(q, weight=None):
