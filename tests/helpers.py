@@ -117,6 +117,58 @@ BAD_CHECKS = {  # configs the checker (and so the workflow) refuses: the edit of
 }
 
 
+def set_key(section: str, key: str, value):
+    return lambda c: c[section].__setitem__(key, value)
+
+
+def set_in(section: str, sub: str, key: str, value):
+    return lambda c: c[section].setdefault(sub, {}).__setitem__(key, value)
+
+
+# configs the workflow refuses before any job: the edit of config/test.yaml, a part of the message.  Every case is
+# checked in-process (tests/unit/test_config_check.py); tests/workflow/test_workflow.py runs two of them through
+# Snakemake to show that the errors stop a run before any job.
+BAD_CONFIG_LIBRARY = "exceeds the 1204 training images"  # a library check's message (not the schema's)
+BAD_CONFIGS = [
+    (lambda c: c["cls_ptq"]["backbones"].update({"resnet_nonexistent": {"weights": "train"}}), "unknown backbone"),
+    (lambda c: c["cls_ptq"]["strategies"].append("nope"), "registered PTQ strategies"),
+    (lambda c: c["cls_ptq"]["bits"].append({"w": 9, "a": 8}), "maximum"),
+    (lambda c: c["cls_ptq"]["dqss"].update({"lossy": 1}), "lossy"),
+    (lambda c: c["cls_qat"]["strategies"].append("minmax"), "registered QAT strategies"),
+    (lambda c: c["cls_qat"]["dqss"].update({"search_fraction": 0}), "search_fraction"),
+    (lambda c: c["cls_qat"]["backbones"].update({"resnet21": {"weights": "train"}}), "unknown backbone"),
+    (set_in("cls_ptq", "strategy_options", "percentile", {"percentile": 20}), "percentile must lie"),
+    (lambda c: c["sr_ptq"]["backbones"].update({"edsr_x9": {"weights": "train"}}), "not supported"),
+    (lambda c: c["sr_ptq"]["backbones"].update({"vdsr_x2": {"weights": "train"}}), "unknown SR backbone"),
+    (lambda c: c["sr_ptq"]["bits"].append({"w": 8, "a": 1}), "minimum"),
+    (lambda c: c["sr_ptq"]["strategies"].append("lsq"), "registered PTQ strategies"),
+    (set_in("sr_ptq", "quant", "high_precision", ["neck"]), "neck"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "https://x/y.pth",
+                                                                           "sha256": "zz"}}), "sha256"),
+    # duplicates would be counted twice in every mean and std
+    (lambda c: c.update({"seeds": [0, 0]}), "seeds"),
+    (lambda c: c["cls_ptq"]["bits"].append({"w": 4, "a": 4}), "non-unique"),
+    (lambda c: c.update({"seeds": [2 ** 64]}), "4294967295"),
+    (set_in("cls_ptq", "train", "seed", 2 ** 40), "4294967295"),
+    # DQSS needs something to choose from
+    (set_key("cls_qat", "strategies", ["lsq"]), "at least two"),
+    (set_in("sr_ptq", "dqss", "candidates", ["mse"]), "DQSS"),
+    # found before any training, not after it
+    (set_in("cls_ptq", "calibration", "size", 5000), BAD_CONFIG_LIBRARY),
+    (lambda c: c["cls_qat"]["backbones"]["resnet20"].update({"weights": "weights/resnet20_typo.pth"}),
+     "cls_qat.backbones.resnet20.weights: weight file weights/resnet20_typo.pth not found"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": "pretrained/edsr.pth"}),
+     "sr_ptq.backbones.edsr_tiny_x2.weights: weight file pretrained/edsr.pth not found"),
+    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "", "sha256": "ab" * 32}}),
+     "sr_ptq.backbones.edsr_tiny_x2.weights.url is missing or empty"),
+    (lambda c: c["cls_qat"].update({"data": {"name": "cifar10", "root": "nowhere/cifar"}}),
+     "cls_qat.data.root: nowhere/cifar/cifar-10-batches-py lacks data_batch_1"),
+    (lambda c: c["cls_ptq"].update({"data": {"name": "imagefolder", "root": "nowhere/imagenet"},
+                                     "backbones": {"resnet18": {"weights": "timm"}}}),
+     "cls_ptq.data.root: directory nowhere/imagenet/train not found. Expected ImageFolder layout"),
+]
+
+
 # -- the paper's Markdown tables -------------------------------------------------------------------
 def md_rows(md: str) -> list[list[str]]:
     """The body rows of the Markdown table in ``md`` (cells stripped; bold kept as **x**)."""

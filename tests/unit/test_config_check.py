@@ -12,7 +12,7 @@ import pytest
 
 from dqss import workflow
 from dqss.workflow import check_config_file, main
-from helpers import BAD_CHECKS, ROOT, TEST_CONFIG, edited, run_check, write_config, yte_template
+from helpers import BAD_CHECKS, BAD_CONFIGS, ROOT, TEST_CONFIG, edited, run_check, write_config, yte_template
 
 
 # -- item 3: a config that runs code ---------------------------------------------------------------
@@ -70,6 +70,21 @@ def test_check_refuses(case, tmp_path, capsys):
     status, out = run_check(capsys, path)
     assert status == 1 and message in out, out
     assert out.startswith(f"{path}: ") and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("case", range(len(BAD_CONFIGS)))
+def test_bad_config_is_refused_before_any_job(case, tmp_path, monkeypatch):
+    """Every bad config of BAD_CONFIGS fails ``check_config``, the check the workflow runs before building its DAG
+    (workflow/rules/common.smk), with a message naming the key; nothing is written.  Relative paths are relative to
+    the working directory, as under ``snakemake --directory``.  (Two of them also run through Snakemake:
+    tests/workflow/test_workflow.py.)"""
+    edit, message = BAD_CONFIGS[case]
+    monkeypatch.chdir(tmp_path)
+    config = workflow.load_config_data(write_config(tmp_path / "bad.yaml", edited(edit)))
+    with pytest.raises(Exception) as err:
+        workflow.check_config(config)
+    assert message in str(err.value), str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 
 def test_check_accepts_a_constant_temperature(tmp_path, capsys):

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import ROOT, TEST_CONFIG, job_counts, paper_inputs, snakemake, write_config
+from helpers import (BAD_CONFIG_LIBRARY, BAD_CONFIGS, ROOT, TEST_CONFIG, edited, job_counts, paper_inputs, snakemake,
+                     write_config)
 
 END = {"aggregate", "report", "all"}
 
@@ -136,68 +137,18 @@ def test_local_weight_files_are_inputs(tmp_path):
     assert "cls_train" not in job_counts(res) and "sr_train" not in job_counts(res)
 
 
-def _bad_config(tmp_path, edit):
-    cfg = copy.deepcopy(TEST_CONFIG)
-    edit(cfg)
-    return write_config(tmp_path / "bad.yaml", cfg)
-
-
-def _set(section: str, key: str, value):
-    return lambda c: c[section].__setitem__(key, value)
-
-
-def _set_in(section: str, sub: str, key: str, value):
-    return lambda c: c[section].setdefault(sub, {}).__setitem__(key, value)
-
-
-BAD_CONFIGS = [
-    (lambda c: c["cls_ptq"]["backbones"].update({"resnet_nonexistent": {"weights": "train"}}), "unknown backbone"),
-    (lambda c: c["cls_ptq"]["strategies"].append("nope"), "registered PTQ strategies"),
-    (lambda c: c["cls_ptq"]["bits"].append({"w": 9, "a": 8}), "maximum"),
-    (lambda c: c["cls_ptq"]["dqss"].update({"lossy": 1}), "lossy"),
-    (lambda c: c["cls_qat"]["strategies"].append("minmax"), "registered QAT strategies"),
-    (lambda c: c["cls_qat"]["dqss"].update({"search_fraction": 0}), "search_fraction"),
-    (lambda c: c["cls_qat"]["backbones"].update({"resnet21": {"weights": "train"}}), "unknown backbone"),
-    (_set_in("cls_ptq", "strategy_options", "percentile", {"percentile": 20}), "percentile must lie"),
-    (lambda c: c["sr_ptq"]["backbones"].update({"edsr_x9": {"weights": "train"}}), "not supported"),
-    (lambda c: c["sr_ptq"]["backbones"].update({"vdsr_x2": {"weights": "train"}}), "unknown SR backbone"),
-    (lambda c: c["sr_ptq"]["bits"].append({"w": 8, "a": 1}), "minimum"),
-    (lambda c: c["sr_ptq"]["strategies"].append("lsq"), "registered PTQ strategies"),
-    (_set_in("sr_ptq", "quant", "high_precision", ["neck"]), "neck"),
-    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "https://x/y.pth",
-                                                                           "sha256": "zz"}}), "sha256"),
-    # duplicates would be counted twice in every mean and std
-    (lambda c: c.update({"seeds": [0, 0]}), "seeds"),
-    (lambda c: c["cls_ptq"]["bits"].append({"w": 4, "a": 4}), "non-unique"),
-    (lambda c: c.update({"seeds": [2 ** 64]}), "4294967295"),
-    (_set_in("cls_ptq", "train", "seed", 2 ** 40), "4294967295"),
-    # DQSS needs something to choose from
-    (_set("cls_qat", "strategies", ["lsq"]), "at least two"),
-    (_set_in("sr_ptq", "dqss", "candidates", ["mse"]), "DQSS"),
-    # found before any training, not after it
-    (_set_in("cls_ptq", "calibration", "size", 5000), "exceeds the 1204 training images"),
-    (lambda c: c["cls_qat"]["backbones"]["resnet20"].update({"weights": "weights/resnet20_typo.pth"}),
-     "cls_qat.backbones.resnet20.weights: weight file weights/resnet20_typo.pth not found"),
-    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": "pretrained/edsr.pth"}),
-     "sr_ptq.backbones.edsr_tiny_x2.weights: weight file pretrained/edsr.pth not found"),
-    (lambda c: c["sr_ptq"]["backbones"]["edsr_tiny_x2"].update({"weights": {"url": "", "sha256": "ab" * 32}}),
-     "sr_ptq.backbones.edsr_tiny_x2.weights.url is missing or empty"),
-    (lambda c: c["cls_qat"].update({"data": {"name": "cifar10", "root": "nowhere/cifar"}}),
-     "cls_qat.data.root: nowhere/cifar/cifar-10-batches-py lacks data_batch_1"),
-    (lambda c: c["cls_ptq"].update({"data": {"name": "imagefolder", "root": "nowhere/imagenet"},
-                                     "backbones": {"resnet18": {"weights": "timm"}}}),
-     "cls_ptq.data.root: directory nowhere/imagenet/train not found. Expected ImageFolder layout"),
-]
-
-
 def test_bad_config_fails_before_any_job(tmp_path):
-    """Each bad config stops the dry run with a message naming the key, and nothing is written
-    (the cases run two at a time; every mismatch is listed)."""
+    """A bad config stops the dry run with a message naming the key, and nothing is written: one error of the
+    schema and one of the library, through Snakemake (every case of BAD_CONFIGS is checked in-process, with the
+    same check_config the workflow runs: tests/unit/test_config_check.py)."""
+    cases = [i for i, (_edit, message) in enumerate(BAD_CONFIGS) if message in ("maximum", BAD_CONFIG_LIBRARY)]
+    assert len(cases) == 2
+
     def attempt(i):
         edit, message = BAD_CONFIGS[i]
         work = tmp_path / f"case{i}"
         work.mkdir()
-        path = _bad_config(work, edit)
+        path = write_config(work / "bad.yaml", edited(edit))
         res = snakemake("-n", "--cores", "1", "--directory", str(work), "--configfile", str(path), check=False)
         out = res.stdout + res.stderr
         if res.returncode == 0 or message not in out or (work / "results").exists():
@@ -205,10 +156,8 @@ def test_bad_config_fails_before_any_job(tmp_path):
         return None
 
     with ThreadPoolExecutor(2) as pool:
-        wrong = [w for w in pool.map(attempt, range(len(BAD_CONFIGS))) if w]
+        wrong = [w for w in pool.map(attempt, cases) if w]
     assert not wrong, "\n".join(wrong)
-
-
 
 
 # `snakemake ARGS` in a Python where the library is not installed: importing dqss fails as it does there
