@@ -15,6 +15,8 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from ..options import (BIT_MAX, BIT_MIN, EVAL_BATCH_SIZE, build_section, check_annealing, check_distinct,
                       check_seed, type_hints)
+from ..results import DQSS_ARGMAX, DQSS_RECON, FP_METHOD, PTQ_DQSS_METHODS, REFERENCE_METHODS, is_dqss
+
 
 class NotGiven:
     """A config key a job was not given: any use of it fails, naming the key and the fix."""
@@ -248,21 +250,15 @@ class TrackConfig:
 
     def methods(self) -> list[str]:
         """The methods of its result rows at every bit width and seed (the workflow's targets)."""
-        from ..results import PTQ_DQSS_METHODS
-
         return self.strategies + list(PTQ_DQSS_METHODS)
 
     def reference_methods(self) -> list[str]:
         """The methods of its unquantized rows (one per backbone)."""
-        from ..results import FP_METHOD
-
         return [FP_METHOD]
 
     def row_settings(self, backbone: str, method: str) -> dict:
         """The settings that define one result row (columns of metrics.csv, :data:`dqss.results.SETTINGS`): those of
         every track here; a track adds its own by overriding (and calling this)."""
-        from ..results import REFERENCE_METHODS
-
         weights = self.weights(backbone)
         out = {"weights": weights if weights in ("train", "timm", "url") else "file"}
         if method in REFERENCE_METHODS:
@@ -273,8 +269,6 @@ class TrackConfig:
     def dqss_row_settings(self, method: str, reconstruction=None) -> dict:
         """The settings of a DQSS row every track shares: candidates (with the reconstruction methods for
         dqss_recon), the selection and its sweeps."""
-        from ..results import DQSS_ARGMAX, DQSS_RECON
-
         d = self.dqss
         select = "argmax" if method == DQSS_ARGMAX else d.select
         out = {"candidates": d.candidates + (reconstruction.methods if method == DQSS_RECON and reconstruction else []),
@@ -291,8 +285,6 @@ class PTQTrackConfig(TrackConfig):
     ``reconstruction:``)."""
 
     def row_settings(self, backbone: str, method: str) -> dict:
-        from ..results import REFERENCE_METHODS, is_dqss
-
         out = super().row_settings(backbone, method)
         if method in REFERENCE_METHODS:
             return out

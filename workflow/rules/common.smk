@@ -50,7 +50,7 @@ def local_weights(cfg, backbone):
     return cfg.weight_file(backbone) or []
 
 
-def checkpoint(track):
+def fp_weights(track):
     """The input function of the weights a job of ``track`` loads: the checkpoint trained here ('train'), the
     downloaded file ('url'), or the local weight file; nothing for timm weights."""
 
@@ -66,7 +66,7 @@ def checkpoint(track):
     return inputs
 
 
-cls_checkpoint, qat_checkpoint, sr_checkpoint = (checkpoint(t) for t in ("cls_ptq", "cls_qat", "sr_ptq"))
+cls_checkpoint, qat_checkpoint, sr_checkpoint = (fp_weights(t) for t in ("cls_ptq", "cls_qat", "sr_ptq"))
 
 
 def sr_fp_file(backbone, file):
@@ -266,7 +266,7 @@ DEPLOY_SUMMARY = ["results/deploy/deploy.csv"] if deploy_tables() else []
 
 def deploy_inputs(wc):
     cfg, layout = TRACK[wc.track], DEPLOY_TRACKS[wc.track]
-    ckpt = checkpoint(wc.track)(wc)
+    ckpt = fp_weights(wc.track)(wc)
     return {"ckpt": ckpt, "stats": layout.calib("stats.pt", wc.seed, wc.backbone),
             "assignments": [layout.job("assignment.yaml", DQSS_METHOD, w, a, wc.seed, wc.backbone)
                             for w, a in cfg.bits]}
