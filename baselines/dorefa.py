@@ -38,7 +38,7 @@ def clip_quantize(x: torch.Tensor, alpha: torch.Tensor, signed: bool, qmax: int)
     lo = -alpha if signed else torch.zeros_like(alpha)
     step = alpha / qmax
     y = torch.clamp(x, lo, alpha)
-    return torch.round(y / step) * step, (x >= lo) & (x <= alpha)
+    return y.div_(step).round_().mul_(step), (x >= lo) & (x <= alpha)  # round(y / step) * step, in place
 
 
 class DoReFaWeightQuantizer(LearnedQuantizer):

@@ -47,16 +47,18 @@ class LSQQuantizer(LearnedQuantizer):
 
     def quantize(self, x, s):
         s = self.channel_view(s.clamp_min(EPS), x)
-        return torch.round(torch.clamp(x / s, self.spec.qmin, self.spec.qmax)) * s
+        # round(clamp(x / s, Q_N, Q_P)) * s, in place on one new tensor
+        return torch.div(x, s).clamp_(self.spec.qmin, self.spec.qmax).round_().mul_(s)
 
     def grads(self, x, grad, s):
         sv = self.channel_view(s.clamp_min(EPS), x)
         u = x / sv
         inside = (u >= self.spec.qmin) & (u <= self.spec.qmax)
-        r = torch.round(torch.clamp(u, self.spec.qmin, self.spec.qmax))  # Q_N / Q_P outside
-        ds = torch.where(inside, r - u, r)  # eq. 3
+        r = torch.clamp(u, self.spec.qmin, self.spec.qmax).round_()  # Q_N / Q_P outside
+        ds = torch.where(inside, u.sub_(r).neg_(), r)  # eq. 3: r - u inside (u is not needed after this)
         g = grad_scale(elements_per_step(x, self.role, self.spec), self.spec.qmax)
-        return r * sv, inside, ((self.reduce_product(grad, ds, s) * g).to(s.dtype),)
+        step_grad = (self.reduce_product(grad, ds, s) * g).to(s.dtype)
+        return r.mul_(sv), inside, (step_grad,)
 
 
 def lsq_init(mean_abs, qmax: int):

@@ -59,17 +59,18 @@ class LSQPlusActQuantizer(LearnedQuantizer):
 
     def quantize(self, x, s, beta):
         s, beta = self.channel_view(s.clamp_min(EPS), x), self.channel_view(beta, x)
-        return torch.round(torch.clamp((x - beta) / s, self.spec.qmin, self.spec.qmax)) * s + beta
+        # round(clamp((x - beta) / s, Q_N, Q_P)) * s + beta, in place on one new tensor
+        return torch.sub(x, beta).div_(s).clamp_(self.spec.qmin, self.spec.qmax).round_().mul_(s).add_(beta)
 
     def grads(self, x, grad, s, beta):
         sv, bv = self.channel_view(s.clamp_min(EPS), x), self.channel_view(beta, x)
-        u = (x - bv) / sv
+        u = torch.sub(x, bv).div_(sv)
         inside = (u >= self.spec.qmin) & (u <= self.spec.qmax)
-        r = torch.round(torch.clamp(u, self.spec.qmin, self.spec.qmax))
+        r = torch.clamp(u, self.spec.qmin, self.spec.qmax).round_()
         g = grad_scale(elements_per_step(x, "act", self.spec), self.spec.qmax)
-        gs = self.reduce_product(grad, torch.where(inside, r - u, r), s) * g
+        gs = self.reduce_product(grad, torch.where(inside, u.sub_(r).neg_(), r), s) * g  # r - u inside
         gb = self.reduce_to(torch.where(inside, 0.0, grad), beta) * g
-        return r * sv + bv, inside, (gs.to(s.dtype), gb.to(beta.dtype))
+        return r.mul_(sv).add_(bv), inside, (gs.to(s.dtype), gb.to(beta.dtype))
 
     def extra_repr(self) -> str:
         return f"{self.strategy}, {self.spec.bits} bit, asymmetric [0, {self.spec.qmax}] with learned offset"

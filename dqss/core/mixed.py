@@ -37,7 +37,7 @@ class _LeanMixture(torch.autograd.Function):
         ctx.save_for_backward(x, probs)
         out = None
         for p, q in zip(probs, quantizers):
-            term = p * q.values_and_mask(x)[0]
+            term = q.values_and_mask(x)[0].mul_(p)  # p * Q(x), in place on Q(x)'s own new tensor
             out = term if out is None else out.add_(term)
         return out
 
@@ -48,7 +48,7 @@ class _LeanMixture(torch.autograd.Function):
         pass_through = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         for i, q in enumerate(ctx.quantizers):
             values, inside = q.values_and_mask(x)
-            grad_p[i] = (grad * values).sum()
+            grad_p[i] = values.mul_(grad).sum()  # (grad * Q(x)).sum(), in place
             if pass_through is not None:
                 pass_through.add_(inside * probs[i])  # a tensor product: no device sync per candidate
         return (None if pass_through is None else grad * pass_through), grad_p, None
@@ -148,6 +148,11 @@ class MixedQuantizer(nn.Module):
             return self.candidates[self.sampled](x) * (p / p.detach())
         p = self.probs()
         if all(isinstance(q, FakeQuantizer) for q in self.candidates):
+            if len(self.candidates) == 1:
+                # p is the constant 1 (a softmax of one logit): the candidate's own straight-through pass, times
+                # p / p.detach() (1 in value) to keep the logit in the graph: the same values and gradients as
+                # the mixture below, without recomputing the candidate in the backward
+                return self.candidates[0](x) * (p[0] / p[0].detach())
             return _LeanMixture.apply(x, p, tuple(self.candidates))
         if all(isinstance(q, LearnedQuantizer) and q.closed_form for q in self.candidates):
             params = [t for q in self.candidates for t in q.learned()]
@@ -210,7 +215,9 @@ class MixedQuantLayer(QuantLayer):
         weights = self.weight_candidates()
         beta = self.weight_quant.probs()
         if self.mode == "efficient":  # with the bias sum_ij alpha_i beta_j b_ij (dqss.core.quant.int32_bias)
-            w_mix = torch.tensordot(beta, weights, dims=1)
+            # one weight candidate: beta is the constant 1 (a softmax of one logit), so the layer needs no weight
+            # gradient for it, only the candidate (the plain quantized convolution's cost)
+            w_mix = weights[0] if len(weights) == 1 else torch.tensordot(beta, weights, dims=1)
             return self.compute(self.act_quant(x), w_mix, self.deployed_bias())
         alpha = self.act_quant.probs()
         acts = self.act_quant.outputs(x)
@@ -246,8 +253,10 @@ class MixedQuantLayer(QuantLayer):
         wq, aq = self.weight_quant, self.act_quant
         i = aq.pinned if aq.pinned is not None else aq.sampled
         j = wq.pinned if wq.pinned is not None else wq.sampled
-        pa = None if i is not None else aq.probs()
-        pw = None if j is not None else wq.probs()
+        # one candidate: its probability is the constant 1, so the bias needs no gradient from it (which matters
+        # on a CPU: oneDNN computes a bias's gradient in the convolution's weight-gradient kernel)
+        pa = None if i is not None or len(aq.candidates) == 1 else aq.probs()
+        pw = None if j is not None or len(wq.candidates) == 1 else wq.probs()
         pairs = pairs[slice(None) if i is None else slice(i, i + 1), slice(None) if j is None else slice(j, j + 1)]
         return mix_bias(pairs, b, pa, pw)
 

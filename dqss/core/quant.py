@@ -87,15 +87,39 @@ def broadcast_along(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor
     return t.reshape(shape)
 
 
+def _grid_values(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s``, in place on one new tensor (the same operations in the
+    same order as the expression, so the same values, without five temporaries of the size of ``x``)."""
+    q = torch.div(x, s)
+    q.round_().add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
+    return q
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward the grid's values; backward the gradient where ``x`` lies on the grid's closed range, 0 outside."""
+
+    @staticmethod
+    def forward(ctx, x, s, z, qmin, qmax):
+        inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)
+        ctx.save_for_backward(inside)
+        return _grid_values(x, s, z, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
                   qmin: int, qmax: int, channel_axis: int = 0) -> torch.Tensor:
-    """Quantize-dequantize ``x``; gradient 1 inside the grid's range, 0 outside."""
+    """Quantize-dequantize ``x``; gradient 1 inside the grid's range (ties included), 0 outside.
+
+    Without a gradient to compute (no grad mode, or ``x`` needs none) only the values are computed: no mask."""
     s = broadcast_along(scale, x, channel_axis).to(x.dtype)
     z = broadcast_along(zero, x, channel_axis).to(x.dtype)
-    inside = (x >= (qmin - z) * s) & (x <= (qmax - z) * s)
-    xq = (torch.clamp(torch.round(x / s) + z, qmin, qmax) - z) * s
-    # value xq, gradient 1 on the closed range (ties included), 0 outside
-    return xq.detach() + (x - x.detach()) * inside
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _StraightThrough.apply(x, s, z, qmin, qmax)
+    return _grid_values(x, s, z, qmin, qmax)
 
 
 # -- biases: what an int8 runtime adds -------------------------------------------------------
@@ -187,9 +211,8 @@ class FakeQuantizer(nn.Module):
         ax = self.spec.channel_axis
         s = broadcast_along(self.scale, x, ax).to(x.dtype)
         z = broadcast_along(self.zero_point, x, ax).to(x.dtype)
-        q = torch.clamp(torch.round(x / s) + z, self.spec.qmin, self.spec.qmax)
         inside = (x >= (self.spec.qmin - z) * s) & (x <= (self.spec.qmax - z) * s)
-        return (q - z) * s, inside  # the same rule as fake_quantize
+        return _grid_values(x, s, z, self.spec.qmin, self.spec.qmax), inside  # the same rule as fake_quantize
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.spec.per_channel else "per-tensor"

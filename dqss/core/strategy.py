@@ -160,13 +160,15 @@ def quant_error(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: 
     # the values of fake_quantize (same operations), without its straight-through gradient
     s = scale.to(values.dtype).reshape(-1, 1) if scale.dim() else scale.to(values.dtype)
     z = zero.to(values.dtype).reshape(-1, 1) if zero.dim() else zero.to(values.dtype)
-    with torch.no_grad():
-        q = (torch.clamp(torch.round(values / s) + z, spec.qmin, spec.qmax) - z) * s
-        err = (values - q).abs()
-        err = err.square() if p == 2 else err.pow(p)
+    with torch.no_grad():  # in place on one tensor: the same values as the expressions in the comments
+        err = torch.div(values, s)
+        err.round_().add_(z).clamp_(spec.qmin, spec.qmax).sub_(z).mul_(s)  # q = (clamp(round(v / s) + z) - z) * s
+        err.sub_(values)  # q - v: the same magnitude as v - q
+        err = err.square_() if p == 2 else err.abs_().pow_(p)  # |v - q|^p
     if weights is None:
         return err.mean(1)
-    return (err * weights).sum(1) / weights.sum(1).clamp_min(1e-12)
+    in_place = weights.shape == err.shape and weights.dtype == err.dtype  # else err * weights broadcasts or promotes
+    return (err.mul_(weights) if in_place else err * weights).sum(1) / weights.sum(1).clamp_min(1e-12)
 
 
 def shrink_grid(n: int, low: float) -> torch.Tensor:
