@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import sys
 
 from torch import nn
 
@@ -25,6 +26,19 @@ def register_models() -> None:
 
 
 def check_backbone(name: str) -> None:
+    """A timm model name (the suite's own included), or an error naming the close matches.
+
+    The workflow checks every backbone before it builds its DAG, and importing timm takes seconds; so a name
+    found once is remembered in a small file of the user's cache (``$XDG_CACHE_HOME/dqss``, else ``~/.cache/dqss``),
+    one per timm version and version of the suite's own models.  An unknown name is never remembered."""
+    cache = _known_names_file()
+    try:
+        if cache is not None and name in cache.read_text().split():
+            if "timm" in sys.modules:  # timm is loaded anyway: it knows the suite's names after a check, as below
+                register_models()
+            return
+    except OSError:
+        pass
     import timm
 
     register_models()
@@ -32,6 +46,31 @@ def check_backbone(name: str) -> None:
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ValueError(f"unknown backbone '{name}': not a timm model name. Close matches: {close}; "
                          "all valid names: timm.list_models()")
+    if cache is not None:
+        try:  # best effort: a read-only home only means timm is imported next time too
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            known = cache.read_text().split() if cache.exists() else []
+            tmp.write_text("\n".join(sorted({*known, name})) + "\n")
+            tmp.replace(cache)
+        except OSError:
+            pass
+
+
+def _known_names_file():
+    """The cache file of backbone names already found in timm, for this timm and these suite models (None when
+    timm is not installed)."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        version = metadata.version("timm")
+    except metadata.PackageNotFoundError:
+        return None
+    ours = hashlib.sha256((Path(__file__).parent / "cifar_models.py").read_bytes()).hexdigest()[:12]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dqss"
+    return base / f"timm-{version}-models-{ours}.txt"
 
 
 def create_backbone(name: str, weights: str, num_classes: int | None, key: str,

@@ -14,6 +14,7 @@ Images are RGB ``uint8`` HWC arrays; networks get RGB float in [0, 1].
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,16 +194,21 @@ def make_pair(name: str, hr: np.ndarray, scale: int, lr: np.ndarray | None = Non
 
 
 # -- embedded images ------------------------------------------------------------------------
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"the embedded images need the package '{name}' (pip install -e .)")
+    return Path(spec.origin).parent
+
+
 def _embedded_path(ident: str) -> Path:
     pkg, _, fname = ident.partition("/")
+    # the packages' folders, found without importing them (importing sklearn.datasets takes seconds, and the
+    # workflow checks these names before it builds its DAG)
     if pkg == "skimage":
-        import skimage.data
-
-        base = Path(skimage.data.__file__).parent
+        base = _package_dir("skimage") / "data"
     elif pkg == "sklearn":
-        import sklearn.datasets
-
-        base = Path(sklearn.datasets.__file__).parent / "images"
+        base = _package_dir("sklearn") / "datasets" / "images"
     else:
         raise ValueError(f"embedded image '{ident}' must be 'skimage/<file>' or 'sklearn/<file>'")
     path = base / fname
