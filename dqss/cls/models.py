@@ -31,7 +31,7 @@ def check_backbone(name: str) -> None:
     The workflow checks every backbone before it builds its DAG, and importing timm takes seconds; so a name
     found once is remembered in a small file of the user's cache (``$XDG_CACHE_HOME/dqss``, else ``~/.cache/dqss``),
     one per timm version and version of the suite's own models.  An unknown name is never remembered."""
-    cache = _known_names_file()
+    cache = known_names_file()
     try:
         if cache is not None and name in cache.read_text().split():
             if "timm" in sys.modules:  # timm is loaded anyway: it knows the suite's names after a check, as below
@@ -57,7 +57,7 @@ def check_backbone(name: str) -> None:
             pass
 
 
-def _known_names_file():
+def known_names_file():
     """The cache file of backbone names already found in timm, for this timm and these suite models (None when
     timm is not installed)."""
     import hashlib

@@ -502,3 +502,25 @@ def test_train_resnet20_one_step(tmp_path, dcfg):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert "conv1.weight" in changed and "fc.weight" in changed and "layer3.2.conv2.weight" in changed
     assert after["bn1.num_batches_tracked"].item() == 1  # one step
+
+
+def test_backbone_check_remembers_known_names_only(tmp_path, monkeypatch):
+    """The workflow checks backbones before its DAG; a name once found in timm is read from a small cache file
+    (per timm version and version of the suite's models) next time, and an unknown name is never cached."""
+    from dqss.cls import models
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = models.known_names_file()
+    assert cache.parent == tmp_path / "dqss" and timm.__version__ in cache.name
+    models.check_backbone("resnet20")
+    models.check_backbone("resnet18")
+    assert cache.read_text().split() == ["resnet18", "resnet20"]
+    with pytest.raises(ValueError, match="unknown backbone 'resnet19'"):
+        models.check_backbone("resnet19")
+    assert "resnet19" not in cache.read_text().split()
+    # a cached name is accepted without asking timm (here: a name planted in the file)
+    cache.write_text("planted_name\n")
+    models.check_backbone("planted_name")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "missing" / "deeper"))
+    (tmp_path / "missing").write_text("a file where the folder should be: the cache cannot be written")
+    models.check_backbone("resnet20")  # still checked, nothing written, no error
