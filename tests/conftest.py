@@ -1,6 +1,10 @@
+import fcntl
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,11 @@ if str(TESTS) not in sys.path:
 
 ROOT = TESTS.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per worker: -n auto runs one worker per core, and more threads than cores make
+    # torch's threads wait on each other
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="module")
 def single_thread():
@@ -25,16 +34,106 @@ def single_thread():
     torch.set_num_threads(n)
 
 
+# -- the session's one finished run of config/test.yaml ---------------------------------------------------------
+# Many workflow tests read a finished run.  It is started in the background as soon as the session knows that a
+# selected test needs it (after collection), so that it runs while the other tests do; the tests that need it are
+# ordered last (pytest_collection_modifyitems).  With pytest-xdist (-n) the workers share it: the first one to
+# get here starts it, the others find it started.  It is read, never changed: a test that edits, deletes or
+# reruns anything works on a copy (`tiny_run_copy`).
+TINY_RUN_LIMIT = 1800  # seconds a test waits for the background run before failing
+
+
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory every process of this test session shares: with pytest-xdist (-n), the workers' common
+    parent of their own temporary folders; without it, the session's temporary folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _tiny_args(work: Path) -> list[str]:
+    return ["--cores", "2", "--directory", str(work)]
+
+
+def start_tiny_run(root: Path) -> None:
+    """Start the run in the background once per session (a lock decides which process starts it); the run's
+    exit status lands in tiny_run.rc, its output in tiny_run.log."""
+    work = root / "tiny_run"
+    with open(root / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if work.exists():
+            return
+        work.mkdir()
+        cmd = [sys.executable, "-m", "snakemake", *_tiny_args(work), "--configfile", str(ROOT / "config/test.yaml")]
+        # a wrapper process records the exit status, whichever test process ends first
+        record = ("import subprocess, sys, pathlib; root = pathlib.Path(sys.argv[1]); "
+                  "rc = subprocess.call(sys.argv[2:], stdout=open(root / 'tiny_run.log', 'w'), "
+                  "stderr=subprocess.STDOUT); (root / 'tiny_run.rc.tmp').write_text(str(rc)); "
+                  "(root / 'tiny_run.rc.tmp').rename(root / 'tiny_run.rc')")
+        _STARTED.append((root, subprocess.Popen([sys.executable, "-c", record, str(root), *cmd], cwd=ROOT,
+                                                start_new_session=True, stdin=subprocess.DEVNULL,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+
+
+_STARTED: list = []  # (root, process) of the run this process started
+
+
+def pytest_collection_finish(session):
+    if any("tiny_run" in getattr(item, "fixturenames", ()) for item in session.items):
+        start_tiny_run(shared_dir(session.config._tmp_path_factory))
+
+
+def pytest_sessionfinish(session):
+    # a session that ends first (interrupted, or -x) stops the run it started; xdist workers end only after
+    # every test of the session has
+    for root, proc in _STARTED:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the xdist_group marks set here
+def pytest_collection_modifyitems(session, config, items):
+    """Long work first and the finished run's readers last, by module (so that a module's fixtures are built
+    once): the SLURM run (minutes of its own, then it reads the run), modules with long tests, the rest, then
+    the modules that read the run (by then it has finished in the background)."""
+    kinds: dict[str, set] = {}
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        kinds.setdefault(item.nodeid.split("::")[0], set()).update(
+            {"slurm" if "slurm_run" in fixtures else "run" if "tiny_run" in fixtures else
+             "slow" if item.get_closest_marker("slow") else "quick"})
+    rank = {module: 0 if "slurm" in k else 3 if "run" in k else 1 if "slow" in k else 2 for module, k in kinds.items()}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: a module's tests keep their order
+    # pytest-xdist's --dist loadgroup: a module's tests go to one worker (its module fixtures are built once),
+    # except test_workflow.py's, which share nothing but the session's run and spread over the workers
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if not module.endswith("test_workflow.py"):
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """config/test.yaml run to the end in a fresh directory, once per test session and shared by every module
-    that needs a finished run: (work dir, snakemake args).  A test that changes the run restores it (the
-    workflow's tests rerun what they delete, deterministically)."""
-    work = tmp_path_factory.mktemp("run")
-    args = ["--cores", "2", "--directory", str(work)]
-    cmd = [sys.executable, "-m", "snakemake", *args, "--configfile", str(ROOT / "config/test.yaml")]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise AssertionError(f"the tiny run failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    yield work, args
-    shutil.rmtree(work / ".snakemake", ignore_errors=True)
+    """config/test.yaml run to the end, once per test session, shared by every test (and xdist worker) that
+    reads a finished run: (work dir, snakemake args).  Waits for the background run."""
+    root = shared_dir(tmp_path_factory)
+    start_tiny_run(root)  # already started after collection, unless the test was selected another way
+    rc = root / "tiny_run.rc"
+    deadline = time.monotonic() + TINY_RUN_LIMIT
+    while not rc.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the tiny run did not finish within {TINY_RUN_LIMIT} s (see {root}/tiny_run.log)")
+        time.sleep(1)
+    if rc.read_text() != "0":
+        log = (root / "tiny_run.log").read_text()
+        raise AssertionError(f"the tiny run failed (exit {rc.read_text()}):\n{log[-6000:]}")
+    work = root / "tiny_run"
+    return work, _tiny_args(work)
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A private copy of the finished tiny run (same file times: Snakemake finds it finished), for a test that
+    changes it: (work dir, snakemake args)."""
+    work = tmp_path / "run"
+    shutil.copytree(tiny_run[0], work, symlinks=True)
+    return work, _tiny_args(work)

@@ -37,11 +37,11 @@ def _value(df, **keys) -> float:
 
 
 @pytest.mark.slow
-def test_paper_tables_of_a_real_run(tiny_run, tmp_path):
+def test_paper_tables_of_a_real_run(tiny_run_copy, tmp_path):
     """`snakemake paper_tables` on the tiny run, with a layout naming its backbones and methods (no display
     names) and one method and one test set it lacks: only the rule runs, and every cell is the metrics.csv
     value, rounded."""
-    work, args = tiny_run
+    work, args = tiny_run_copy
     cfg = copy.deepcopy(TEST_CONFIG)
     cfg["paper_tables"] = {
         "cls_ptq": {"backbones": ["test_resnet"], "methods": ["fp32", "minmax", "mse", "percentile", "dqss_argmax",

@@ -38,7 +38,7 @@ def built_report(tiny_run, tmp_path_factory):
     work, args = tiny_run
     path = tmp_path_factory.mktemp("snakereport") / "report.html"
     start = time.perf_counter()
-    snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "--report", str(path))
+    snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "--report", str(path), "--nolock")
     print(f"snakemake --report: {time.perf_counter() - start:.1f} s, {path.stat().st_size / 1e6:.2f} MB")
     html = path.read_text(encoding="utf-8")
     return (path, html, *report_data(html))

@@ -207,7 +207,7 @@ def qsel_assignment(record, assignment):
 
 
 @pytest.mark.slow
-def test_end_to_end(tiny_run):
+def test_end_to_end(tiny_run, tmp_path):
     """Every job, the CSV contract, the report, and an idempotent rerun."""
     work, args = tiny_run
     df = pd.read_csv(work / "results/metrics.csv")
@@ -306,11 +306,12 @@ def test_end_to_end(tiny_run):
     assert (work / "results/report/tables/deploy_sr_ptq.md").is_file()
 
     # nothing to redo on a rerun, nor for the same config with its keys reordered
-    res = snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "-n")
+    # (dry runs without the lock: other tests read the shared run at the same time)
+    res = snakemake(*args, "--configfile", str(ROOT / "config/test.yaml"), "-n", "--nolock")
     assert "Nothing to be done" in res.stdout + res.stderr
-    path = write_config(work / "reordered.yaml", reordered(TEST_CONFIG))
+    path = write_config(tmp_path / "reordered.yaml", reordered(TEST_CONFIG))
     assert list(yaml.safe_load(path.read_text())) != list(TEST_CONFIG)
-    assert "Nothing to be done" in snakemake(*args, "--configfile", str(path), "-n").stdout
+    assert "Nothing to be done" in snakemake(*args, "--configfile", str(path), "-n", "--nolock").stdout
 
 
 CLS_ALL = {"cls_train", "cls_evaluate_fp", "cls_calibrate", "cls_uniform", "cls_dqss"}
@@ -356,9 +357,9 @@ def deploy_reruns(want: dict, keys: tuple = ()) -> dict:
 
 
 @pytest.mark.slow
-def test_config_edit_reruns_exactly_its_jobs(tiny_run):
+def test_config_edit_reruns_exactly_its_jobs(tiny_run, tmp_path):
     """In the finished run, an edit of one key of each section schedules exactly the jobs that read it
-    (and what depends on their outputs), as a dry run shows."""
+    (and what depends on their outputs), as a dry run shows (dry runs only: the shared run is not changed)."""
     work, args = tiny_run
 
     def dry_run(i, edit):
@@ -368,7 +369,7 @@ def test_config_edit_reruns_exactly_its_jobs(tiny_run):
         for k in keys[:-1]:
             d = d.setdefault(k, {})
         d[keys[-1]] = value
-        path = write_config(work / f"edit{i}.yaml", cfg)
+        path = write_config(tmp_path / f"edit{i}.yaml", cfg)
         return job_counts(snakemake(*args, "--configfile", str(path), "-n", "--nolock"))
 
     with ThreadPoolExecutor(2) as pool:
@@ -384,10 +385,10 @@ def test_config_edit_reruns_exactly_its_jobs(tiny_run):
 
 
 @pytest.mark.slow
-def test_interrupted_or_deleted_job_is_recomputed(tiny_run):
+def test_interrupted_or_deleted_job_is_recomputed(tiny_run_copy):
     """After an interruption (a result and the aggregate missing) only that job and the aggregation run
     again; a deleted job directory is recomputed and its numbers reach metrics.csv."""
-    work, args = tiny_run
+    work, args = tiny_run_copy
     args = [*args, "--configfile", str(ROOT / "config/test.yaml")]
     victim = work / "results/cls_ptq/digits/test_resnet/dqss/w4a4/seed0/metrics.json"
     before = json.loads(victim.read_text())
