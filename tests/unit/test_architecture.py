@@ -22,7 +22,7 @@ LAYERS = [
     (3, "library", ("dqss", "dqss.api", "dqss.deploy", "dqss.plugin")),
     (4, "tracks", ("dqss.tracks",)),
     (5, "report", ("dqss.report",)),
-    (6, "workflow", ("dqss.workflow", "dqss.schema", "dqss.reference")),
+    (6, "workflow", ("dqss.workflow", "dqss.schema", "dqss.reference", "dqss.progress")),
     (7, "bench", ("dqss.bench",)),
 ]
 # what a layer may import beyond "every lower layer": the report reads results only (no torch, no tracks)

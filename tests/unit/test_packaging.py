@@ -87,7 +87,8 @@ def test_ci_runs_the_readme_test_command():
     suite = (ROOT / "suite").read_text()
     readme = (ROOT / "README.md").read_text()
     for command in ("snakemake --cores all", "python -m pytest -q"):
-        assert f"exec {command} " in suite and f"`{command}`" in readme
+        assert f"exec {command} " in suite or f"exec python -m dqss.progress {command} " in suite
+        assert f"`{command}`" in readme
 
 
 def test_reference_results_cover_the_embedded_default():
@@ -116,6 +117,7 @@ case "$1 $2" in
   "-m pip") echo pip >> "$log" ;;
   "-m pytest") shift 2; echo "pytest $*" >> "$log" ;;
   "-m dqss.workflow") shift 2; echo "dqss.workflow $*" >> "$log"; exit "${FAKE_CHECK_RC:-0}" ;;
+  "-m dqss.progress") shift 2; echo "dqss.progress" >> "$log"; exec "$@" ;;
   *) exit 3 ;;
 esac
 """
@@ -237,7 +239,9 @@ def test_suite_run_checks_every_config_file_before_snakemake(tmp_path):
     assert res.returncode != 0 and "not run: a config file above is refused" in res.stderr
     assert _log(tmp_path)[-1] == "dqss.workflow check-yte a.yaml b.yaml c.yaml"  # and no snakemake line
     assert _suite(repo, env, "run", "-n").returncode == 0  # no --configfile: the default config is checked
-    assert _log(tmp_path)[-2:] == ["dqss.workflow check-yte config/config.yaml", "snakemake --cores all -n"]
+    # Snakemake through the progress lines (dqss.progress, tested in test_progress.py)
+    assert _log(tmp_path)[-3:] == ["dqss.workflow check-yte config/config.yaml", "dqss.progress",
+                                   "snakemake --cores all -n"]
 
 
 def test_every_baseline_module_registers_and_template_does_not():
