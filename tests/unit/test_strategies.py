@@ -429,6 +429,18 @@ def test_kl_threshold_matches_reference(levels, B, stride):
         assert_kl_pick(int(got[r]), ref_i, kls, f"row {r}")
 
 
+def test_kl_rows_do_not_depend_on_the_chunk():
+    """Rows are scored in chunks that stay in the CPU's cache: every chunk size gives each row's KL values and
+    pick bit for bit (so the chunk size is a speed setting, never a result setting)."""
+    w = torch.randn(37, 300, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.1, 2, 37)[:, None]
+    hist = without_zero_spike(weight_hist(w, 512)[0])
+    cand = torch.arange(128, 513, 4)
+    whole = kl_divergences(hist, cand, 128)
+    assert torch.equal(torch.cat([kl_divergences(hist[r:r + 5], cand, 128) for r in range(0, 37, 5)]), whole)
+    picks = [kl_threshold_bins(hist, 128, 4, chunk_elems=c) for c in (1, 1 << 14, 1 << 18, 1 << 30)]
+    assert all(torch.equal(p, picks[0]) for p in picks[1:])
+
+
 @pytest.mark.parametrize("kind", ["gauss", "laplace", "relu", "student"])
 @pytest.mark.parametrize("levels", [128, 256, 8])  # 8 bit signed, 8 bit unsigned (start 128 < levels), 4 bit
 def test_kl_divergences_equal_reference_on_activation_histograms(kind, levels):
@@ -1139,3 +1151,68 @@ def test_all_strategies_build_quantizers(n):
     # a range never exceeds min/max (up to the grid's asymmetry)
     lo_a, hi_a = (float(v) for v in aq.range)
     assert hi_a <= max(abs(st.min), abs(st.max)) * (1 + 1e-5) + 1e-6, n
+
+
+# -- the one-row MSE search (activations) scores a round's factors in one pass -------------------------
+def _shrink_loop(values, lo, hi, spec, p, grid, weights, refine):
+    """The MSE search as a loop of one pass per factor (the rule of baselines.mse.best_shrink, spelled out)."""
+    from baselines.mse import REFINE_DIVISION, REFINE_SPAN
+    from dqss.core.strategy import quant_error
+
+    best_err, best_f = torch.full_like(lo, float("inf")), torch.ones_like(lo)
+
+    def consider(f):
+        nonlocal best_err, best_f
+        err = quant_error(values, lo * f, hi * f, spec, p, weights)
+        better = err < best_err
+        best_err, best_f = torch.where(better, err, best_err), torch.where(better, f, best_f)
+
+    for f in grid:
+        consider(torch.full_like(lo, float(f)))
+    step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
+    for _ in range(refine):
+        centre = best_f.clone()
+        for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1):
+            if t != 0:
+                consider((centre + float(t) * step / REFINE_DIVISION).clamp(low, top))
+        step /= REFINE_DIVISION
+    return best_f
+
+
+@pytest.mark.parametrize("kind", ["gauss", "laplace", "relu", "student", "zeros"])
+def test_mse_one_row_search_is_the_loop_bit_for_bit(kind):
+    """An activation's histogram (one row) is scored a round at a time: the same factor as the loop of one pass per
+    factor, bit for bit, for every grid shape and p (ties, as on a histogram of zeros, go to the smallest)."""
+    from baselines.mse import best_shrink
+    from dqss.core.strategy import shrink_grid
+
+    x = torch.zeros(5000) if kind == "zeros" else torch.as_tensor(_realistic(kind, 50_000, seed=len(kind)))
+    stats = ActStats.of([x.float()], bins=2048)
+    counts, centers = stats.signed_hist()
+    lo = torch.tensor([stats.min], dtype=torch.float64)
+    hi = torch.tensor([stats.max], dtype=torch.float64)
+    grid = shrink_grid(100, 0.05).double()
+    for spec in (QuantSpec(8, True, not stats.nonnegative), QuantSpec(4, True, not stats.nonnegative),
+                 QuantSpec(4, False, True)):
+        for p in (2.0, 2.4):
+            want = _shrink_loop(centers[None], lo, hi, spec, p, grid, counts[None], 2)
+            got = best_shrink(centers[None], lo, hi, spec, p, grid, counts[None], 2)
+            assert torch.equal(got, want), (spec, p)
+
+
+@pytest.mark.parametrize("chunk", [1, 5_000, 1 << 20])
+def test_mse_per_channel_search_is_the_loop_bit_for_bit(chunk):
+    """Per-channel weights: a round's factors scored several per pass (``chunk``: one factor per pass, a few, all)
+    give every channel the loop's factor, bit for bit."""
+    from baselines.mse import best_shrink
+    from dqss.core.strategy import row_minmax, shrink_grid
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(24, 75, generator=g) * torch.rand(24, 1, generator=g)
+    w[3] = 0.0  # a dead channel: every factor ties
+    w[5, :3] = 40.0  # outliers
+    lo, hi = row_minmax(w)
+    grid = shrink_grid(100, 0.05)
+    for spec in (QuantSpec(4, True, True, True), QuantSpec(8, False, True, True)):
+        want = _shrink_loop(w, lo, hi, spec, 2.0, grid, None, 2)
+        assert torch.equal(best_shrink(w, lo, hi, spec, 2.0, grid, None, 2, chunk_elems=chunk), want), spec
