@@ -1200,7 +1200,7 @@ def test_mse_one_row_search_is_the_loop_bit_for_bit(kind):
             assert torch.equal(got, want), (spec, p)
 
 
-@pytest.mark.parametrize("chunk", [1, 5_000, 1 << 20])
+@pytest.mark.parametrize("chunk", [1, 5_000, 1 << 20])  # one factor per pass (the loop), 2, all
 def test_mse_per_channel_search_is_the_loop_bit_for_bit(chunk):
     """Per-channel weights: a round's factors scored several per pass (``chunk``: one factor per pass, a few, all)
     give every channel the loop's factor, bit for bit."""
