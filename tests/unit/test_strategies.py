@@ -1216,3 +1216,31 @@ def test_mse_per_channel_search_is_the_loop_bit_for_bit(chunk):
     for spec in (QuantSpec(4, True, True, True), QuantSpec(8, False, True, True)):
         want = _shrink_loop(w, lo, hi, spec, 2.0, grid, None, 2)
         assert torch.equal(best_shrink(w, lo, hi, spec, 2.0, grid, None, 2, chunk_elems=chunk), want), spec
+
+
+def test_strategy_benchmark_times_each_strategy_and_restores_the_builders(tmp_path):
+    """python -m dqss.bench.strategies: a row per (strategy, bits) with the weight and activation seconds of all
+    layers, the CSV written, and Strategy's build methods the same objects afterwards."""
+    import copy
+
+    import pandas as pd
+    import yaml
+
+    from dqss.bench.strategies import main
+    from dqss.core.strategy import Strategy
+
+    before = (Strategy.build_weight_quantizer, Strategy.build_act_quantizer)
+    from pathlib import Path
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text("utf-8"))
+    small = copy.deepcopy(config)
+    small["cls_ptq"]["backbones"] = {"test_resnet": {"weights": "train"}}
+    small["cls_ptq"]["calibration"]["size"] = 16
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small), encoding="utf-8")
+    out = tmp_path / "s.csv"
+    assert main([str(path), "--strategies", "minmax", "mse", "--bits", "4", "--repeats", "1", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["strategy"]) == ["minmax", "mse"] and set(df["bits"]) == {4}
+    assert (df["weight_s"] > 0).all() and (df["act_s"] > 0).all()
+    assert (Strategy.build_weight_quantizer, Strategy.build_act_quantizer) == before
