@@ -21,6 +21,13 @@ REFINE_SPAN = 3  # a refinement round scans +-3 steps of the previous round ...
 REFINE_DIVISION = 10  # ... at a tenth of its step (61 factors)
 
 
+def _around(centre: torch.Tensor, step: float, low: float, top: float) -> list[torch.Tensor]:
+    """A refinement round's factors: ``REFINE_SPAN`` steps either side of ``centre`` at a ``REFINE_DIVISION``-th
+    of ``step``, the centre itself left out, clamped to the grid's span."""
+    return [(centre + float(t) * step / REFINE_DIVISION).clamp(low, top)
+            for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1) if t != 0]
+
+
 def best_shrink(values, lo, hi, spec, p, grid, weights=None, refine=0, chunk_elems: int = 1 << 18):
     """Per row, the factor ``f`` whose range ``(f*lo, f*hi)`` has the smallest Lp error.
 
@@ -51,10 +58,8 @@ def best_shrink(values, lo, hi, spec, p, grid, weights=None, refine=0, chunk_ele
         consider(torch.full_like(lo, float(f)))
     step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
     for _ in range(refine):
-        centre = best_f.clone()
-        for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1):
-            if t != 0:
-                consider((centre + float(t) * step / REFINE_DIVISION).clamp(low, top))
+        for f in _around(best_f.clone(), step, low, top):
+            consider(f)
         step /= REFINE_DIVISION
     return best_f
 
@@ -85,10 +90,7 @@ def _best_shrink_batched(values, lo, hi, spec, p, grid, weights, refine, per: in
     best_f, best_err = pick(*errors([torch.full_like(lo, float(f)) for f in grid]), best_f, best_err)
     step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
     for _ in range(refine):
-        centre = best_f.clone()
-        trial = [(centre + float(t) * step / REFINE_DIVISION).clamp(low, top)
-                 for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1) if t != 0]
-        best_f, best_err = pick(*errors(trial), best_f, best_err)
+        best_f, best_err = pick(*errors(_around(best_f.clone(), step, low, top)), best_f, best_err)
         step /= REFINE_DIVISION
     return best_f
 

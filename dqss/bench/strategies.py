@@ -19,6 +19,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -106,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     print(df.to_string(index=False))
     print("\nper backbone and bits, all strategies (s):")
     print(df.groupby(["backbone", "bits"])[["weight_s", "act_s", "total_s"]].sum().round(2).to_string())
-    from pathlib import Path
-
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     return 0

@@ -1154,31 +1154,6 @@ def test_all_strategies_build_quantizers(n):
 
 
 # -- the one-row MSE search (activations) scores a round's factors in one pass -------------------------
-def _shrink_loop(values, lo, hi, spec, p, grid, weights, refine):
-    """The MSE search as a loop of one pass per factor (the rule of baselines.mse.best_shrink, spelled out)."""
-    from baselines.mse import REFINE_DIVISION, REFINE_SPAN
-    from dqss.core.strategy import quant_error
-
-    best_err, best_f = torch.full_like(lo, float("inf")), torch.ones_like(lo)
-
-    def consider(f):
-        nonlocal best_err, best_f
-        err = quant_error(values, lo * f, hi * f, spec, p, weights)
-        better = err < best_err
-        best_err, best_f = torch.where(better, err, best_err), torch.where(better, f, best_f)
-
-    for f in grid:
-        consider(torch.full_like(lo, float(f)))
-    step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
-    for _ in range(refine):
-        centre = best_f.clone()
-        for t in torch.arange(-REFINE_SPAN * REFINE_DIVISION, REFINE_SPAN * REFINE_DIVISION + 1):
-            if t != 0:
-                consider((centre + float(t) * step / REFINE_DIVISION).clamp(low, top))
-        step /= REFINE_DIVISION
-    return best_f
-
-
 @pytest.mark.parametrize("kind", ["gauss", "laplace", "relu", "student", "zeros"])
 def test_mse_one_row_search_is_the_loop_bit_for_bit(kind):
     """An activation's histogram (one row) is scored a round at a time: the same factor as the loop of one pass per
@@ -1195,7 +1170,7 @@ def test_mse_one_row_search_is_the_loop_bit_for_bit(kind):
     for spec in (QuantSpec(8, True, not stats.nonnegative), QuantSpec(4, True, not stats.nonnegative),
                  QuantSpec(4, False, True)):
         for p in (2.0, 2.4):
-            want = _shrink_loop(centers[None], lo, hi, spec, p, grid, counts[None], 2)
+            want = best_shrink(centers[None], lo, hi, spec, p, grid, counts[None], 2, chunk_elems=1)  # the loop
             got = best_shrink(centers[None], lo, hi, spec, p, grid, counts[None], 2)
             assert torch.equal(got, want), (spec, p)
 
@@ -1214,7 +1189,7 @@ def test_mse_per_channel_search_is_the_loop_bit_for_bit(chunk):
     lo, hi = row_minmax(w)
     grid = shrink_grid(100, 0.05)
     for spec in (QuantSpec(4, True, True, True), QuantSpec(8, False, True, True)):
-        want = _shrink_loop(w, lo, hi, spec, 2.0, grid, None, 2)
+        want = best_shrink(w, lo, hi, spec, 2.0, grid, None, 2, chunk_elems=1)  # one factor per pass: the loop
         assert torch.equal(best_shrink(w, lo, hi, spec, 2.0, grid, None, 2, chunk_elems=chunk), want), spec
 
 
