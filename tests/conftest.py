@@ -102,13 +102,19 @@ def pytest_collection_modifyitems(session, config, items):
             {"slurm" if "slurm_run" in fixtures else "run" if "tiny_run" in fixtures else
              "slow" if item.get_closest_marker("slow") else "quick"})
     rank = {module: 0 if "slurm" in k else 3 if "run" in k else 1 if "slow" in k else 2 for module, k in kinds.items()}
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: a module's tests keep their order
-    # pytest-xdist's --dist loadgroup: a module's tests go to one worker (its module fixtures are built once),
-    # except test_workflow.py's, which share nothing but the session's run and spread over the workers
+
+    def spread(item) -> bool:
+        # pytest-xdist's --dist loadgroup: a module's tests go to one worker (its module fixtures are built
+        # once), except test_workflow.py's, which share nothing but the session's run and spread over the workers
+        return item.nodeid.split("::")[0].endswith("test_workflow.py")
+
+    # stable: a module's tests keep their order, except that a spread module's long tests go first (a long
+    # test started last would leave the other worker idle at the end)
+    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]],
+                                 not (spread(item) and item.get_closest_marker("slow"))))
     for item in items:
-        module = item.nodeid.split("::")[0]
-        if not module.endswith("test_workflow.py"):
-            item.add_marker(pytest.mark.xdist_group(module))
+        if not spread(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

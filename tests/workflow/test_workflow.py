@@ -387,7 +387,8 @@ def test_config_edit_reruns_exactly_its_jobs(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_interrupted_or_deleted_job_is_recomputed(tiny_run_copy):
     """After an interruption (a result and the aggregate missing) only that job and the aggregation run
-    again; a deleted job directory is recomputed and its numbers reach metrics.csv."""
+    again; a deleted job directory is recomputed.  (The SR case is its own test, on its own copy, so that the
+    two workers of the test run share the reruns.)"""
     work, args = tiny_run_copy
     args = [*args, "--configfile", str(ROOT / "config/test.yaml")]
     victim = work / "results/cls_ptq/digits/test_resnet/dqss/w4a4/seed0/metrics.json"
@@ -407,6 +408,12 @@ def test_interrupted_or_deleted_job_is_recomputed(tiny_run_copy):
     snakemake(*args)
     assert json.loads(victim.read_text())["metrics"] == before["metrics"]
 
+
+@pytest.mark.slow
+def test_deleted_job_numbers_reach_metrics_csv(tiny_run_copy):
+    """A deleted job directory is recomputed and its numbers reach metrics.csv."""
+    work, args = tiny_run_copy
+    args = [*args, "--configfile", str(ROOT / "config/test.yaml")]
     # a whole job directory deleted; the numbers in metrics.csv are made stale on purpose, so that a
     # metrics.csv not rebuilt from the recomputed job would show
     job_dir = work / "results/sr_ptq/embedded/edsr_tiny_x2/dqss/w4a4/seed0"
