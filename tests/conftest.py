@@ -90,31 +90,52 @@ def pytest_sessionfinish(session):
             os.killpg(proc.pid, signal.SIGTERM)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the xdist_group marks set here
+# Modules whose tests share nothing but the session's run: with pytest-xdist their tests spread over the workers;
+# every other module's tests go to one worker, so that its module fixtures are built once.
+SPREAD = ("test_workflow.py",)
+
+
+def _module(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def _spread(nodeid: str) -> bool:
+    return _module(nodeid).endswith(SPREAD)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: no error under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` (pyproject.toml's addopts) with this suite's scopes: a module is one unit of work (one
+    worker), except a SPREAD module, whose every test is a unit of its own.  (pytest-xdist's `loadgroup` cannot
+    do it under pytest 9.2: it marks a group by rewriting the item's `_nodeid`, which pytest no longer reads, so
+    every test became a unit of its own and a module fixture such as the reconstruction run was built on both
+    workers.)  Units go out in the collection's order (pytest_collection_modifyitems)."""
+    if config.getvalue("dist") != "loadscope":
+        return None  # another --dist on the command line: pytest-xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return nodeid if _spread(nodeid) else _module(nodeid)
+
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Long work first and the finished run's readers last, by module (so that a module's fixtures are built
     once): the SLURM run (minutes of its own, then it reads the run), modules with long tests, the rest, then
-    the modules that read the run (by then it has finished in the background)."""
+    the modules that read the run (by then it has finished in the background).  Within a SPREAD module the long
+    tests go first (a long test started last would leave the other worker idle at the end)."""
     kinds: dict[str, set] = {}
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        kinds.setdefault(item.nodeid.split("::")[0], set()).update(
+        kinds.setdefault(_module(item.nodeid), set()).update(
             {"slurm" if "slurm_run" in fixtures else "run" if "tiny_run" in fixtures else
              "slow" if item.get_closest_marker("slow") else "quick"})
     rank = {module: 0 if "slurm" in k else 3 if "run" in k else 1 if "slow" in k else 2 for module, k in kinds.items()}
-
-    def spread(item) -> bool:
-        # pytest-xdist's --dist loadgroup: a module's tests go to one worker (its module fixtures are built
-        # once), except test_workflow.py's, which share nothing but the session's run and spread over the workers
-        return item.nodeid.split("::")[0].endswith("test_workflow.py")
-
-    # stable: a module's tests keep their order, except that a spread module's long tests go first (a long
-    # test started last would leave the other worker idle at the end)
-    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]],
-                                 not (spread(item) and item.get_closest_marker("slow"))))
-    for item in items:
-        if not spread(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    # stable: a module's tests keep their order otherwise
+    items.sort(key=lambda item: (rank[_module(item.nodeid)],
+                                 not (_spread(item.nodeid) and item.get_closest_marker("slow"))))
 
 
 @pytest.fixture(scope="session")
