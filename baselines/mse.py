@@ -58,7 +58,7 @@ def best_shrink(values, lo, hi, spec, p, grid, weights=None, refine=0, chunk_ele
         consider(torch.full_like(lo, float(f)))
     step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
     for _ in range(refine):
-        for f in _around(best_f.clone(), step, low, top):
+        for f in _around(best_f, step, low, top):
             consider(f)
         step /= REFINE_DIVISION
     return best_f
@@ -90,7 +90,7 @@ def _best_shrink_batched(values, lo, hi, spec, p, grid, weights, refine, per: in
     best_f, best_err = pick(*errors([torch.full_like(lo, float(f)) for f in grid]), best_f, best_err)
     step, low, top = float(grid[1] - grid[0]), float(grid[0]), float(grid[-1])
     for _ in range(refine):
-        best_f, best_err = pick(*errors(_around(best_f.clone(), step, low, top)), best_f, best_err)
+        best_f, best_err = pick(*errors(_around(best_f, step, low, top)), best_f, best_err)
         step /= REFINE_DIVISION
     return best_f
 

@@ -18,9 +18,6 @@ class _Config(SimpleNamespace):
     def getvalue(self, name):
         return getattr(self, name)
 
-    def getoption(self, name, default=None):
-        return getattr(self, name, default)
-
 
 def test_a_module_is_one_unit_and_test_workflow_spreads():
     conftest = _conftest()
