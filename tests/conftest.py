@@ -1,10 +1,12 @@
 import fcntl
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 ROOT = TESTS.parent
+
+from helpers import missing_slurm, slurm_command  # noqa: E402 (tests/ is on sys.path from here)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one intra-op thread per worker: -n auto runs one worker per core, and more threads than cores make
@@ -40,6 +44,10 @@ def single_thread():
 # ordered last (pytest_collection_modifyitems).  With pytest-xdist (-n) the workers share it: the first one to
 # get here starts it, the others find it started.  It is read, never changed: a test that edits, deletes or
 # reruns anything works on a copy (`tiny_run_copy`).
+# Where the session runs the SLURM test (tests/workflow/test_slurm.py) and a SLURM controller answers, this one
+# run goes through profiles/slurm, and the SLURM test checks it; elsewhere it runs locally (--cores 2).  Either
+# way its results/metrics.csv must equal tests/reference/tiny_metrics.csv (test_tiny_run_matches_the_reference),
+# so the two executors give the same numbers without the tiny config being run twice.
 TINY_RUN_LIMIT = 1800  # seconds a test waits for the background run before failing
 
 
@@ -54,20 +62,33 @@ def _tiny_args(work: Path) -> list[str]:
     return ["--cores", "2", "--directory", str(work)]
 
 
-def start_tiny_run(root: Path) -> None:
-    """Start the run in the background once per session (a lock decides which process starts it); the run's
-    exit status lands in tiny_run.rc, its output in tiny_run.log."""
+def wants_slurm(items) -> bool:
+    """Whether the session runs the SLURM test (which checks the session's run, made through SLURM)."""
+    return any("slurm_run" in getattr(item, "fixturenames", ()) for item in items)
+
+
+def start_tiny_run(root: Path, slurm: bool) -> None:
+    """Start the run in the background once per session (a lock decides which process starts it): through
+    SLURM when ``slurm`` (the session runs the SLURM test) and a controller answers, else locally.  Its exit
+    status lands in tiny_run.rc, its output in tiny_run.log, its executor and start in tiny_run.json."""
     work = root / "tiny_run"
     with open(root / "tiny_run.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if work.exists():
             return
         work.mkdir()
-        cmd = [sys.executable, "-m", "snakemake", *_tiny_args(work), "--configfile", str(ROOT / "config/test.yaml")]
-        # a wrapper process records the exit status, whichever test process ends first
-        record = ("import subprocess, sys, pathlib; root = pathlib.Path(sys.argv[1]); "
+        config = ROOT / "config/test.yaml"
+        executor = "slurm" if slurm and not missing_slurm() else "local"
+        cmd = (slurm_command(work, config) if executor == "slurm" else
+               [sys.executable, "-m", "snakemake", *_tiny_args(work), "--configfile", str(config)])
+        # sacct's window starts a little before the first submission
+        start = (datetime.now() - timedelta(seconds=5)).isoformat(timespec="seconds")
+        (root / "tiny_run.json").write_text(json.dumps({"executor": executor, "start": start}))
+        # a wrapper process records the exit status and the seconds, whichever test process ends first
+        record = ("import subprocess, sys, time, pathlib; root = pathlib.Path(sys.argv[1]); t0 = time.monotonic(); "
                   "rc = subprocess.call(sys.argv[2:], stdout=open(root / 'tiny_run.log', 'w'), "
-                  "stderr=subprocess.STDOUT); (root / 'tiny_run.rc.tmp').write_text(str(rc)); "
+                  "stderr=subprocess.STDOUT); (root / 'tiny_run.seconds').write_text(f'{time.monotonic() - t0:.1f}'); "
+                  "(root / 'tiny_run.rc.tmp').write_text(str(rc)); "
                   "(root / 'tiny_run.rc.tmp').rename(root / 'tiny_run.rc')")
         _STARTED.append((root, subprocess.Popen([sys.executable, "-c", record, str(root), *cmd], cwd=ROOT,
                                                 start_new_session=True, stdin=subprocess.DEVNULL,
@@ -79,7 +100,7 @@ _STARTED: list = []  # (root, process) of the run this process started
 
 def pytest_collection_finish(session):
     if any("tiny_run" in getattr(item, "fixturenames", ()) for item in session.items):
-        start_tiny_run(shared_dir(session.config._tmp_path_factory))
+        start_tiny_run(shared_dir(session.config._tmp_path_factory), wants_slurm(session.items))
 
 
 def pytest_sessionfinish(session):
@@ -123,27 +144,27 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(session, config, items):
     """Long work first and the finished run's readers last, by module (so that a module's fixtures are built
-    once): the SLURM run (minutes of its own, then it reads the run), modules with long tests, the rest, then
-    the modules that read the run (by then it has finished in the background).  Within a SPREAD module the long
-    tests go first (a long test started last would leave the other worker idle at the end)."""
+    once): modules with long tests, the rest, then the modules that read the run, the SLURM test among them (by
+    then the run has finished in the background).  Within a SPREAD module the long tests go first (a long test
+    started last would leave the other worker idle at the end)."""
     kinds: dict[str, set] = {}
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         kinds.setdefault(_module(item.nodeid), set()).update(
-            {"slurm" if "slurm_run" in fixtures else "run" if "tiny_run" in fixtures else
-             "slow" if item.get_closest_marker("slow") else "quick"})
-    rank = {module: 0 if "slurm" in k else 3 if "run" in k else 1 if "slow" in k else 2 for module, k in kinds.items()}
+            {"run" if "tiny_run" in fixtures else "slow" if item.get_closest_marker("slow") else "quick"})
+    rank = {module: 2 if "run" in k else 0 if "slow" in k else 1 for module, k in kinds.items()}
     # stable: a module's tests keep their order otherwise
     items.sort(key=lambda item: (rank[_module(item.nodeid)],
                                  not (_spread(item.nodeid) and item.get_closest_marker("slow"))))
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run(request, tmp_path_factory):
     """config/test.yaml run to the end, once per test session, shared by every test (and xdist worker) that
-    reads a finished run: (work dir, snakemake args).  Waits for the background run."""
+    reads a finished run: (work dir, snakemake args for a local rerun).  Waits for the background run."""
     root = shared_dir(tmp_path_factory)
-    start_tiny_run(root)  # already started after collection, unless the test was selected another way
+    # already started after collection, unless the test was selected another way
+    start_tiny_run(root, wants_slurm(request.session.items))
     rc = root / "tiny_run.rc"
     deadline = time.monotonic() + TINY_RUN_LIMIT
     while not rc.exists():
@@ -152,9 +173,25 @@ def tiny_run(tmp_path_factory):
         time.sleep(1)
     if rc.read_text() != "0":
         log = (root / "tiny_run.log").read_text()
-        raise AssertionError(f"the tiny run failed (exit {rc.read_text()}):\n{log[-6000:]}")
+        killed = " (killed at its time limit: does sacct know its jobs? accounting must be on)" if rc.read_text() in (
+            "124", "137") else ""
+        raise AssertionError(f"the tiny run ({tiny_run_info_of(root)['executor']}) failed (exit {rc.read_text()})"
+                             f"{killed}:\n{log[-6000:]}")
     work = root / "tiny_run"
     return work, _tiny_args(work)
+
+
+def tiny_run_info_of(root: Path) -> dict:
+    return json.loads((root / "tiny_run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_run_info(tiny_run, tmp_path_factory) -> dict:
+    """How the session's finished run was made: executor ('slurm' or 'local'), start (ISO time, a little before
+    the first job), seconds, and log (Snakemake's whole output)."""
+    root = shared_dir(tmp_path_factory)
+    return {**tiny_run_info_of(root), "seconds": float((root / "tiny_run.seconds").read_text()),
+            "log": (root / "tiny_run.log").read_text()}
 
 
 @pytest.fixture

@@ -5,9 +5,16 @@ Running Snakemake in a subprocess (``snakemake``) is for tests/workflow/ only: a
 (the guard of tests/unit/conftest.py)."""
 from __future__ import annotations
 
+import atexit
 import copy
+import importlib.util
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -32,12 +39,82 @@ def edited(edit) -> dict:
     return cfg
 
 
-def snakemake(*args, cwd=ROOT, check=True):
+def snakemake(*args, cwd=ROOT, check=True) -> subprocess.CompletedProcess:
     """``snakemake ARGS`` as typed in ``cwd`` (the repo root unless a test says otherwise)."""
-    res = subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
+    return snakemake_each([args], cwd=cwd, check=check)[0]
+
+
+def snakemake_each(arg_lists, cwd=ROOT, check=True, parallel: int = 2) -> list[subprocess.CompletedProcess]:
+    """``snakemake ARGS`` for each ARGS of ``arg_lists``, at most ``parallel`` at once: each a child forked
+    from one process that has imported Snakemake and the library (tests/snakefork.py), with this process's
+    environment, ``cwd`` and its own output; their results (args, returncode, stdout, stderr) in order."""
+    if REFUSE_SNAKEMAKE:
+        raise AssertionError(REFUSE_SNAKEMAKE)
+    arg_lists = [[str(a) for a in args] for args in arg_lists]
+    with _FORK_LOCK:
+        rcs, outputs = _fork_server().run(arg_lists, Path(cwd), parallel)
+    results = [subprocess.CompletedProcess([*SNAKEMAKE, *args], rc, out, err)
+               for args, rc, (out, err) in zip(arg_lists, rcs, outputs)]
+    for res, args in zip(results, arg_lists):
+        if check and res.returncode != 0:
+            raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return results
+
+
+REFUSE_SNAKEMAKE = ""  # set (to why) by tests/unit/conftest.py: the unit tier starts no Snakemake
+_FORK_LOCK = threading.Lock()
+_SERVER = None
+
+
+class ForkServer:
+    """The client of this test process's tests/snakefork.py (started on first use, ended with the process)."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="snakefork-"))
+        self.log = self.dir / "server.log"
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("snakefork.py"))], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "w"),
+                                     text=True)
+        self.count = 0
+        atexit.register(self.close)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # the server ends when its input closes
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def run(self, arg_lists, cwd: Path, parallel: int):
+        runs, files = [], []
+        for args in arg_lists:
+            self.count += 1
+            out, err = self.dir / f"{self.count}.out", self.dir / f"{self.count}.err"
+            runs.append({"args": args, "cwd": str(cwd), "env": dict(os.environ), "out": str(out), "err": str(err)})
+            files.append((out, err))
+        self.proc.stdin.write(json.dumps({"runs": runs, "parallel": parallel}) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith('{"rcs"'):
+                rcs = json.loads(line)["rcs"]
+                break
+        else:
+            raise RuntimeError(f"tests/snakefork.py ended (exit {self.proc.wait()}):\n{self.log.read_text()[-3000:]}")
+        outputs = []
+        for out, err in files:
+            outputs.append((out.read_text(errors="replace"), err.read_text(errors="replace")))
+            out.unlink()
+            err.unlink()
+        return rcs, outputs
+
+
+def _fork_server() -> ForkServer:
+    global _SERVER
+    if _SERVER is None or _SERVER.proc.poll() is not None:
+        _SERVER = ForkServer()
+    return _SERVER
 
 
 def job_counts(res) -> dict[str, int]:
@@ -79,6 +156,61 @@ def paper_inputs(base: Path) -> None:
             if isinstance(w, str) and w not in ("train", "timm"):
                 (base / w).parent.mkdir(parents=True, exist_ok=True)
                 (base / w).touch()
+
+
+# -- SLURM (the session's tiny run goes through profiles/slurm where test_slurm.py runs: tests/conftest.py) ----
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SLURM_RUN_LIMIT = 1500  # seconds: a SLURM run is killed past this (the plugin polls sacct for ever if accounting is off)
+
+
+def first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "(no output)")
+
+
+def _answers(*cmd: str) -> str | None:
+    """None when the command succeeds, else why not."""
+    if shutil.which(cmd[0]) is None:
+        return f"`{cmd[0]}` is not installed"
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"`{' '.join(cmd)}` did not answer within 30 s"
+    if res.returncode != 0:
+        return f"`{' '.join(cmd)}` failed: {first_line(res.stderr or res.stdout)}"
+    return None
+
+
+def missing_slurm() -> list[str]:
+    """Why a SLURM run cannot happen here (empty when it can): the executor plugin, a controller that answers,
+    sinfo and accounting (sacct)."""
+    why = []
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        why.append("the SLURM executor plugin is not installed (pip install -e .[slurm])")
+    ping = _answers("scontrol", "ping")
+    if ping is None:
+        state = subprocess.run(["scontrol", "ping"], capture_output=True, text=True).stdout
+        ping = None if "UP" in state else f"no SLURM controller is up (`scontrol ping`: {first_line(state)})"
+    why += [w for w in (ping, _answers("sinfo"), _answers("sacct", "-n", "-X", "-S", "now")) if w]
+    return why
+
+
+def slurm_overrides() -> list[str]:
+    """The command line's changes to profiles/slurm for the tiny run on a small node: 1 thread per job, as a
+    local run (torch's results can depend on its thread count, and metrics.csv records it), and memory and
+    runtime that fit; the first status check after 5 s rather than 40 (the jobs take seconds).  The executor,
+    jobs, latency-wait, partition and the Snakefile's localrules stay as the profile and workflow say."""
+    prof = yaml.safe_load((ROOT / "profiles/slurm/config.yaml").read_text())
+    rules = sorted(prof["set-threads"])
+    return ["--set-threads", *(f"{r}=1" for r in rules),
+            "--set-resources", *(f"{r}:{k}={v}" for r in rules for k, v in (("mem_mb", 2000), ("runtime", 30))),
+            "--slurm-init-seconds-before-status-checks", "5"]
+
+
+def slurm_command(work: Path, configfile: Path) -> list[str]:
+    """``snakemake --profile profiles/slurm`` on ``configfile`` into ``work`` (run from the repository root),
+    under a hard time limit."""
+    return ["timeout", "-k", "30", str(SLURM_RUN_LIMIT), *SNAKEMAKE, "--profile", "profiles/slurm",
+            "--configfile", str(configfile), "--directory", str(work), *slurm_overrides()]
 
 
 # -- the config checker (python -m dqss.workflow check) ------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 HERE = Path(__file__).resolve().parent
 MOVE = ("move it into tests/workflow/ (the tier whose tests run Snakemake in a subprocess; `-m \"not workflow\"` "
         "leaves them out)")
@@ -18,12 +20,13 @@ MOVE = ("move it into tests/workflow/ (the tier whose tests run Snakemake in a s
 
 def runs_snakemake(args) -> bool:
     """Whether a subprocess's arguments start Snakemake: a word that is the program (any folder, e.g. after
-    `timeout`), or the module of `python -m snakemake`.  A string is split as a shell would."""
+    `timeout`) or tests/snakefork.py (the server helpers.snakemake forks its runs from), or the module of
+    `python -m snakemake`.  A string is split as a shell would."""
     if isinstance(args, (str, bytes, os.PathLike)):
         args = shlex.split(os.fsdecode(args))
     words = [os.fsdecode(a) if isinstance(a, (str, bytes, os.PathLike)) else str(a) for a in args]
     for i, word in enumerate(words):
-        if os.path.basename(word) == "snakemake" or word == "-msnakemake":
+        if os.path.basename(word) in ("snakemake", "snakefork.py") or word == "-msnakemake":
             return True
         if word == "-m" and i + 1 < len(words) and words[i + 1].split(".")[0] == "snakemake":
             return True
@@ -44,6 +47,8 @@ def _no_snakemake_in_unit_tests():
     """Module-scoped, so the module's own module-scoped fixtures (set up after it) are guarded too."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(subprocess, "Popen", _NoSnakemakePopen)
+        # helpers.snakemake forks its runs from a server a workflow test of this process may have started
+        mp.setattr(helpers, "REFUSE_SNAKEMAKE", f"a unit test ran Snakemake (helpers.snakemake): {MOVE}")
         yield
 
 

@@ -3,10 +3,7 @@ has evaluated it, a default config/config.yaml before), and a dry run stops with
 checker (`python -m dqss.workflow check`, tested in-process in tests/unit/test_config_check.py)."""
 from __future__ import annotations
 
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
-
-from helpers import BAD_CHECKS, ROOT, SNAKEMAKE, TEST_CONFIG, edited, run_check, write_config, yte_template
+from helpers import BAD_CHECKS, TEST_CONFIG, edited, run_check, snakemake_each, write_config, yte_template
 
 
 def test_snakefile_refuses_yte_configs(tmp_path):
@@ -19,9 +16,7 @@ def test_snakefile_refuses_yte_configs(tmp_path):
     (default / "config").mkdir(parents=True)
     yte_template(default / "config/config.yaml", default / "MARK")
     runs = [["--directory", str(given), "--configfile", str(path)], ["--directory", str(default)]]
-    with ThreadPoolExecutor(2) as pool:
-        res = list(pool.map(lambda args: subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=ROOT,
-                                                        capture_output=True, text=True), runs))
+    res = snakemake_each([["-n", "--cores", "1", *args] for args in runs], check=False)
     out = res[0].stdout + res[0].stderr
     assert res[0].returncode != 0 and f"{path}: this config is a YTE template" in out, out[-3000:]
     assert "already evaluated" in out and "python -m dqss.workflow check" in out, out[-3000:]
@@ -47,12 +42,7 @@ def test_checker_and_workflow_refuse_with_the_same_message(tmp_path, capsys):
     write_config(ok / "config/config.yaml", TEST_CONFIG)
     runs = [["--directory", str(tmp_path / f"w{i}"), "--configfile", str(tmp_path / f"bad{i}.yaml")]
             for i in range(len(cases))] + [["--directory", str(ok), "--config", "seeds=[0, 1]"]]
-
-    def dry_run(args):
-        return subprocess.run([*SNAKEMAKE, "-n", "--cores", "1", *args], cwd=ROOT, capture_output=True, text=True)
-
-    with ThreadPoolExecutor(2) as pool:
-        res = list(pool.map(dry_run, runs))
+    res = snakemake_each([["-n", "--cores", "1", *args] for args in runs], check=False)
     for case, message, r in zip(cases, messages, res):
         out = r.stdout + r.stderr
         assert r.returncode != 0 and message in out, f"{case}: the checker says {message!r}; Snakemake:\n{out[-3000:]}"
