@@ -78,12 +78,14 @@ def start_tiny_run(root: Path, slurm: bool) -> None:
             return
         work.mkdir()
         config = ROOT / "config/test.yaml"
-        executor = "slurm" if slurm and not missing_slurm() else "local"
+        missing = missing_slurm() if slurm else None  # why SLURM cannot run here (None: not asked)
+        executor = "slurm" if missing == [] else "local"
         cmd = (slurm_command(work, config) if executor == "slurm" else
                [sys.executable, "-m", "snakemake", *_tiny_args(work), "--configfile", str(config)])
         # sacct's window starts a little before the first submission
         start = (datetime.now() - timedelta(seconds=5)).isoformat(timespec="seconds")
-        (root / "tiny_run.json").write_text(json.dumps({"executor": executor, "start": start}))
+        (root / "tiny_run.json").write_text(json.dumps({"executor": executor, "start": start,
+                                                        "missing_slurm": missing}))
         # a wrapper process records the exit status and the seconds, whichever test process ends first
         record = ("import subprocess, sys, time, pathlib; root = pathlib.Path(sys.argv[1]); t0 = time.monotonic(); "
                   "rc = subprocess.call(sys.argv[2:], stdout=open(root / 'tiny_run.log', 'w'), "
@@ -171,18 +173,28 @@ def tiny_run(request, tmp_path_factory):
         if time.monotonic() > deadline:
             raise AssertionError(f"the tiny run did not finish within {TINY_RUN_LIMIT} s (see {root}/tiny_run.log)")
         time.sleep(1)
-    if rc.read_text() != "0":
+    status = rc.read_text()
+    if status != "0":
         log = (root / "tiny_run.log").read_text()
-        killed = " (killed at its time limit: does sacct know its jobs? accounting must be on)" if rc.read_text() in (
-            "124", "137") else ""
-        raise AssertionError(f"the tiny run ({tiny_run_info_of(root)['executor']}) failed (exit {rc.read_text()})"
-                             f"{killed}:\n{log[-6000:]}")
+        killed = (" (killed at its time limit: does sacct know its jobs? accounting must be on)"
+                  if status in ("124", "137") else "")
+        raise AssertionError(f"the tiny run ({tiny_run_info_of(root)['executor']}) failed (exit {status}){killed}:\n"
+                             f"{log[-6000:]}")
     work = root / "tiny_run"
     return work, _tiny_args(work)
 
 
 def tiny_run_info_of(root: Path) -> dict:
     return json.loads((root / "tiny_run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def slurm_missing(tmp_path_factory) -> list[str]:
+    """Why a SLURM run cannot happen here (empty when it can): as judged when the session's run started (it
+    asks where the session runs the SLURM test), else now."""
+    record = shared_dir(tmp_path_factory) / "tiny_run.json"
+    judged = json.loads(record.read_text()).get("missing_slurm") if record.exists() else None
+    return missing_slurm() if judged is None else judged
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,19 @@ def paper_inputs(base: Path) -> None:
                 (base / w).touch()
 
 
+# -- the tiny config's reference numbers (tests/reference/tiny_metrics.csv) --------------------------------
+TINY_REFERENCE = ROOT / "tests/reference/tiny_metrics.csv"
+
+
+def tiny_reference_moved(work: Path) -> str:
+    """The cells of ``work``'s results/metrics.csv that moved from the tiny config's reference beyond the
+    reference check's per-metric tolerances (exact for top-1), one line each; empty when none did."""
+    from dqss import reference
+
+    return reference.describe(reference.compare(reference.read(TINY_REFERENCE),
+                                                reference.read(work / "results/metrics.csv")))
+
+
 # -- SLURM (the session's tiny run goes through profiles/slurm where test_slurm.py runs: tests/conftest.py) ----
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SLURM_RUN_LIMIT = 1500  # seconds: a SLURM run is killed past this (the plugin polls sacct for ever if accounting is off)

@@ -87,12 +87,10 @@ def run_batch(runs: list[dict], parallel: int) -> list[int]:
 
 def main() -> None:
     preload()
-    out = sys.stdout
     for line in sys.stdin:
         if line.strip():
             req = json.loads(line)
-            out.write(json.dumps({"rcs": run_batch(req["runs"], int(req.get("parallel", 1)))}) + "\n")
-            out.flush()
+            print(json.dumps({"rcs": run_batch(req["runs"], int(req.get("parallel", 1)))}), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from dqss import reference
-from helpers import IN_CI, ROOT, missing_slurm, slurm_command
+from helpers import IN_CI, TINY_REFERENCE, tiny_reference_moved
 
 pytestmark = pytest.mark.slow
 
-TINY_REFERENCE = ROOT / "tests/reference/tiny_metrics.csv"
-
 
 @pytest.fixture(scope="session")
-def slurm_ready():
-    why = missing_slurm()
+def slurm_ready(slurm_missing):
+    why = slurm_missing
     if why and IN_CI:
         pytest.fail("CI runs the SLURM test, but " + "; ".join(why) +
                     ". .ci/run starts a one-node cluster with .ci/slurm-up and installs the plugin with "
@@ -38,23 +34,12 @@ def slurm_ready():
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_ready, tiny_run, tiny_run_info, tmp_path_factory):
-    """The tiny config through profiles/slurm: (work dir, combined output, seconds, submission start).  The
-    session's run when it went through SLURM (it does when this test is selected and a controller answered when
-    it started); else, if the controller came up later, a run of its own."""
-    if tiny_run_info["executor"] == "slurm":
-        return tiny_run[0], tiny_run_info["log"], tiny_run_info["seconds"], datetime.fromisoformat(
-            tiny_run_info["start"])
-    work = tmp_path_factory.mktemp("slurm")
-    start = datetime.now() - timedelta(seconds=5)
-    t0 = time.monotonic()
-    res = subprocess.run(slurm_command(work, ROOT / "config/test.yaml"), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-    if res.returncode in (124, 137):
-        pytest.fail(f"the SLURM run was killed at its time limit (does sacct know its jobs? accounting must "
-                    f"be on):\n{res.stdout[-4000:]}")
-    assert res.returncode == 0, f"the SLURM run failed:\n{res.stdout[-6000:]}"
-    return work, res.stdout, time.monotonic() - t0, start
+def slurm_run(slurm_ready, tiny_run, tiny_run_info):
+    """The tiny config through profiles/slurm: (work dir, combined output, seconds, submission start): the
+    session's run, which tests/conftest.py starts through SLURM when this test is selected and SLURM is ready
+    (slurm_ready judges the same record)."""
+    assert tiny_run_info["executor"] == "slurm", tiny_run_info
+    return tiny_run[0], tiny_run_info["log"], tiny_run_info["seconds"], datetime.fromisoformat(tiny_run_info["start"])
 
 
 def sacct_jobs(work: Path, since: datetime) -> pd.DataFrame:
@@ -94,6 +79,6 @@ def test_slurm_run_matches_the_local_run(slurm_ready, slurm_run, capsys, record_
 
     # the numbers of a local run (same code and threads; the kernels pinned to AVX2): every cell of the
     # reference, under the reference check's per-metric tolerances (exact for top-1)
-    moved = reference.compare(reference.read(TINY_REFERENCE), reference.read(work / "results/metrics.csv"))
-    assert not moved, "the SLURM run's numbers differ from a local run's:\n" + reference.describe(moved)
+    moved = tiny_reference_moved(work)
+    assert not moved, f"the SLURM run's numbers differ from a local run's ({TINY_REFERENCE}):\n{moved}"
     assert (work / "results/report/report.md").is_file()

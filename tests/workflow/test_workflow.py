@@ -12,9 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from dqss import reference
-from helpers import (BAD_CONFIG_LIBRARY, BAD_CONFIGS, ROOT, TEST_CONFIG, edited, job_counts, paper_inputs, snakemake,
-                     snakemake_each, write_config)
+from helpers import (BAD_CONFIG_LIBRARY, BAD_CONFIGS, ROOT, TEST_CONFIG, TINY_REFERENCE, edited, job_counts,
+                     paper_inputs, snakemake, snakemake_each, tiny_reference_moved, write_config)
 
 END = {"aggregate", "report", "all"}
 
@@ -209,11 +208,8 @@ def test_tiny_run_matches_the_reference(tiny_run, tiny_run_info):
     config/test.yaml, under the reference check's per-metric tolerances (exact for top-1): the kernels are pinned
     to AVX2, so every x86-64 CPU gives them.  A change that moves them refreshes the file, deliberately:
     python -m dqss.reference update <run>/results/metrics.csv --reference tests/reference/tiny_metrics.csv."""
-    work, _ = tiny_run
-    moved = reference.compare(reference.read(ROOT / "tests/reference/tiny_metrics.csv"),
-                              reference.read(work / "results/metrics.csv"))
-    assert not moved, (f"the {tiny_run_info['executor']} run of config/test.yaml moved from "
-                       f"tests/reference/tiny_metrics.csv:\n{reference.describe(moved)}")
+    moved = tiny_reference_moved(tiny_run[0])
+    assert not moved, f"the {tiny_run_info['executor']} run of config/test.yaml moved from {TINY_REFERENCE}:\n{moved}"
 
 
 @pytest.mark.slow
